@@ -1,0 +1,21 @@
+"""hw1: fine-tune torchvision ResNet/ResNeXt backbones on a folder of images."""
+
+import torch
+from omegaconf import OmegaConf
+
+
+def _auto_precision() -> str:
+    if not torch.cuda.is_available():
+        return "32-true"
+    return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+
+
+# Registered on import so that conf/ composes the same way from hw1.train, the tests and
+# Hydra's compose API.
+OmegaConf.register_new_resolver(
+    "hw1.patience", lambda epochs: max(1, int(epochs) // 50), replace=True
+)
+OmegaConf.register_new_resolver(
+    "hw1.mode", lambda monitor: "max" if "acc" in str(monitor) else "min", replace=True
+)
+OmegaConf.register_new_resolver("hw1.precision", _auto_precision, replace=True)

@@ -1,0 +1,230 @@
+"""The model: a torchvision ResNet/ResNeXt backbone, one of the report's heads, and the
+LightningModule that trains them."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+from urllib.error import URLError
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+from torchvision.models import WeightsEnum, get_model, get_model_weights
+
+STAGES = ("layer1", "layer2", "layer3", "layer4")
+STEM = ("conv1", "bn1")
+
+
+def resolve_weights(arch: str, weights: str | os.PathLike | None) -> WeightsEnum | Path | None:
+    """``model.weights`` is null, a torchvision weights name of ``arch``, or a state-dict file."""
+    if weights is None:
+        return None
+    text = str(weights)
+    if os.sep in text or text.endswith((".pth", ".pt")) or Path(text).exists():
+        path = Path(text).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"model.weights={text}: no such state-dict file")
+        return path
+    enum = get_model_weights(arch)
+    try:
+        return enum.verify(text)
+    except (KeyError, ValueError):
+        names = ", ".join(dict.fromkeys(["DEFAULT", *enum.__members__]))
+        raise ValueError(
+            f"model.weights={text}: {arch} has no such torchvision weights. "
+            f"It has: {names}; or use null (random init) or a path to a state-dict file."
+        ) from None
+
+
+def _download_hint(weights: WeightsEnum) -> str:
+    expected = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    return (
+        f"could not load {weights} and could not download it (offline?). Put the file at "
+        f"{expected} (fetch it from {weights.url}), or pass model.weights=PATH to a local "
+        f"state-dict file, or model.weights=null to train from scratch."
+    )
+
+
+class Backbone(nn.Module):
+    """A torchvision ResNet/ResNeXt without its classifier; outputs pooled features.
+
+    ``trainable_stages=N`` trains only the last N of the four residual stages; the stem and
+    the earlier stages are frozen and their BatchNorm layers stay in eval mode.
+    """
+
+    def __init__(
+        self,
+        arch: str,
+        weights: str | os.PathLike | None = None,
+        trainable_stages: int | None = None,
+    ) -> None:
+        super().__init__()
+        if trainable_stages is not None and not 0 <= trainable_stages <= len(STAGES):
+            raise ValueError(f"model.trainable_stages={trainable_stages}: use null or 0..4")
+        resolved = resolve_weights(arch, weights)
+        try:
+            net = get_model(arch, weights=resolved if isinstance(resolved, WeightsEnum) else None)
+        except (URLError, ConnectionError, TimeoutError) as e:
+            raise RuntimeError(_download_hint(resolved)) from e
+        self.num_features: int = net.fc.in_features
+        net.fc = nn.Identity()
+        if isinstance(resolved, Path):
+            state = torch.load(resolved, map_location="cpu", weights_only=True)
+            # A torchvision state dict carries the 1000-class ImageNet classifier: not ours.
+            state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+            net.load_state_dict(state)
+        self.net = net
+
+        self.frozen: tuple[str, ...] = ()
+        if trainable_stages is not None:
+            self.frozen = STEM + STAGES[: len(STAGES) - trainable_stages]
+        for name in self.frozen:
+            getattr(net, name).requires_grad_(False)
+
+    def train(self, mode: bool = True) -> Backbone:
+        # Lightning calls model.train() at every epoch start; frozen BatchNorm must keep its
+        # pretrained running statistics, which nn.Module offers no per-module switch for.
+        super().train(mode)
+        for name in self.frozen:
+            getattr(self.net, name).eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def make_head(
+    name: str, in_features: int, num_classes: int, dropout: float | Sequence[float] = 0.5
+) -> nn.Sequential:
+    """The report's heads v0..v4 (spec §2). ``v4`` takes three dropouts (a single number is
+    used for all three)."""
+    F, C = in_features, num_classes
+    if name == "v4":
+        p1, p2, p3 = (dropout,) * 3 if isinstance(dropout, (int, float)) else dropout
+        return nn.Sequential(
+            nn.Linear(F, 1024), nn.BatchNorm1d(1024), nn.ReLU(), nn.Dropout(p1),
+            nn.Linear(1024, 512), nn.BatchNorm1d(512), nn.ReLU(), nn.Dropout(p2),
+            nn.Linear(512, 256), nn.BatchNorm1d(256), nn.ReLU(), nn.Dropout(p3),
+            nn.Linear(256, C),
+        )  # fmt: skip
+    if not isinstance(dropout, (int, float)):
+        raise ValueError(f"head.dropout={dropout}: head {name} takes one number")
+    p = dropout
+    heads = {
+        "v0": lambda: [nn.Dropout(p), nn.Linear(F, C)],
+        "v1": lambda: [nn.Linear(F, 500), nn.ReLU(), nn.Dropout(p), nn.Linear(500, C)],
+        "v2": lambda: [
+            nn.Linear(F, 500), nn.ReLU(), nn.Linear(500, 250), nn.ReLU(),
+            nn.Dropout(p), nn.Linear(250, C),
+        ],
+        "v3": lambda: [
+            nn.Linear(F, 500), nn.BatchNorm1d(500), nn.ReLU(), nn.Linear(500, 250), nn.ReLU(),
+            nn.Dropout(p), nn.Linear(250, C),
+        ],
+    }  # fmt: skip
+    if name not in heads:
+        raise ValueError(f"head.name={name}: use one of v0, v1, v2, v3, v4")
+    return nn.Sequential(*heads[name]())
+
+
+def _cosine_then_flat(epoch: int, base_lr: float, T_max: int, eta_min: float) -> float:
+    t = min(epoch, T_max)
+    return (eta_min + (base_lr - eta_min) * (1 + math.cos(math.pi * t / T_max)) / 2) / base_lr
+
+
+def cosine_then_flat(
+    optimizer: torch.optim.Optimizer, T_max: int, eta_min: float = 0.0
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """CosineAnnealingLR's curve, held at ``eta_min`` after ``T_max`` epochs.
+
+    torch's CosineAnnealingLR is periodic: past T_max it climbs back towards the initial lr,
+    which the original code ran into with 100 epochs and T_max 80. torch has no
+    non-periodic cosine, hence this LambdaLR.
+    """
+    factors = [
+        partial(_cosine_then_flat, base_lr=g["lr"], T_max=T_max, eta_min=eta_min)
+        for g in optimizer.param_groups
+    ]
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factors)
+
+
+class Classifier(L.LightningModule):
+    """Backbone + head, trained with cross-entropy.
+
+    It takes the configs (plain dicts with ``_target_``) rather than built objects, so a
+    checkpoint's hyper-parameters rebuild the very same model: ``load_from_checkpoint``.
+    """
+
+    def __init__(
+        self,
+        model: dict[str, Any],
+        head: dict[str, Any],
+        optim: dict[str, Any],
+        sched: dict[str, Any],
+        class_names: Sequence[str],
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.class_names = list(class_names)
+        self.backbone: Backbone = instantiate(model)
+        self.head = instantiate(
+            head, in_features=self.backbone.num_features, num_classes=len(self.class_names)
+        )
+        self.criterion = nn.CrossEntropyLoss()
+        num_classes = len(self.class_names)
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_history: list[dict[str, float]] = []  # per epoch, for metrics.json
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], _: int) -> torch.Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = self.criterion(logits, y)
+        self.train_acc(logits, y)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], _: int) -> None:
+        x, y = batch
+        logits = self(x)
+        self.val_acc.update(logits, y)
+        self.log("val/loss", self.criterion(logits, y), on_epoch=True, prog_bar=True)
+
+    def on_validation_epoch_end(self) -> None:
+        acc = self.val_acc.compute()
+        self.val_acc.reset()
+        self.log("val/acc", acc, prog_bar=True)
+        if not self.trainer.sanity_checking:
+            self.val_history.append({"epoch": self.current_epoch + 1, "val_acc": acc.item()})
+
+    def predict_step(
+        self, batch: tuple[torch.Tensor, list[str]], _: int
+    ) -> tuple[list, torch.Tensor]:
+        x, names = batch
+        return list(names), self(x).softmax(dim=1)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = instantiate(self.hparams.optim)(params)
+        scheduler = instantiate(self.hparams.sched)(optimizer)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"},
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["val_history"] = self.val_history
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.val_history = checkpoint.get("val_history", [])

@@ -1,0 +1,127 @@
+"""Train a classifier: ``python -m hw1.train [overrides]``.
+
+Compose the config, build the data module, model, callbacks, loggers and trainer, fit,
+then predict the test folder with the best checkpoint and write ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+import hw1  # noqa: F401  (registers the config resolvers)
+from hw1.data import FolderDataModule
+from hw1.demo import TEST_LABELS
+from hw1.model import Classifier
+
+
+def write_atomically(path: Path, write) -> None:
+    """Write through a temporary file in the same folder and rename it into place, so an
+    interrupted run never leaves a half-written file behind."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def predict_test(
+    trainer: L.Trainer, model: Classifier, datamodule: FolderDataModule, ckpt_path: str | None
+) -> list[tuple[str, str]]:
+    """(image name, class folder name) for every test image, sorted by name."""
+    batches = trainer.predict(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    rows = [
+        (name, model.class_names[i])
+        for names, probs in batches
+        for name, i in zip(names, probs.argmax(dim=1).tolist(), strict=True)
+    ]
+    return sorted(rows)
+
+
+def test_accuracy(rows: list[tuple[str, str]], labels_csv: Path) -> float:
+    """Accuracy of the predicted rows against a ``image_name,label`` answer file."""
+    with open(labels_csv, newline="") as f:
+        truth = {r["image_name"]: r["label"] for r in csv.DictReader(f)}
+    return sum(truth[name] == label for name, label in rows) / len(rows)
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    L.seed_everything(cfg.seed, workers=True)
+    start = time.time()
+
+    datamodule: FolderDataModule = instantiate(cfg.data)
+    datamodule.prepare_data()  # fails early, before any model is built, on a bad data.root
+    container = OmegaConf.to_container(cfg, resolve=True)
+    model = Classifier(
+        model=container["model"],
+        head=container["head"],
+        optim=container["optim"],
+        sched=container["sched"],
+        class_names=datamodule.class_names,
+    )
+    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
+    loggers = [instantiate(lg) for lg in cfg.logger.values() if lg is not None]
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+
+    trainer.fit(model, datamodule=datamodule)
+
+    ckpt = trainer.checkpoint_callback
+    best_ckpt = ckpt.best_model_path if ckpt is not None and ckpt.best_model_path else None
+    history = model.val_history
+    best = max(history, key=lambda h: h["val_acc"]) if history else None
+    metrics: dict[str, Any] = {
+        "id": cfg.id,
+        "best_val_acc": best["val_acc"] if best else None,
+        "best_epoch": best["epoch"] if best else None,
+        "epochs": len(history),
+        "params": sum(p.numel() for p in model.parameters()),
+        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "best_ckpt": best_ckpt,
+        "last_ckpt": ckpt.last_model_path if ckpt is not None and ckpt.last_model_path else None,
+        "val_history": history,
+    }
+
+    if datamodule.test_dir.is_dir():
+        rows = predict_test(trainer, model, datamodule, best_ckpt)
+        if trainer.is_global_zero:
+            write_atomically(
+                run_dir / "prediction.csv",
+                lambda f: csv.writer(f).writerows([("image_name", "pred_label"), *rows]),
+            )
+            metrics["prediction_csv"] = str(run_dir / "prediction.csv")
+            if (datamodule.root / TEST_LABELS).exists():
+                metrics["test_acc"] = test_accuracy(rows, datamodule.root / TEST_LABELS)
+
+    metrics["wall_time_s"] = round(time.time() - start, 1)
+    if trainer.is_global_zero:
+        write_atomically(run_dir / "metrics.json", lambda f: json.dump(metrics, f, indent=2))
+        summary = {k: v for k, v in metrics.items() if k != "val_history"}
+        print(json.dumps(summary, indent=2))
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    torch.set_float32_matmul_precision("high")
+    metrics = train(cfg)
+    return metrics["best_val_acc"]  # for Hydra sweepers that optimise a value
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+from torch import nn
+from torchvision.models import ResNet18_Weights, resnet18
+
+from hw1.model import Backbone, Classifier, cosine_then_flat, make_head, resolve_weights
+
+SPEC_HEADS = {
+    "v0": [nn.Dropout, nn.Linear],
+    "v1": [nn.Linear, nn.ReLU, nn.Dropout, nn.Linear],
+    "v2": [nn.Linear, nn.ReLU, nn.Linear, nn.ReLU, nn.Dropout, nn.Linear],
+    "v3": [nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Linear, nn.ReLU, nn.Dropout, nn.Linear],
+    "v4": [nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Dropout] * 3 + [nn.Linear],
+}
+SPEC_WIDTHS = {"v0": [], "v1": [500], "v2": [500, 250], "v3": [500, 250], "v4": [1024, 512, 256]}
+
+
+def cfg(target: str, **kw):
+    return {"_target_": target, **kw}
+
+
+def classifier(arch="resnet18", head="v1", classes=10, **model_kw) -> Classifier:
+    return Classifier(
+        model=cfg("hw1.model.Backbone", arch=arch, weights=None, **model_kw),
+        head=cfg("hw1.model.make_head", name=head, dropout=0.5),
+        optim=cfg("torch.optim.AdamW", _partial_=True, lr=1e-3),
+        sched=cfg("hw1.model.cosine_then_flat", _partial_=True, T_max=10),
+        class_names=[str(i) for i in range(classes)],
+    )
+
+
+@pytest.mark.parametrize("name", SPEC_HEADS)
+def test_heads_have_the_spec_layers_and_shape(name):
+    head = make_head(
+        name, in_features=64, num_classes=7, dropout=0.3 if name != "v4" else [0.5, 0.4, 0.3]
+    )
+    assert [type(m) for m in head] == SPEC_HEADS[name]
+    linears = [m for m in head if isinstance(m, nn.Linear)]
+    assert [m.out_features for m in linears] == SPEC_WIDTHS[name] + [7]
+    assert linears[0].in_features == 64
+    dropouts = [m.p for m in head if isinstance(m, nn.Dropout)]
+    assert dropouts == ([0.5, 0.4, 0.3] if name == "v4" else [0.3])
+    head.eval()
+    assert head(torch.randn(3, 64)).shape == (3, 7)
+
+
+def test_unknown_head_is_a_clear_error():
+    with pytest.raises(ValueError, match="v0, v1, v2, v3, v4"):
+        make_head("v9", 8, 2)
+
+
+def test_resnext101_v1_has_the_reports_parameter_count():
+    with torch.device("meta"):  # the count, without allocating 88 M parameters
+        model = classifier("resnext101_32x8d", "v1", classes=100)
+    assert sum(p.numel() for p in model.parameters()) == 87_816_936
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 4])
+def test_trainable_stages_freeze_the_early_stages_and_their_batchnorm(n):
+    model = classifier(trainable_stages=n)
+    frozen = {"conv1", "bn1", *["layer1", "layer2", "layer3", "layer4"][: 4 - n]}
+    model.train()
+    checked_bn = 0
+    for name, module in model.backbone.net.named_children():
+        if name in ("avgpool", "fc", "relu", "maxpool"):
+            continue
+        grads = {p.requires_grad for p in module.parameters()}
+        assert grads == {name not in frozen}, name
+        bns = [m for m in module.modules() if isinstance(m, nn.BatchNorm2d)]
+        assert all(bn.training == (name not in frozen) for bn in bns), name
+        checked_bn += len(bns)
+    assert checked_bn == 20  # resnet18: bn1 + 2 per block x 8 blocks + 3 downsample
+    assert all(p.requires_grad for p in model.head.parameters())
+
+
+def test_frozen_batchnorm_keeps_its_running_statistics_while_training():
+    model = classifier(trainable_stages=1)
+    model.train()
+    before = model.backbone.net.layer1[0].bn1.running_mean.clone()
+    model(torch.randn(4, 3, 32, 32) * 5 + 3)
+    assert torch.equal(model.backbone.net.layer1[0].bn1.running_mean, before)
+    assert not torch.equal(model.backbone.net.layer4[0].bn1.running_mean, torch.zeros(512))
+
+
+def test_all_stages_trainable_by_default():
+    model = classifier()
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_bad_trainable_stages_is_a_clear_error():
+    with pytest.raises(ValueError, match="trainable_stages=5"):
+        Backbone("resnet18", trainable_stages=5)
+
+
+def _planted_state(seed: int) -> dict[str, torch.Tensor]:
+    torch.manual_seed(seed)
+    return resnet18().state_dict()
+
+
+def _assert_loaded(backbone: Backbone, state: dict[str, torch.Tensor]) -> None:
+    loaded = backbone.net.state_dict()
+    assert set(loaded) == {k for k in state if not k.startswith("fc.")}
+    assert all(torch.equal(loaded[k], state[k]) for k in loaded)
+
+
+def test_torchvision_weights_load_from_the_torch_home_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    state = _planted_state(1)
+    cache = tmp_path / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    torch.save(state, cache / os.path.basename(ResNet18_Weights.IMAGENET1K_V1.url))
+    _assert_loaded(Backbone("resnet18", "IMAGENET1K_V1"), state)
+    _assert_loaded(Backbone("resnet18", "DEFAULT"), state)
+
+
+def test_weights_load_from_a_state_dict_path(tmp_path):
+    state = _planted_state(2)
+    path = tmp_path / "my weights.pth"
+    torch.save(state, path)
+    _assert_loaded(Backbone("resnet18", str(path)), state)
+
+
+def test_weights_the_backbone_lacks_are_a_clear_error():
+    with pytest.raises(ValueError, match=r"resnet34 has no such.*: DEFAULT, IMAGENET1K_V1;"):
+        resolve_weights("resnet34", "IMAGENET1K_V2")
+
+
+def test_missing_weights_file_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="model.weights="):
+        resolve_weights("resnet18", str(tmp_path / "nope.pth"))
+
+
+def test_offline_download_names_the_cache_file(monkeypatch, tmp_path):
+    from urllib.error import URLError
+
+    def offline(*a, **k):
+        raise URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with pytest.raises(
+        RuntimeError, match=r"hub/checkpoints/resnet18-f37072fd\.pth.*model\.weights=PATH"
+    ):
+        Backbone("resnet18", "IMAGENET1K_V1")
+
+
+def test_cosine_then_flat_follows_cosine_then_holds_eta_min():
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1e-4)
+    sched = cosine_then_flat(opt, T_max=8, eta_min=1e-5)
+    lrs = []
+    for _ in range(12):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    expected = [1e-5 + (1e-4 - 1e-5) * (1 + math.cos(math.pi * e / 8)) / 2 for e in range(9)]
+    assert lrs[:9] == pytest.approx(expected)
+    assert lrs[8:] == pytest.approx([1e-5] * 4)  # torch's CosineAnnealingLR would climb here
