@@ -191,7 +191,10 @@ class Classifier(L.LightningModule):
         logits = self(x)
         loss = self.criterion(logits, y)
         self.train_acc(logits, y)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
+        # Two names rather than Lightning's automatic _step/_epoch suffixes: train/loss is the
+        # epoch curve that sits beside val/loss in TensorBoard.
+        self.log("train/loss", loss, on_step=False, on_epoch=True)
+        self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
         return loss
 

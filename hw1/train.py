@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import tempfile
 import time
@@ -25,6 +26,8 @@ import hw1  # noqa: F401  (registers the config resolvers)
 from hw1.data import FolderDataModule
 from hw1.demo import TEST_LABELS
 from hw1.model import Classifier
+
+log = logging.getLogger(__name__)
 
 
 def write_atomically(path: Path, write) -> None:
@@ -89,7 +92,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "id": cfg.id,
         "best_val_acc": best["val_acc"] if best else None,
         "best_epoch": best["epoch"] if best else None,
-        "epochs": len(history),
+        "epochs": trainer.current_epoch,
         "params": sum(p.numel() for p in model.parameters()),
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "best_ckpt": best_ckpt,
@@ -99,7 +102,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     if datamodule.test_dir.is_dir():
         rows = predict_test(trainer, model, datamodule, best_ckpt)
-        if trainer.is_global_zero:
+        if len(rows) < len(datamodule.test_set):
+            # fast_dev_run / limit_predict_batches: a submission must have every test image.
+            log.warning(
+                "predicted %d of %d test images: no prediction.csv",
+                len(rows),
+                len(datamodule.test_set),
+            )
+        elif trainer.is_global_zero:
             write_atomically(
                 run_dir / "prediction.csv",
                 lambda f: csv.writer(f).writerows([("image_name", "pred_label"), *rows]),
