@@ -42,6 +42,7 @@ CLASSES = (
 )
 PER_CLASS = {"train": 300, "val": 50, "test": 50}
 TEST_LABELS = "test_labels.csv"
+PAD = 2  # pixels of black around each 28x28 image
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -87,19 +88,23 @@ def extract(root: str | Path, archive: Path = ARCHIVE) -> Path:
     if (root / TEST_LABELS).exists():
         return root
     data = np.load(archive)
+    # 28 px garments padded to 32 px with black, as usual for MNIST-style images on
+    # ResNets: the eval centre crop then trims padding rather than the garment's edges.
+    pad = ((0, 0), (PAD, PAD), (PAD, PAD))
     classes = [str(c) for c in data["classes"]]
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
     try:
         for split in ("train", "val"):
             arrays = (data[f"{split}_x"], data[f"{split}_y"], data[f"{split}_idx"])
-            for x, y, i in zip(*arrays, strict=True):
+            for x, y, i in zip(np.pad(arrays[0], pad), *arrays[1:], strict=True):
                 folder = tmp / split / classes[y]
                 folder.mkdir(parents=True, exist_ok=True)
                 Image.fromarray(x).save(folder / f"fmnist-train-{i:05d}.png")
         (tmp / "test").mkdir()
         rows = []
-        for x, y, i in zip(data["test_x"], data["test_y"], data["test_idx"], strict=True):
+        test = (np.pad(data["test_x"], pad), data["test_y"], data["test_idx"])
+        for x, y, i in zip(*test, strict=True):
             name = f"fmnist-t10k-{i:05d}"
             Image.fromarray(x).save(tmp / "test" / f"{name}.png")
             rows.append((name, classes[y]))
