@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extensi
 
 from hw1 import demo
 from hw1.model import resolve_weights
-from hw1.presets import EvalSizes, eval_preset, eval_sizes, train_preset
+from hw1.presets import EvalSizes, ViewStack, eval_preset, eval_sizes, train_preset
 
 LAYOUT = """expected layout:
     <root>/train/<class>/<image>   training images, one folder per class
@@ -80,6 +81,66 @@ class UnlabeledImages(Dataset):
         return (self.transform(image) if self.transform else image), self.files[i].stem
 
 
+def _decodes(path: Path) -> bool:
+    try:
+        with Image.open(path) as im:
+            im.load()
+        return True
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return False
+
+
+def unreadable_images(files: Sequence[Path]) -> list[Path]:
+    """The files PIL cannot decode (empty, truncated, not an image), checked in parallel:
+    decoding releases the GIL, so threads suffice."""
+    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
+        ok = list(pool.map(_decodes, files))
+    return [f for f, good in zip(files, ok, strict=True) if not good]
+
+
+def check_test_images(folder: Path) -> list[Path]:
+    """Every test image needs a row in prediction.csv: one that cannot be read is an error
+    before any work, naming the files."""
+    files = image_files(folder)
+    bad = unreadable_images(files)
+    if bad:
+        shown = "\n  ".join(str(p) for p in bad[:20])
+        more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
+        raise ValueError(
+            f"{len(bad)} of {len(files)} test images in {folder} cannot be read:\n  {shown}{more}\n"
+            "Replace or remove them: every test image needs a row in prediction.csv."
+        )
+    return files
+
+
+class Views(Dataset):
+    """Item i of a dataset of PIL images becomes (its views, its key): key is the class
+    index or the file stem."""
+
+    def __init__(self, base: Dataset, stack: ViewStack) -> None:
+        self.base = base
+        self.stack = stack
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, Any]:
+        image, key = self.base[i]
+        return self.stack(image, i), key
+
+
+def view_loader(
+    dataset: Dataset, sizes: EvalSizes, tta: str, seed: int, batch_size: int, num_workers: int
+) -> DataLoader:
+    """Batches of (B, views, C, H, W) for prediction with test-time augmentation."""
+    return DataLoader(
+        Views(dataset, ViewStack(sizes, tta, seed)),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        pin_memory=torch.cuda.is_available(),
+    )
+
+
 class FolderDataModule(L.LightningDataModule):
     """Train/val/test folders in the HW1 layout with the report's augmentation.
 
@@ -96,8 +157,12 @@ class FolderDataModule(L.LightningDataModule):
         arch: str = "resnet50",
         weights: str | None = None,
         augment: dict[str, Any] | None = None,
+        tta: str = "report",
+        seed: int = 0,
     ) -> None:
         super().__init__()
+        self.tta = tta
+        self.seed = seed
         self.root = Path(root).expanduser()
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -109,6 +174,7 @@ class FolderDataModule(L.LightningDataModule):
         self.train_transform = train_preset(self.sizes, **(augment or {}))
         self.eval_transform = eval_preset(self.sizes)
         self._class_names: list[str] | None = None
+        self._prepared = False
         self.train_set = self.val_set = self.test_set = None
 
     @property
@@ -116,11 +182,16 @@ class FolderDataModule(L.LightningDataModule):
         return self.root / "test"
 
     def prepare_data(self) -> None:
+        if self._prepared:  # train.py calls it before building the model, Lightning again
+            return
         if not self.root.is_dir():
             raise FileNotFoundError(f"data.root={self.root}: no such folder.\n{LAYOUT}")
         for split in ("train", "val"):
             if not (self.root / split).is_dir():
                 raise FileNotFoundError(f"data.root={self.root} has no {split}/ folder.\n{LAYOUT}")
+        if self.test_dir.is_dir():
+            check_test_images(self.test_dir)
+        self._prepared = True
 
     @property
     def class_names(self) -> list[str]:
@@ -144,7 +215,7 @@ class FolderDataModule(L.LightningDataModule):
             )
             self.val_set = ClassFolders(self.root / "val", self.class_names, self.eval_transform)
         if stage in ("predict", None) and self.test_set is None and self.test_dir.is_dir():
-            self.test_set = UnlabeledImages(self.test_dir, self.eval_transform)
+            self.test_set = UnlabeledImages(self.test_dir)  # PIL images: views come later
 
     def _loader(self, dataset: Dataset, shuffle: bool = False) -> DataLoader:
         return DataLoader(
@@ -165,9 +236,12 @@ class FolderDataModule(L.LightningDataModule):
         return self._loader(self.val_set)
 
     def predict_dataloader(self) -> DataLoader:
+        """The test folder, each image as its TTA views (``tta``: report or none)."""
         if self.test_set is None:
             raise FileNotFoundError(f"{self.test_dir}: no test folder to predict")
-        return self._loader(self.test_set)
+        return view_loader(
+            self.test_set, self.sizes, self.tta, self.seed, self.batch_size, self.num_workers
+        )
 
 
 class DemoDataModule(FolderDataModule):

@@ -169,7 +169,10 @@ class Classifier(L.LightningModule):
         optim: dict[str, Any],
         sched: dict[str, Any],
         class_names: Sequence[str],
+        preprocess: dict[str, Any] | None = None,
     ) -> None:
+        """``preprocess``: the eval sizes and normalisation (``EvalSizes.to_dict()``), kept
+        so that prediction from a checkpoint needs no training overrides."""
         super().__init__()
         self.save_hyperparameters()
         self.class_names = list(class_names)
@@ -211,11 +214,17 @@ class Classifier(L.LightningModule):
         if not self.trainer.sanity_checking:
             self.val_history.append({"epoch": self.current_epoch + 1, "val_acc": acc.item()})
 
-    def predict_step(
-        self, batch: tuple[torch.Tensor, list[str]], _: int
-    ) -> tuple[list, torch.Tensor]:
-        x, names = batch
-        return list(names), self(x).softmax(dim=1)
+    def predict_probs(self, x: torch.Tensor) -> torch.Tensor:
+        """Class probabilities; for (B, views, C, H, W) the mean softmax over the views,
+        all views of the batch in one forward pass."""
+        if x.ndim == 4:
+            return self(x).softmax(dim=1).float()
+        b, v = x.shape[:2]
+        return self(x.flatten(0, 1)).softmax(dim=1).float().view(b, v, -1).mean(dim=1)
+
+    def predict_step(self, batch: tuple[torch.Tensor, Any], _: int) -> tuple[Any, torch.Tensor]:
+        x, keys = batch  # keys: file stems (test) or class indices (eval)
+        return keys, self.predict_probs(x)
 
     def configure_optimizers(self) -> dict[str, Any]:
         params = [p for p in self.parameters() if p.requires_grad]
@@ -225,6 +234,24 @@ class Classifier(L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"},
         }
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike) -> Classifier:
+        """The trained model of a checkpoint, in eval mode, on the CPU.
+
+        Built from the checkpoint's own hyper-parameters with ``weights=None``: its state
+        dict replaces the pretrained weights anyway, so nothing is downloaded.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"ckpt_path={path}: no such checkpoint")
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        hparams = dict(ckpt["hyper_parameters"])
+        hparams["model"] = {**hparams["model"], "weights": None}
+        model = cls(**hparams)
+        model.load_state_dict(ckpt["state_dict"])
+        model.val_history = ckpt.get("val_history", [])
+        return model.eval()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["val_history"] = self.val_history

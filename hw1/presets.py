@@ -7,12 +7,14 @@ original code's defects). The eval sizes come from the chosen weights' own ``tra
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from torchvision.models import WeightsEnum
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
+from torchvision.transforms.v2 import functional as F
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -28,6 +30,20 @@ class EvalSizes:
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     interpolation: InterpolationMode = InterpolationMode.BILINEAR
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values, to travel in a checkpoint's hyper-parameters."""
+        return {**asdict(self), "interpolation": self.interpolation.value}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> EvalSizes:
+        return cls(
+            crop=d["crop"],
+            resize=d["resize"],
+            mean=tuple(d["mean"]),
+            std=tuple(d["std"]),
+            interpolation=InterpolationMode(d["interpolation"]),
+        )
 
 
 def eval_sizes(image_size: int, weights: WeightsEnum | None = None) -> EvalSizes:
@@ -74,11 +90,51 @@ def train_preset(
     return T.Compose(steps + _to_normalised_tensor(sizes))
 
 
+def _resize_crop(sizes: EvalSizes) -> list[T.Transform]:
+    return [T.Resize(sizes.resize, interpolation=sizes.interpolation), T.CenterCrop(sizes.crop)]
+
+
 def eval_preset(sizes: EvalSizes) -> T.Compose:
-    return T.Compose(
-        [
-            T.Resize(sizes.resize, interpolation=sizes.interpolation),
-            T.CenterCrop(sizes.crop),
-            *_to_normalised_tensor(sizes),
-        ]
-    )
+    return T.Compose([*_resize_crop(sizes), *_to_normalised_tensor(sizes)])
+
+
+class ViewStack:
+    """The test-time views of one image as one (views, C, H, W) tensor, so a batch of
+    images and all their views goes through the model in a single call.
+
+    ``tta="report"``: the report's four views (spec §3): the plain eval view, its
+    horizontal flip, a RandomRotation(10) of it, and a RandomResizedCrop(scale=(0.8, 1.0))
+    of the image. ``tta="none"``: the plain eval view alone.
+
+    The flip and the rotation reuse the plain view's resize and crop, and the views are
+    normalised together: one resize of the full image instead of three. The random views
+    draw from a generator seeded by (seed, image index): the same seed gives the same views
+    whatever the batch size, worker count or order.
+    """
+
+    def __init__(self, sizes: EvalSizes, tta: str = "report", seed: int = 0) -> None:
+        if tta not in ("report", "none"):
+            raise ValueError(f"tta={tta}: use report or none")
+        self.tta, self.seed, self.sizes = tta, seed, sizes
+        self.plain = T.Compose([*_resize_crop(sizes), T.PILToTensor()])
+        self.rotate = T.RandomRotation(10, interpolation=sizes.interpolation)
+        self.crop = T.Compose(
+            [
+                T.RandomResizedCrop(
+                    sizes.crop, scale=(0.8, 1.0), interpolation=sizes.interpolation
+                ),
+                T.PILToTensor(),
+            ]
+        )
+
+    def __call__(self, image, index: int) -> torch.Tensor:
+        plain = self.plain(image)
+        if self.tta == "none":
+            views = plain[None]
+        else:
+            # torchvision's random transforms draw from torch's global generator; fork it
+            # so the seeding stays local to this image.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.seed * 1_000_003 + index)
+                views = torch.stack([plain, plain.flip(-1), self.rotate(plain), self.crop(image)])
+        return F.normalize(views.float().div(255), self.sizes.mean, self.sizes.std)

@@ -9,8 +9,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -26,24 +24,12 @@ import hw1  # noqa: F401  (registers the config resolvers)
 from hw1.data import FolderDataModule
 from hw1.demo import TEST_LABELS
 from hw1.model import Classifier
+from hw1.predict import csv_text, write_atomically
 
 log = logging.getLogger(__name__)
 
 
-def write_atomically(path: Path, write) -> None:
-    """Write through a temporary file in the same folder and rename it into place, so an
-    interrupted run never leaves a half-written file behind."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
-def predict_test(
+def predict_folder(
     trainer: L.Trainer, model: Classifier, datamodule: FolderDataModule, ckpt_path: str | None
 ) -> list[tuple[str, str]]:
     """(image name, class folder name) for every test image, sorted by name."""
@@ -56,7 +42,7 @@ def predict_test(
     return sorted(rows)
 
 
-def test_accuracy(rows: list[tuple[str, str]], labels_csv: Path) -> float:
+def accuracy_against(rows: list[tuple[str, str]], labels_csv: Path) -> float:
     """Accuracy of the predicted rows against a ``image_name,label`` answer file."""
     with open(labels_csv, newline="") as f:
         truth = {r["image_name"]: r["label"] for r in csv.DictReader(f)}
@@ -77,6 +63,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         optim=container["optim"],
         sched=container["sched"],
         class_names=datamodule.class_names,
+        preprocess=datamodule.sizes.to_dict(),
     )
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     loggers = [instantiate(lg) for lg in cfg.logger.values() if lg is not None]
@@ -97,11 +84,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "best_ckpt": best_ckpt,
         "last_ckpt": ckpt.last_model_path if ckpt is not None and ckpt.last_model_path else None,
+        "tta": cfg.tta,
         "val_history": history,
     }
 
     if datamodule.test_dir.is_dir():
-        rows = predict_test(trainer, model, datamodule, best_ckpt)
+        rows = predict_folder(trainer, model, datamodule, best_ckpt)
         if len(rows) < len(datamodule.test_set):
             # fast_dev_run / limit_predict_batches: a submission must have every test image.
             log.warning(
@@ -111,16 +99,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             )
         elif trainer.is_global_zero:
             write_atomically(
-                run_dir / "prediction.csv",
-                lambda f: csv.writer(f).writerows([("image_name", "pred_label"), *rows]),
+                run_dir / "prediction.csv", csv_text([("image_name", "pred_label"), *rows])
             )
             metrics["prediction_csv"] = str(run_dir / "prediction.csv")
             if (datamodule.root / TEST_LABELS).exists():
-                metrics["test_acc"] = test_accuracy(rows, datamodule.root / TEST_LABELS)
+                metrics["test_acc"] = accuracy_against(rows, datamodule.root / TEST_LABELS)
 
     metrics["wall_time_s"] = round(time.time() - start, 1)
     if trainer.is_global_zero:
-        write_atomically(run_dir / "metrics.json", lambda f: json.dump(metrics, f, indent=2))
+        write_atomically(run_dir / "metrics.json", json.dumps(metrics, indent=2))
         summary = {k: v for k, v in metrics.items() if k != "val_history"}
         print(json.dumps(summary, indent=2))
     return metrics

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -62,10 +64,33 @@ def int_classes_root(tmp_path) -> tuple[Path, dict[str, str]]:
     return root, make_hw1_folder(root, [str(i) for i in range(12)])
 
 
-def compose_cfg(overrides: list[str] | None = None):
+def compose_cfg(overrides: list[str] | None = None, config_name: str = "train"):
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose(config_name="train", overrides=overrides or [])
+        return compose(config_name=config_name, overrides=overrides or [])
 
 
-def repo_env() -> dict[str, str]:
-    return {**os.environ, "PYTHONUNBUFFERED": "1"}
+# A run small enough for the CPU: resnet18 from scratch on 32 px colour patches.
+TINY = [
+    "model=resnet18", "model.weights=null", "head=v0", "head.dropout=0", "trainer=cpu",
+    "data.image_size=32", "data.batch_size=16", "data.num_workers=0",
+    "data.augment.jitter=[0,0,0,0]", "data.augment.scale=[0.5,1]",
+    "optim.lr=3e-3", "callbacks.early_stopping.patience=20",
+]  # fmt: skip
+
+
+def run_train(root: Path, run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "hw1.train", f"data.root={root}", f"hydra.run.dir={run_dir}"]
+    return subprocess.run([*cmd, *TINY, *overrides], capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> tuple[Path, dict[str, str], Path]:
+    """One end-to-end training run, shared: (data root, test answers, run directory)."""
+    base = tmp_path_factory.mktemp("trained")
+    root = base / "data"
+    answers = make_hw1_folder(root, [str(i) for i in range(12)])
+    run_dir = base / "run"
+    os.environ["TORCH_HOME"] = str(base / "torch_home")
+    proc = run_train(root, run_dir, "trainer.max_epochs=8", "sched.T_max=8")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root, answers, run_dir

@@ -56,7 +56,8 @@ def test_datamodule_batches_have_the_crop_size_and_labels(int_classes_root):
     assert xv.shape == (4, 3, 32, 32)
     dm.setup("predict")
     xp, names = next(iter(dm.predict_dataloader()))
-    assert xp.shape == (4, 3, 32, 32) and all(isinstance(n, str) for n in names)
+    assert xp.shape == (4, 4, 3, 32, 32)  # the four report TTA views of each image
+    assert all(isinstance(n, str) for n in names)
 
 
 def test_eval_sizes_follow_the_weights():

@@ -4,32 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-
-TINY = [
-    "model=resnet18", "model.weights=null", "head=v0", "head.dropout=0", "trainer=cpu",
-    "data.image_size=32", "data.batch_size=16", "data.num_workers=0",
-    "data.augment.jitter=[0,0,0,0]", "data.augment.scale=[0.5,1]",
-    "optim.lr=3e-3", "callbacks.early_stopping.patience=20",
-]  # fmt: skip
-
-
-def run_train(root: Path, run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
-    cmd = [
-        sys.executable,
-        "-m",
-        "hw1.train",
-        f"data.root={root}",
-        f"hydra.run.dir={run_dir}",
-        *TINY,
-        *overrides,
-    ]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+from conftest import run_train
 
 
 def read_prediction(path: Path) -> list[list[str]]:
@@ -38,11 +17,8 @@ def read_prediction(path: Path) -> list[list[str]]:
 
 
 @pytest.mark.slow
-def test_train_writes_the_run_directory_and_predicts_folder_names(int_classes_root, tmp_path):
-    root, answers = int_classes_root
-    run_dir = tmp_path / "run"
-    proc = run_train(root, run_dir, "trainer.max_epochs=8", "sched.T_max=8")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def test_train_writes_the_run_directory_and_predicts_folder_names(trained_run):
+    root, answers, run_dir = trained_run
 
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["epochs"] == 8 and len(metrics["val_history"]) == 8

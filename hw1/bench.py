@@ -1,0 +1,118 @@
+"""Side-by-side benchmarks, reported as ratios (one process, alternating rounds, so machine
+noise hits every contender alike).
+
+    python -m hw1.bench tta [--images 96] [--size 64] [--arch resnet18] [--batch-size 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from hw1.data import UnlabeledImages, view_loader
+from hw1.model import Classifier
+from hw1.presets import ViewStack, eval_sizes
+
+
+def make_photos(folder: Path, n: int, seed: int = 0) -> list[Path]:
+    """JPEGs of varied sizes around 500x375 with smooth, photo-like content."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        w, h = int(rng.integers(400, 600)), int(rng.integers(300, 450))
+        coarse = rng.integers(0, 256, (h // 32 + 2, w // 32 + 2, 3), dtype=np.uint8)
+        image = Image.fromarray(coarse).resize((w, h), Image.BICUBIC)
+        paths.append(folder / f"img{i:04d}.jpg")
+        image.save(paths[-1], quality=90)
+    return paths
+
+
+def per_image_tta(model: Classifier, dataset: UnlabeledImages, stack: ViewStack) -> torch.Tensor:
+    """The report's way: every view of every image through the model on its own."""
+    out = []
+    for i in range(len(dataset)):
+        image, _ = dataset[i]
+        views = stack(image, i)
+        out.append(torch.stack([model(v[None]).softmax(dim=1)[0] for v in views]).mean(dim=0))
+    return torch.stack(out)
+
+
+def batched(model: Classifier, loader) -> torch.Tensor:
+    return torch.cat([model.predict_probs(x) for x, _ in loader])
+
+
+def time_alternating(contenders: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
+    """Median seconds per contender, running them in turn each round."""
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(rounds):
+        for name, run in contenders.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def bench_tta(args: argparse.Namespace) -> None:
+    torch.manual_seed(0)
+    sizes = eval_sizes(args.size)
+    model = Classifier(
+        model={"_target_": "hw1.model.Backbone", "arch": args.arch},
+        head={"_target_": "hw1.model.make_head", "name": "v1"},
+        optim={},
+        sched={},
+        class_names=[str(i) for i in range(100)],
+        preprocess=sizes.to_dict(),
+    ).eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        make_photos(Path(tmp), args.images)
+        dataset = UnlabeledImages(tmp)
+        stack = ViewStack(sizes, "report", seed=0)
+        tta_loader = view_loader(dataset, sizes, "report", 0, args.batch_size, 0)
+        plain_loader = view_loader(dataset, sizes, "none", 0, args.batch_size, 0)
+        with torch.inference_mode():
+            same = torch.allclose(
+                per_image_tta(model, dataset, stack), batched(model, tta_loader), atol=1e-5
+            )
+            seconds = time_alternating(
+                {
+                    "per-image TTA loop": lambda: per_image_tta(model, dataset, stack),
+                    "batched TTA": lambda: batched(model, tta_loader),
+                    "batched single view": lambda: batched(model, plain_loader),
+                },
+                rounds=args.rounds,
+            )
+    print(f"{args.images} images, {args.arch}, {args.size} px, batch {args.batch_size}, "
+          f"{torch.get_num_threads()} threads; same probabilities: {same}")  # fmt: skip
+    for name, s in seconds.items():
+        print(f"{name:>22}: {args.images / s:8.1f} images/s")
+    speedup = seconds["per-image TTA loop"] / seconds["batched TTA"]
+    cost = seconds["batched TTA"] / seconds["batched single view"]
+    print(f"batched TTA vs per-image loop: {speedup:.2f}x faster (goal >= 5)")
+    print(f"batched 4-view TTA vs single view: {cost:.2f}x the time (goal <= 4.5)")
+    print(f"ratio: {speedup:.2f}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m hw1.bench", description=__doc__)
+    sub = parser.add_subparsers(dest="bench", required=True)
+    tta = sub.add_parser("tta", help="batched TTA vs a per-image loop vs single-view inference")
+    tta.add_argument("--images", type=int, default=96)
+    tta.add_argument("--size", type=int, default=64, help="crop size in pixels")
+    tta.add_argument("--arch", default="resnet18")
+    tta.add_argument("--batch-size", type=int, default=32)
+    tta.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args(argv)
+    {"tta": bench_tta}[args.bench](args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""Predict a test folder from checkpoints: ``python -m hw1.predict ckpt_path=PATH data.root=ROOT``.
+
+The model, head, image size and class names come from the checkpoint. ``ckpt_path=[A,B]``
+averages the softmax of several checkpoints (each with its own test-time views).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import numpy as np
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, ListConfig
+from torch.utils.data import Dataset
+
+import hw1  # noqa: F401  (registers the config resolvers)
+from hw1.data import UnlabeledImages, check_test_images, view_loader
+from hw1.model import Classifier
+from hw1.presets import EvalSizes
+
+
+def write_atomically(path: Path, data: str | bytes) -> None:
+    """Write through a temporary file in the same folder, then rename it into place: an
+    interrupted run leaves the old file or none, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def csv_text(rows: Sequence[Sequence[Any]]) -> str:
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerows(rows)
+    return out.getvalue()
+
+
+def checkpoint_paths(ckpt_path: str | Sequence[str] | None) -> list[Path]:
+    if ckpt_path is None:
+        raise ValueError("ckpt_path is required: ckpt_path=PATH or ckpt_path=[A,B,C]")
+    paths = ckpt_path if isinstance(ckpt_path, (list, tuple, ListConfig)) else [ckpt_path]
+    return [Path(p) for p in paths]
+
+
+def load_ensemble(paths: Sequence[Path]) -> list[Classifier]:
+    models = [Classifier.from_checkpoint(p) for p in paths]
+    for path, model in zip(paths[1:], models[1:], strict=True):
+        if model.class_names != models[0].class_names:
+            raise ValueError(
+                f"{path} was trained on other classes than {paths[0]}: an ensemble needs "
+                "checkpoints of the same class folders"
+            )
+    return models
+
+
+def ensemble_probs(
+    trainer: L.Trainer,
+    models: Sequence[Classifier],
+    dataset: Dataset,
+    tta: str,
+    seed: int,
+    batch_size: int,
+    num_workers: int,
+) -> tuple[list[Any], torch.Tensor]:
+    """(keys in dataset order, mean class probabilities over models and views)."""
+    keys: list[Any] = []
+    total = None
+    for model in models:
+        sizes = EvalSizes.from_dict(model.hparams.preprocess)
+        loader = view_loader(dataset, sizes, tta, seed, batch_size, num_workers)
+        batches = trainer.predict(model, loader)
+        keys = [k for batch_keys, _ in batches for k in _as_list(batch_keys)]
+        probs = torch.cat([p for _, p in batches])
+        total = probs if total is None else total + probs
+    return keys, total / len(models)
+
+
+def _as_list(keys: Any) -> list[Any]:
+    return keys.tolist() if isinstance(keys, torch.Tensor) else list(keys)
+
+
+def save_probs(
+    path: Path, keys: Sequence[Any], class_names: Sequence[str], probs: torch.Tensor
+) -> None:
+    """The class probabilities, for ensembling runs later: ``np.load(path)`` gives
+    ``keys``, ``class_names`` and ``probs`` (rows in ``keys`` order)."""
+    buffer = io.BytesIO()
+    np.savez_compressed(
+        buffer, keys=np.array(keys), class_names=np.array(class_names), probs=probs.numpy()
+    )
+    write_atomically(path, buffer.getvalue())
+
+
+def output_path(cfg: DictConfig, default_name: str) -> Path:
+    """``output=FILE``, or ``default_name`` in the Hydra run directory."""
+    if cfg.output:
+        return Path(cfg.output)
+    return Path(HydraConfig.get().runtime.output_dir) / default_name
+
+
+def inference_trainer(cfg: DictConfig, output: Path) -> L.Trainer:
+    return instantiate(
+        cfg.trainer,
+        default_root_dir=str(output.parent),
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+    )
+
+
+def predict(cfg: DictConfig) -> Path:
+    output = output_path(cfg, "prediction.csv")
+    test_dir = Path(cfg.data.root) / "test"
+    if not test_dir.is_dir():
+        raise FileNotFoundError(f"data.root={cfg.data.root}: no test/ folder to predict")
+    check_test_images(test_dir)  # before any model is loaded: nothing is written on error
+    models = load_ensemble(checkpoint_paths(cfg.ckpt_path))
+    class_names = models[0].class_names
+
+    L.seed_everything(cfg.seed)
+    names, probs = ensemble_probs(
+        inference_trainer(cfg, output),
+        models,
+        UnlabeledImages(test_dir),
+        cfg.tta,
+        cfg.seed,
+        cfg.data.batch_size,
+        cfg.data.num_workers,
+    )
+    labels = [class_names[i] for i in probs.argmax(dim=1).tolist()]
+    rows = sorted(zip(names, labels, strict=True))
+    write_atomically(output, csv_text([("image_name", "pred_label"), *rows]))
+    if cfg.save_probs:
+        save_probs(output.with_suffix(".probs.npz"), names, class_names, probs)
+    print(json.dumps({"prediction_csv": str(output), "images": len(rows), "tta": cfg.tta}))
+    return output
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
+def main(cfg: DictConfig) -> None:
+    predict(cfg)
+
+
+if __name__ == "__main__":
+    main()

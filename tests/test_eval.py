@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import compose_cfg
+from PIL import Image
+
+from hw1.eval import confusion_report, evaluate
+
+
+def test_confusion_report_names_per_class_accuracy_and_the_worst_pairs():
+    confusion = torch.tensor([[3, 0, 0], [1, 1, 1], [0, 3, 0]])
+    report = confusion_report(confusion, ["a", "b", "c"], top=2)
+    assert report["per_class_acc"] == pytest.approx({"a": 1.0, "b": 1 / 3, "c": 0.0})
+    assert report["most_confused"][0] == {"true": "c", "pred": "b", "count": 3}
+    assert len(report["most_confused"]) == 2 and report["most_confused"][1]["count"] == 1
+
+
+@pytest.mark.slow
+def test_eval_accuracy_is_what_training_logged_for_the_checkpoint(trained_run, tmp_path):
+    root, _, run_dir = trained_run
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    overrides = [f"ckpt_path={metrics['best_ckpt']}", f"data.root={root}", "trainer=cpu"]
+    overrides += [f"output={tmp_path / 'eval.json'}", "data.num_workers=0"]
+    cfg = compose_cfg(overrides, config_name="eval")
+    results = evaluate(cfg)
+    assert results["acc"] == pytest.approx(metrics["best_val_acc"], abs=1e-6)
+    assert 0 <= results["acc_tta"] <= 1 and results["images"] == 36
+    assert set(results["per_class_acc"]) == {str(i) for i in range(12)}
+    assert json.loads((tmp_path / "eval.json").read_text())["acc"] == results["acc"]
+    with Image.open(tmp_path / "confusion.png") as png:
+        assert png.width == png.height >= 12 * 10

@@ -1,0 +1,134 @@
+from __future__ import annotations
+
+import csv
+import io
+
+import numpy as np
+import pytest
+import torch
+from conftest import compose_cfg, make_hw1_folder
+from PIL import Image
+
+from hw1.bench import batched, per_image_tta
+from hw1.data import UnlabeledImages, view_loader
+from hw1.model import Classifier
+from hw1.predict import predict
+from hw1.presets import EvalSizes, ViewStack, eval_preset
+
+
+def tiny_model(seed: int = 0) -> Classifier:
+    torch.manual_seed(seed)
+    return Classifier(
+        model={"_target_": "hw1.model.Backbone", "arch": "resnet18"},
+        head={"_target_": "hw1.model.make_head", "name": "v3"},  # BatchNorm: eval mode matters
+        optim={},
+        sched={},
+        class_names=[str(i) for i in range(12)],
+        preprocess=EvalSizes(crop=32, resize=37).to_dict(),
+    ).eval()
+
+
+def run_predict(root, out, *overrides):
+    cfg = compose_cfg(
+        [f"data.root={root}", f"output={out}", "data.num_workers=0", "trainer=cpu", *overrides],
+        config_name="predict",
+    )
+    return predict(cfg)
+
+
+def test_batched_tta_equals_the_per_image_computation(int_classes_root):
+    root, _ = int_classes_root
+    model, sizes = tiny_model(), EvalSizes(crop=32, resize=37)
+    dataset = UnlabeledImages(root / "test")
+    with torch.inference_mode():
+        loop = per_image_tta(model, dataset, ViewStack(sizes, seed=3))
+        together = batched(model, view_loader(dataset, sizes, "report", 3, 5, 0))
+    assert together.shape == (24, 12)
+    torch.testing.assert_close(together, loop, atol=1e-5, rtol=1e-4)
+
+
+def test_seed_changes_only_the_random_views():
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (50, 70, 3), dtype=np.uint8))
+    sizes = EvalSizes(crop=32, resize=37)
+    a, b = ViewStack(sizes, seed=1)(image, 5), ViewStack(sizes, seed=2)(image, 5)
+    assert a.shape == (4, 3, 32, 32)
+    assert torch.equal(a[:2], b[:2])  # plain and flipped views are deterministic
+    assert not torch.equal(a[2], b[2]) and not torch.equal(a[3], b[3])  # rotation, crop
+    assert torch.equal(a, ViewStack(sizes, seed=1)(image, 5))  # same seed, same views
+    assert torch.equal(a[1], a[0].flip(-1))
+
+
+def test_tta_none_is_the_plain_eval_prediction(int_classes_root):
+    """The report's code ignored its TTA flag; here tta=none must be the eval view alone."""
+    root, _ = int_classes_root
+    model, sizes = tiny_model(), EvalSizes(crop=32, resize=37)
+    dataset = UnlabeledImages(root / "test")
+    with torch.inference_mode():
+        none = batched(model, view_loader(dataset, sizes, "none", 0, 8, 0))
+        plain = torch.stack(
+            [model(eval_preset(sizes)(img)[None]).softmax(1)[0] for img, _ in dataset]
+        )
+        report = batched(model, view_loader(dataset, sizes, "report", 0, 8, 0))
+    torch.testing.assert_close(none, plain, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(none, report, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_predict_from_a_checkpoint_writes_the_submission_format(trained_run, tmp_path):
+    root, answers, run_dir = trained_run
+    out = tmp_path / "sub" / "prediction.csv"
+    run_predict(root, out, f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}")
+    with open(out, newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["image_name", "pred_label"]
+    assert [r[0] for r in rows[1:]] == sorted(answers)  # .jpg, .png and .JPEG stems, sorted
+    assert sum(answers[n] == label for n, label in rows[1:]) / len(answers) >= 0.9
+
+
+@pytest.mark.slow
+def test_same_seed_same_bytes_and_tta_flag_is_honoured(trained_run, tmp_path):
+    root, _, run_dir = trained_run
+    ckpt = f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}"
+    a = run_predict(root, tmp_path / "a.csv", ckpt, "seed=7").read_bytes()
+    b = run_predict(root, tmp_path / "b.csv", ckpt, "seed=7").read_bytes()
+    assert a == b
+    run_predict(root, tmp_path / "none.csv", ckpt, "tta=none", "save_probs=true")
+    run_predict(root, tmp_path / "report.csv", ckpt, "tta=report", "save_probs=true")
+    none = np.load(tmp_path / "none.probs.npz")["probs"]
+    report = np.load(tmp_path / "report.probs.npz")["probs"]
+    assert not np.allclose(none, report, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_ensemble_is_the_mean_of_its_members(trained_run, tmp_path):
+    root, _, run_dir = trained_run
+    best = run_dir / "checkpoints" / "best.ckpt"
+    other = tmp_path / "other.ckpt"  # the same model, other weights
+    ckpt = torch.load(best, map_location="cpu", weights_only=False)
+    ckpt["state_dict"] = Classifier(**{**ckpt["hyper_parameters"]}).state_dict()
+    torch.save(ckpt, other)
+    probs = {}
+    for name, paths in {"a": f"{best}", "b": f"{other}", "ab": f"[{best},{other}]"}.items():
+        run_predict(root, tmp_path / f"{name}.csv", f"ckpt_path={paths}", "save_probs=true")
+        probs[name] = np.load(tmp_path / f"{name}.probs.npz")
+    np.testing.assert_allclose(
+        probs["ab"]["probs"], (probs["a"]["probs"] + probs["b"]["probs"]) / 2, atol=1e-6
+    )
+    assert list(probs["ab"]["keys"]) == list(probs["a"]["keys"])
+    assert list(probs["ab"]["class_names"]) == [str(i) for i in range(12)]
+
+
+def test_unreadable_test_image_stops_predict_before_writing(tmp_path):
+    root = tmp_path / "data"
+    make_hw1_folder(root, ["a", "b"], train=1, val=1, test=2)
+    (root / "test" / "empty.jpg").write_bytes(b"")
+    (root / "test" / "page.jpg").write_text("<html>not an image</html>")
+    good = io.BytesIO()
+    Image.new("RGB", (64, 64)).save(good, format="JPEG")
+    (root / "test" / "cut.jpg").write_bytes(good.getvalue()[:200])
+    out = tmp_path / "out" / "prediction.csv"
+    with pytest.raises(
+        ValueError, match=r"(?s)3 of 7 test images.*cut\.jpg.*empty\.jpg.*page\.jpg"
+    ):
+        run_predict(root, out, "ckpt_path=/never/loaded.ckpt")
+    assert not out.parent.exists() or not any(out.parent.iterdir())
