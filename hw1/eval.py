@@ -88,11 +88,11 @@ def confusion_png(confusion: torch.Tensor, names: list[str]) -> bytes:
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     output = output_path(cfg, "eval.json")
     folder = Path(cfg.data.root) / cfg.split
+    if not folder.is_dir():
+        raise FileNotFoundError(f"data.root={cfg.data.root}: no {cfg.split}/ folder to evaluate")
     paths = checkpoint_paths(cfg.ckpt_path)
     models = load_ensemble(paths)
     names = models[0].class_names
-    if not folder.is_dir():
-        raise FileNotFoundError(f"data.root={cfg.data.root}: no {cfg.split}/ folder to evaluate")
     if set(class_names(folder)) - set(names):
         raise ValueError(
             f"{folder} has class folders the checkpoint was not trained on: "

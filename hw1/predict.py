@@ -79,15 +79,27 @@ def ensemble_probs(
     for model in models:
         sizes = EvalSizes.from_dict(model.hparams.preprocess)
         loader = view_loader(dataset, sizes, tta, seed, batch_size, num_workers)
-        batches = trainer.predict(model, loader)
-        keys = [k for batch_keys, _ in batches for k in _as_list(batch_keys)]
-        probs = torch.cat([p for _, p in batches])
+        keys, probs = collect(trainer.predict(model, loader))
         total = probs if total is None else total + probs
     return keys, total / len(models)
 
 
+def collect(batches: list[tuple[Any, torch.Tensor]]) -> tuple[list[Any], torch.Tensor]:
+    """``Trainer.predict``'s (keys, probs) batches as one key list and one tensor."""
+    keys = [k for batch_keys, _ in batches for k in _as_list(batch_keys)]
+    return keys, torch.cat([p for _, p in batches])
+
+
 def _as_list(keys: Any) -> list[Any]:
     return keys.tolist() if isinstance(keys, torch.Tensor) else list(keys)
+
+
+def submission_rows(
+    names: Sequence[str], probs: torch.Tensor, class_names: Sequence[str]
+) -> list[tuple[str, str]]:
+    """The rows of prediction.csv: (image name, class folder name), sorted by name."""
+    labels = [class_names[i] for i in probs.argmax(dim=1).tolist()]
+    return sorted(zip(names, labels, strict=True))
 
 
 def save_probs(
@@ -138,8 +150,7 @@ def predict(cfg: DictConfig) -> Path:
         cfg.data.batch_size,
         cfg.data.num_workers,
     )
-    labels = [class_names[i] for i in probs.argmax(dim=1).tolist()]
-    rows = sorted(zip(names, labels, strict=True))
+    rows = submission_rows(names, probs, class_names)
     write_atomically(output, csv_text([("image_name", "pred_label"), *rows]))
     if cfg.save_probs:
         save_probs(output.with_suffix(".probs.npz"), names, class_names, probs)

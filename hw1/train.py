@@ -24,7 +24,7 @@ import hw1  # noqa: F401  (registers the config resolvers)
 from hw1.data import FolderDataModule
 from hw1.demo import TEST_LABELS
 from hw1.model import Classifier
-from hw1.predict import csv_text, write_atomically
+from hw1.predict import collect, csv_text, submission_rows, write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +33,8 @@ def predict_folder(
     trainer: L.Trainer, model: Classifier, datamodule: FolderDataModule, ckpt_path: str | None
 ) -> list[tuple[str, str]]:
     """(image name, class folder name) for every test image, sorted by name."""
-    batches = trainer.predict(model, datamodule=datamodule, ckpt_path=ckpt_path)
-    rows = [
-        (name, model.class_names[i])
-        for names, probs in batches
-        for name, i in zip(names, probs.argmax(dim=1).tolist(), strict=True)
-    ]
-    return sorted(rows)
+    names, probs = collect(trainer.predict(model, datamodule=datamodule, ckpt_path=ckpt_path))
+    return submission_rows(names, probs, model.class_names)
 
 
 def accuracy_against(rows: list[tuple[str, str]], labels_csv: Path) -> float:
