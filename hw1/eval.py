@@ -7,7 +7,6 @@ ten most confused class pairs) and ``confusion.png`` beside it.
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 from typing import Any
@@ -16,11 +15,11 @@ import hydra
 import lightning as L
 import torch
 from omegaconf import DictConfig
-from PIL import Image, ImageDraw, ImageFont
 from torchmetrics.functional.classification import multiclass_confusion_matrix
 
 import hw1  # noqa: F401  (registers the config resolvers)
 from hw1.data import ClassFolders, class_names
+from hw1.figures import confusion_image, png_bytes
 from hw1.predict import (
     checkpoint_paths,
     ensemble_probs,
@@ -49,40 +48,6 @@ def confusion_report(confusion: torch.Tensor, names: list[str], top: int = 10) -
         if c > 0
     ]
     return {"per_class_acc": per_class, "most_confused": pairs}
-
-
-def confusion_png(confusion: torch.Tensor, names: list[str]) -> bytes:
-    """The confusion matrix as a heat map, rows true and columns predicted, in folder order,
-    row-normalised. Cells stay at least 10 px and every class is labelled, so 100 classes
-    remain readable. (torchmetrics' plot needs matplotlib, which hw1 does not depend on.)"""
-    n = len(names)
-    cell = max(10, 800 // n)
-    font = ImageFont.load_default(size=max(9, min(14, cell - 1)))
-    header = ("rows: true", "cols: predicted")
-    label_w = int(max(font.getlength(text) for text in (*names, *header))) + 8
-    size = label_w + n * cell + 1
-    image = Image.new("RGB", (size, size), "white")
-    draw = ImageDraw.Draw(image)
-    rates = confusion / confusion.sum(dim=1, keepdim=True).clamp(min=1)
-    for i in range(n):
-        for j in range(n):
-            shade = 255 - int(255 * rates[i, j].item())
-            x, y = label_w + j * cell, label_w + i * cell
-            colour = (shade, shade, 255) if i == j else (255, shade, shade)
-            draw.rectangle([x, y, x + cell, y + cell], fill=colour, outline=(225, 225, 225))
-    column_labels = Image.new("RGB", (label_w, n * cell), "white")
-    column_draw = ImageDraw.Draw(column_labels)
-    for i, name in enumerate(names):
-        draw.text((4, label_w + i * cell + cell // 2), name, fill="black", font=font, anchor="lm")
-        column_draw.text((4, i * cell + cell // 2), name, fill="black", font=font, anchor="lm")
-    # Column labels: written like the row labels, then turned a quarter left to stand on
-    # the grid's top edge.
-    image.paste(column_labels.rotate(90, expand=True), (label_w, 0))
-    for k, text in enumerate(header):
-        draw.text((4, 4 + k * (font.size + 4)), text, fill="black", font=font)
-    out = io.BytesIO()
-    image.save(out, format="PNG")
-    return out.getvalue()
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
@@ -120,7 +85,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     results |= confusion_report(confusion, names)
 
     write_atomically(output, json.dumps(results, indent=2))
-    write_atomically(output.with_name("confusion.png"), confusion_png(confusion, names))
+    write_atomically(
+        output.with_name("confusion.png"), png_bytes(confusion_image(confusion, names))
+    )
     if cfg.save_probs:
         save_probs(output.with_suffix(".probs.npz"), targets.tolist(), names, probs)
     summary = {k: v for k, v in results.items() if k != "per_class_acc"}

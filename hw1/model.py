@@ -15,7 +15,7 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from torch import nn
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 from torchvision.models import WeightsEnum, get_model, get_model_weights
 
 STAGES = ("layer1", "layer2", "layer3", "layer4")
@@ -184,7 +184,9 @@ class Classifier(L.LightningModule):
         num_classes = len(self.class_names)
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_confusion = MulticlassConfusionMatrix(num_classes)  # drawn by TensorBoardFigures
         self.val_history: list[dict[str, float]] = []  # per epoch, for metrics.json
+        self.train_images = 0  # seen by training steps, for the run summary's images/s
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
@@ -194,6 +196,7 @@ class Classifier(L.LightningModule):
         logits = self(x)
         loss = self.criterion(logits, y)
         self.train_acc(logits, y)
+        self.train_images += len(y)
         # Two names rather than Lightning's automatic _step/_epoch suffixes: train/loss is the
         # epoch curve that sits beside val/loss in TensorBoard.
         self.log("train/loss", loss, on_step=False, on_epoch=True)
@@ -201,15 +204,21 @@ class Classifier(L.LightningModule):
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
         return loss
 
+    def on_train_epoch_end(self) -> None:
+        # The per-epoch learning rate, beside LearningRateMonitor's per-step curve.
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
+
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], _: int) -> None:
         x, y = batch
         logits = self(x)
         self.val_acc.update(logits, y)
+        self.val_confusion.update(logits, y)
         self.log("val/loss", self.criterion(logits, y), on_epoch=True, prog_bar=True)
 
     def on_validation_epoch_end(self) -> None:
         acc = self.val_acc.compute()
         self.val_acc.reset()
+        self.val_confusion.reset()
         self.log("val/acc", acc, prog_bar=True)
         if not self.trainer.sanity_checking:
             self.val_history.append({"epoch": self.current_epoch + 1, "val_acc": acc.item()})

@@ -44,6 +44,52 @@ def accuracy_against(rows: list[tuple[str, str]], labels_csv: Path) -> float:
     return sum(truth[name] == label for name, label in rows) / len(rows)
 
 
+PARAM_LIMIT = 100_000_000  # the competition's rule (spec §1)
+HPARAM_GROUPS = ("id", "seed", "tta", "data", "model", "head", "optim", "sched", "trainer")
+
+
+def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
+    """The run's settings as flat ``group.key`` scalars, which TensorBoard's HPARAMS tab
+    can show and compare across the runs of a sweep."""
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), value)
+        else:
+            flat[prefix] = node if isinstance(node, (int, float, str, bool)) else str(node)
+
+    container = OmegaConf.to_container(cfg, resolve=True)
+    walk("", {k: container[k] for k in HPARAM_GROUPS if k in container})
+    return flat
+
+
+def summary_text(metrics: dict[str, Any], run_dir: Path) -> str:
+    """The end-of-training summary for the console."""
+    params = metrics["params"]
+    limit = "under" if params < PARAM_LIMIT else "OVER"
+    name = f"hw1 run {metrics['id']}" if metrics["id"] else "hw1 run"
+    lines = ["", f"{name} finished in {metrics['wall_time_s']:.0f} s"]
+    if metrics["best_val_acc"] is not None:
+        lines.append(
+            f"  best val acc   {metrics['best_val_acc']:.4f} at epoch {metrics['best_epoch']}"
+            f" of {metrics['epochs']}"
+        )
+    if "test_acc" in metrics:
+        lines.append(f"  test acc       {metrics['test_acc']:.4f} (tta={metrics['tta']})")
+    lines += [
+        f"  parameters     {params:,} ({limit} the 100 M limit)",
+        f"  training       {metrics['train_images_per_s']:.1f} images/s",
+    ]
+    for label, key in (("best ckpt", "best_ckpt"), ("prediction", "prediction_csv")):
+        if metrics.get(key):
+            lines.append(f"  {label:<14} {metrics[key]}")
+    lines.append(f"  metrics        {run_dir / 'metrics.json'}")
+    lines.append(f"  TensorBoard    tensorboard --logdir {run_dir}")
+    return "\n".join(lines)
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     L.seed_everything(cfg.seed, workers=True)
@@ -64,7 +110,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     loggers = [instantiate(lg) for lg in cfg.logger.values() if lg is not None]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
 
+    fit_start = time.time()
     trainer.fit(model, datamodule=datamodule)
+    fit_seconds = time.time() - fit_start
 
     ckpt = trainer.checkpoint_callback
     best_ckpt = ckpt.best_model_path if ckpt is not None and ckpt.best_model_path else None
@@ -80,6 +128,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "best_ckpt": best_ckpt,
         "last_ckpt": ckpt.last_model_path if ckpt is not None and ckpt.last_model_path else None,
         "tta": cfg.tta,
+        "train_images_per_s": round(model.train_images / fit_seconds, 1),
         "val_history": history,
     }
 
@@ -103,8 +152,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     metrics["wall_time_s"] = round(time.time() - start, 1)
     if trainer.is_global_zero:
         write_atomically(run_dir / "metrics.json", json.dumps(metrics, indent=2))
-        summary = {k: v for k, v in metrics.items() if k != "val_history"}
-        print(json.dumps(summary, indent=2))
+        best = {f"hparams/{k}": metrics.get(k) for k in ("best_val_acc", "best_epoch", "test_acc")}
+        for logger in trainer.loggers:
+            logger.log_hyperparams(
+                flat_hparams(cfg), {k: v for k, v in best.items() if v is not None}
+            )
+            logger.finalize("success")
+        print(summary_text(metrics, run_dir))
     return metrics
 
 

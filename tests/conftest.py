@@ -93,4 +93,5 @@ def trained_run(tmp_path_factory) -> tuple[Path, dict[str, str], Path]:
     os.environ["TORCH_HOME"] = str(base / "torch_home")
     proc = run_train(root, run_dir, "trainer.max_epochs=8", "sched.T_max=8")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    (base / "train.stdout").write_text(proc.stdout)  # for the run-summary test
     return root, answers, run_dir

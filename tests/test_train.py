@@ -61,3 +61,42 @@ def test_missing_data_root_fails_with_the_layout_and_the_demo_command(tmp_path):
     assert proc.returncode != 0
     assert "absent: no such folder" in proc.stderr and "experiment=demo" in proc.stderr
     assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+@pytest.mark.slow
+def test_tensorboard_has_the_curves_images_and_hparams(trained_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _, _, run_dir = trained_run
+    events = EventAccumulator(str(run_dir / "tb"), size_guidance={"images": 0})
+    events.Reload()
+    tags = events.Tags()
+    assert {"train/loss", "train/acc", "val/loss", "val/acc", "lr-AdamW", "train/lr"} <= set(
+        tags["scalars"]
+    )
+    assert len(events.Scalars("train/lr")) == 8  # per epoch
+    per_step = [e.step + 1 for e in events.Scalars("lr-AdamW")]  # every log_every_n_steps
+    assert per_step == list(range(10, 8 * 7 + 1, 10))  # 8 epochs of 7 batches
+    assert {"train/augmented", "val/confusion"} <= set(tags["images"])
+    # confusion every 10 epochs and at the last: one image for this 8-epoch run
+    assert [e.step for e in events.Images("val/confusion")] == [8 * 7]  # after the last step
+    hparams = events.PluginTagToContent("hparams")
+    assert "_hparams_/session_start_info" in hparams
+    assert b"model.arch" in hparams["_hparams_/session_start_info"]
+    assert b"hparams/best_val_acc" in hparams["_hparams_/experiment"]
+
+
+@pytest.mark.slow
+def test_summary_names_files_that_exist(trained_run):
+    _, _, run_dir = trained_run
+    summary = (run_dir.parent / "train.stdout").read_text().split("hw1 run", 1)[1]
+    assert (
+        "best val acc" in summary and "under the 100 M limit" in summary and "images/s" in summary
+    )
+    paths = [
+        line.split()[-1]
+        for line in summary.splitlines()
+        if line.strip().startswith(("best ckpt", "prediction", "metrics"))
+    ]
+    assert len(paths) == 3 and all(Path(p).is_file() for p in paths)
+    assert f"tensorboard --logdir {run_dir}" in summary

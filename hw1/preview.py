@@ -1,0 +1,80 @@
+"""The report's augmentation figure for any dataset:
+``python -m hw1.preview data.root=ROOT [n=16] [split=train] [views=6]``.
+
+Each row: one source image, ``views`` augmented versions of it from the train pipeline,
+then its test-time views. Takes every training override (``experiment=demo``,
+``data.image_size=…``, ``data.augment.rotation=…``) so it shows what a run would train on.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from PIL import ImageOps
+from torchvision.transforms import v2 as T
+
+import hw1  # noqa: F401  (registers the config resolvers)
+from hw1.data import ClassFolders, FolderDataModule, UnlabeledImages
+from hw1.figures import labelled_grid, png_bytes, to_uint8
+from hw1.predict import write_atomically
+from hw1.presets import ViewStack
+
+TTA_LABELS = ("tta: plain", "tta: flip", "tta: rotate", "tta: crop")
+
+
+def preview(cfg: DictConfig) -> Path:
+    if cfg.output:
+        output = Path(cfg.output)
+    else:
+        output = Path(HydraConfig.get().runtime.output_dir) / "preview.png"
+    datamodule: FolderDataModule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    folder = datamodule.root / cfg.split
+    if cfg.split == "test":
+        dataset = UnlabeledImages(folder)
+    else:
+        dataset = ClassFolders(folder, datamodule.class_names)
+    if not len(dataset):
+        raise FileNotFoundError(f"{folder}: no images to preview")
+    sizes = datamodule.sizes
+    picked = sorted(random.Random(cfg.seed).sample(range(len(dataset)), min(cfg.n, len(dataset))))
+    torch.manual_seed(cfg.seed)
+    stack = ViewStack(sizes, "report", cfg.seed)
+    to_tensor = T.PILToTensor()
+    tiles, labels = [], []
+    for i in picked:
+        image, key = dataset[i]
+        name = key if cfg.split == "test" else datamodule.class_names[key]
+        tiles.append(to_tensor(ImageOps.pad(image, (sizes.crop, sizes.crop))))
+        augmented = torch.stack([datamodule.train_transform(image) for _ in range(cfg.views)])
+        tiles += [*to_uint8(augmented, sizes), *to_uint8(stack(image, i), sizes)]
+        labels += [str(name), *[f"train aug {k + 1}" for k in range(cfg.views)], *TTA_LABELS]
+    grid = labelled_grid(
+        torch.stack(tiles),
+        ncol=1 + cfg.views + len(TTA_LABELS),
+        labels=labels,
+        tile=preview_tile(sizes.crop),
+    )
+    write_atomically(output, png_bytes(grid))
+    print(output)
+    return output
+
+
+def preview_tile(crop: int) -> int:
+    """Tiles of at least 96 px (tiny crops enlarged) and at most 160 px (a page stays a page)."""
+    return max(96, min(crop, 160))
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="preview")
+def main(cfg: DictConfig) -> None:
+    preview(cfg)
+
+
+if __name__ == "__main__":
+    main()
