@@ -66,19 +66,18 @@ def image_files(folder: str | os.PathLike) -> list[Path]:
 
 
 class UnlabeledImages(Dataset):
-    """The flat, unlabeled test folder; yields (image, file name without extension)."""
+    """The flat, unlabeled test folder; yields (RGB PIL image, file name without extension).
+    Views and tensors come later (``Views``), as prediction needs several per image."""
 
-    def __init__(self, folder: str | os.PathLike, transform=None) -> None:
+    def __init__(self, folder: str | os.PathLike) -> None:
         self.files = image_files(folder)
-        self.transform = transform
 
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, i: int) -> tuple[Any, str]:
+    def __getitem__(self, i: int) -> tuple[Image.Image, str]:
         with Image.open(self.files[i]) as im:
-            image = im.convert("RGB")
-        return (self.transform(image) if self.transform else image), self.files[i].stem
+            return im.convert("RGB"), self.files[i].stem
 
 
 def _decodes(path: Path) -> bool:
@@ -215,7 +214,7 @@ class FolderDataModule(L.LightningDataModule):
             )
             self.val_set = ClassFolders(self.root / "val", self.class_names, self.eval_transform)
         if stage in ("predict", None) and self.test_set is None and self.test_dir.is_dir():
-            self.test_set = UnlabeledImages(self.test_dir)  # PIL images: views come later
+            self.test_set = UnlabeledImages(self.test_dir)
 
     def _loader(self, dataset: Dataset, shuffle: bool = False) -> DataLoader:
         return DataLoader(
