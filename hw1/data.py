@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
@@ -43,12 +44,34 @@ def class_names(folder: str | os.PathLike) -> list[str]:
     return sorted(names)
 
 
+def is_image_file(path: str | os.PathLike) -> bool:
+    """An image by its extension, case-insensitively; hidden files (``.DS_Store``, macOS's
+    ``._name.jpg`` resource forks) are not images whatever their extension."""
+    name = os.path.basename(path)
+    return not name.startswith(".") and has_file_allowed_extension(name, IMG_EXTENSIONS)
+
+
+def load_rgb(path: str | os.PathLike) -> Image.Image:
+    """Any image file as 8-bit RGB, upright: EXIF orientation applied; grayscale, palette
+    and CMYK converted; 16-bit scaled to 8 bits (PIL's convert clips it at 255);
+    transparency laid on white."""
+    with Image.open(path) as im:
+        im = ImageOps.exif_transpose(im)
+        if im.mode.startswith("I;16") or (im.mode == "I" and im.getextrema()[1] > 255):
+            im = Image.fromarray((np.asarray(im, dtype=np.uint32) >> 8).astype(np.uint8))
+        if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+            im = im.convert("RGBA")
+            im = Image.alpha_composite(Image.new("RGBA", im.size, "white"), im)
+        return im.convert("RGB")
+
+
 class ClassFolders(ImageFolder):
-    """ImageFolder over a given class list (so val shares train's class indices)."""
+    """ImageFolder over a given class list (so val shares train's class indices), reading
+    images with ``load_rgb`` and skipping hidden files."""
 
     def __init__(self, root: str | os.PathLike, classes: Sequence[str], transform=None):
         self._classes = list(classes)
-        super().__init__(root, transform=transform)
+        super().__init__(root, transform=transform, loader=load_rgb, is_valid_file=is_image_file)
 
     def find_classes(self, directory: str | os.PathLike) -> tuple[list[str], dict[str, int]]:
         return self._classes, {c: i for i, c in enumerate(self._classes)}
@@ -56,13 +79,7 @@ class ClassFolders(ImageFolder):
 
 def image_files(folder: str | os.PathLike) -> list[Path]:
     """The images of a flat folder, by extension (case-insensitive), sorted by name."""
-    return sorted(
-        p
-        for p in Path(folder).iterdir()
-        if p.is_file()
-        and not p.name.startswith(".")
-        and has_file_allowed_extension(p.name, IMG_EXTENSIONS)
-    )
+    return sorted(p for p in Path(folder).iterdir() if p.is_file() and is_image_file(p))
 
 
 class UnlabeledImages(Dataset):
@@ -76,14 +93,12 @@ class UnlabeledImages(Dataset):
         return len(self.files)
 
     def __getitem__(self, i: int) -> tuple[Image.Image, str]:
-        with Image.open(self.files[i]) as im:
-            return im.convert("RGB"), self.files[i].stem
+        return load_rgb(self.files[i]), self.files[i].stem
 
 
 def _decodes(path: Path) -> bool:
     try:
-        with Image.open(path) as im:
-            im.load()
+        load_rgb(path)
         return True
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
         return False

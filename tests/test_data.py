@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 from conftest import make_hw1_folder
+from PIL import Image
 
-from hw1.data import ClassFolders, FolderDataModule, UnlabeledImages, class_names
+from hw1.data import ClassFolders, FolderDataModule, UnlabeledImages, class_names, load_rgb
 
 
 def datamodule(root, **kw) -> FolderDataModule:
@@ -88,3 +92,46 @@ def test_train_and_val_class_mismatch_names_both_sides(tmp_path):
     (tmp_path / "val" / "c").rename(tmp_path / "val" / "d")
     with pytest.raises(ValueError, match=r"missing in val: \['c'\]; missing in train: \['d'\]"):
         _ = datamodule(tmp_path).class_names
+
+
+def _write_modes(folder):
+    """One file per awkward kind of image that real folders hold."""
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.new("L", (8, 8), 200).save(folder / "grey.png")
+    Image.new("P", (8, 8), 3).save(folder / "palette.png")
+    Image.new("RGBA", (8, 8), (255, 0, 0, 0)).save(folder / "transparent.png")
+    Image.new("CMYK", (8, 8), (0, 255, 255, 0)).save(folder / "cmyk.jpg")
+    Image.fromarray(np.full((8, 8), 32768, dtype=np.uint16)).save(folder / "sixteen.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees to display
+    Image.new("RGB", (40, 20), (0, 0, 255)).save(folder / "sideways.jpg", exif=exif)
+
+
+def test_every_image_kind_loads_as_upright_8_bit_rgb(tmp_path):
+    _write_modes(tmp_path)
+    images = {p.stem: load_rgb(p) for p in tmp_path.iterdir()}
+    assert {im.mode for im in images.values()} == {"RGB"}
+    assert images["grey"].getpixel((0, 0)) == (200, 200, 200)
+    assert images["transparent"].getpixel((0, 0)) == (255, 255, 255)  # laid on white
+    assert images["sixteen"].getpixel((0, 0)) == (128, 128, 128)  # scaled, not clipped to 255
+    red = images["cmyk"].getpixel((0, 0))
+    assert red[0] > 200 and red[1] < 60 and red[2] < 60
+    assert images["sideways"].size == (20, 40)  # EXIF orientation applied
+
+
+def test_hidden_and_non_image_files_are_not_samples(tmp_path):
+    cls = tmp_path / "train" / "a"
+    _write_modes(cls)
+    Image.new("RGB", (8, 8)).save(cls / "UPPER.JPG")
+    Image.new("RGB", (8, 8)).save(cls / "modern.webp")
+    (cls / "._UPPER.JPG").write_bytes(b"\0\5\26\7 AppleDouble")
+    (cls / ".DS_Store").write_bytes(b"\0")
+    (cls / "Thumbs.db").write_bytes(b"\0")
+    (cls / "notes.txt").write_text("x")
+    names = sorted(Path(p).name for p, _ in ClassFolders(tmp_path / "train", ["a"]).samples)
+    assert names == sorted(
+        ["grey.png", "palette.png", "transparent.png", "cmyk.jpg", "sixteen.png",
+         "sideways.jpg", "UPPER.JPG", "modern.webp"]
+    )  # fmt: skip
+    image, label = ClassFolders(tmp_path / "train", ["a"])[0]
+    assert image.mode == "RGB" and label == 0
