@@ -58,10 +58,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     paths = checkpoint_paths(cfg.ckpt_path)
     models = load_ensemble(paths)
     names = models[0].class_names
-    if set(class_names(folder)) - set(names):
+    unknown = set(class_names(folder)) - set(names)
+    if unknown:
         raise ValueError(
-            f"{folder} has class folders the checkpoint was not trained on: "
-            f"{sorted(set(class_names(folder)) - set(names))}"
+            f"{folder} has class folders the checkpoint was not trained on: {sorted(unknown)}"
         )
     dataset = ClassFolders(folder, names)
     targets = torch.tensor(dataset.targets)

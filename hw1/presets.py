@@ -112,6 +112,8 @@ class ViewStack:
     whatever the batch size, worker count or order.
     """
 
+    REPORT_VIEWS = ("plain", "flip", "rotate", "crop")  # the order __call__ stacks them in
+
     def __init__(self, sizes: EvalSizes, tta: str = "report", seed: int = 0) -> None:
         if tta not in ("report", "none"):
             raise ValueError(f"tta={tta}: use report or none")

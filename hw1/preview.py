@@ -13,7 +13,6 @@ from pathlib import Path
 
 import hydra
 import torch
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from PIL import ImageOps
@@ -22,17 +21,12 @@ from torchvision.transforms import v2 as T
 import hw1  # noqa: F401  (registers the config resolvers)
 from hw1.data import ClassFolders, FolderDataModule, UnlabeledImages
 from hw1.figures import labelled_grid, png_bytes, to_uint8
-from hw1.predict import write_atomically
+from hw1.predict import output_path, write_atomically
 from hw1.presets import ViewStack
-
-TTA_LABELS = ("tta: plain", "tta: flip", "tta: rotate", "tta: crop")
 
 
 def preview(cfg: DictConfig) -> Path:
-    if cfg.output:
-        output = Path(cfg.output)
-    else:
-        output = Path(HydraConfig.get().runtime.output_dir) / "preview.png"
+    output = output_path(cfg, "preview.png")
     datamodule: FolderDataModule = instantiate(cfg.data)
     datamodule.prepare_data()
     folder = datamodule.root / cfg.split
@@ -54,10 +48,14 @@ def preview(cfg: DictConfig) -> Path:
         tiles.append(to_tensor(ImageOps.pad(image, (sizes.crop, sizes.crop))))
         augmented = torch.stack([datamodule.train_transform(image) for _ in range(cfg.views)])
         tiles += [*to_uint8(augmented, sizes), *to_uint8(stack(image, i), sizes)]
-        labels += [str(name), *[f"train aug {k + 1}" for k in range(cfg.views)], *TTA_LABELS]
+        labels += [
+            str(name),
+            *[f"train aug {k + 1}" for k in range(cfg.views)],
+            *[f"tta: {v}" for v in ViewStack.REPORT_VIEWS],
+        ]
     grid = labelled_grid(
         torch.stack(tiles),
-        ncol=1 + cfg.views + len(TTA_LABELS),
+        ncol=1 + cfg.views + len(ViewStack.REPORT_VIEWS),
         labels=labels,
         tile=preview_tile(sizes.crop),
     )
