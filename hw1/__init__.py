@@ -19,3 +19,7 @@ OmegaConf.register_new_resolver(
     "hw1.mode", lambda monitor: "max" if "acc" in str(monitor) else "min", replace=True
 )
 OmegaConf.register_new_resolver("hw1.precision", _auto_precision, replace=True)
+# A sweep job's directory: its number, then the report's ID when a recipe sets one.
+OmegaConf.register_new_resolver(
+    "hw1.job_dir", lambda num, id: f"{num}_{id}" if id else str(num), replace=True
+)

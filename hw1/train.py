@@ -17,6 +17,7 @@ import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -45,7 +46,18 @@ def accuracy_against(rows: list[tuple[str, str]], labels_csv: Path) -> float:
 
 
 PARAM_LIMIT = 100_000_000  # the competition's rule (spec §1)
-HPARAM_GROUPS = ("id", "seed", "tta", "data", "model", "head", "optim", "sched", "trainer")
+HPARAM_GROUPS = (
+    "id",
+    "family",
+    "seed",
+    "tta",
+    "data",
+    "model",
+    "head",
+    "optim",
+    "sched",
+    "trainer",
+)
 
 
 def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
@@ -91,6 +103,12 @@ def summary_text(metrics: dict[str, Any], run_dir: Path) -> str:
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
+    if cfg.family and HydraConfig.get().mode == RunMode.RUN:
+        raise ValueError(
+            f"experiment={cfg.family} is a sweep of the report's family {cfg.family!r}: run it "
+            f"with -m (python -m hw1.train -m experiment={cfg.family}), or one of its runs "
+            f"with recipe=ID"
+        )
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     L.seed_everything(cfg.seed, workers=True)
     start = time.time()
@@ -120,6 +138,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     best = max(history, key=lambda h: h["val_acc"]) if history else None
     metrics: dict[str, Any] = {
         "id": cfg.id,
+        "family": cfg.family,
+        "seed": cfg.seed,
+        "val_images": len(datamodule.val_set),  # for the confidence intervals of hw1.report
         "best_val_acc": best["val_acc"] if best else None,
         "best_epoch": best["epoch"] if best else None,
         "epochs": trainer.current_epoch,
@@ -148,6 +169,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             metrics["prediction_csv"] = str(run_dir / "prediction.csv")
             if (datamodule.root / TEST_LABELS).exists():
                 metrics["test_acc"] = accuracy_against(rows, datamodule.root / TEST_LABELS)
+                metrics["test_images"] = len(rows)
 
     metrics["wall_time_s"] = round(time.time() - start, 1)
     if trainer.is_global_zero:

@@ -64,9 +64,11 @@ def int_classes_root(tmp_path) -> tuple[Path, dict[str, str]]:
     return root, make_hw1_folder(root, [str(i) for i in range(12)])
 
 
-def compose_cfg(overrides: list[str] | None = None, config_name: str = "train"):
+def compose_cfg(
+    overrides: list[str] | None = None, config_name: str = "train", return_hydra_config=False
+):
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose(config_name=config_name, overrides=overrides or [])
+        return compose(config_name, overrides or [], return_hydra_config=return_hydra_config)
 
 
 # A run small enough for the CPU: resnet18 from scratch on 32 px colour patches.

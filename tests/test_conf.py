@@ -3,13 +3,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import CONF_DIR, compose_cfg
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from hw1.data import DemoDataModule, FolderDataModule
-from hw1.model import Backbone, Classifier
+from hw1.model import Backbone, Classifier, resolve_weights
+from hw1.report import reference
+
+REFERENCE = reference()
+FAMILIES = ["depth", "weights", "head", "lr", "other", "resnext101"]
 
 MODELS = sorted(p.stem for p in (Path(CONF_DIR) / "model").glob("*.yaml"))
 HEADS = sorted(p.stem for p in (Path(CONF_DIR) / "head").glob("*.yaml"))
@@ -24,7 +29,9 @@ def test_the_groups_have_every_option_the_spec_names():
     assert HEADS == ["v0", "v1", "v2", "v3", "v4"]
     for group, options in {
         "data": ["demo", "hw1"], "optim": ["adamw"], "sched": ["constant", "cosine"],
-        "trainer": ["cpu", "default", "gpu"], "experiment": ["demo"],
+        "trainer": ["cpu", "default", "gpu"],
+        "experiment": sorted(["demo", *FAMILIES]),
+        "recipe": sorted(REFERENCE),
     }.items():  # fmt: skip
         assert sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml")) == options
 
@@ -94,3 +101,110 @@ def test_unknown_weights_name_fails_at_composition_time_with_the_choices():
     cfg = compose_cfg(["model=resnet34", "model.weights=IMAGENET1K_V2"])
     with pytest.raises(InstantiationException, match=r"resnet34 has no such .*IMAGENET1K_V1;"):
         instantiate(cfg.data)
+
+
+@pytest.mark.parametrize("run_id", sorted(REFERENCE))
+def test_every_recipe_sets_the_reports_settings_and_builds(run_id):
+    """Each recipe against the report's table (hw1/reference.csv, spec §4)."""
+    ref = REFERENCE[run_id]
+    cfg = compose_cfg([f"recipe={run_id}"])
+    assert cfg.id == run_id
+    assert cfg.model.arch == ARCH[ref["arch"]]
+    assert cfg.data.batch_size == int(ref["batch_size"])
+    assert cfg.model.trainable_stages == (
+        int(ref["trainable_stages"]) if ref["trainable_stages"] else None
+    )
+    assert cfg.model.weights == (ref["weights"] or None)
+    assert cfg.head.name == ref["head"]
+    dropout = cfg.head.dropout if cfg.head.name != "v4" else ";".join(map(str, cfg.head.dropout))
+    assert str(dropout) == ref["dropout"]
+    if ref["sched"] == "constant":
+        assert cfg.sched._target_.endswith("ConstantLR") and cfg.sched.factor == 1.0
+    else:
+        assert cfg.sched._target_ == "hw1.model.cosine_then_flat"
+        assert (cfg.sched.T_max, cfg.sched.eta_min) == (int(ref["T_max"]), float(ref["eta_min"]))
+    assert cfg.tta == ref["tta"]
+    # What the table leaves alone is the recipe of spec §3.
+    assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.trainer.max_epochs) == (1e-4, 1e-3, 100)
+    assert cfg.data.image_size == 224 and cfg.data.augment.rotation == 10
+    resolve_weights(cfg.model.arch, cfg.model.weights)  # a name this backbone has
+    with torch.device("meta"):  # the model, without allocating its parameters
+        model = Classifier(
+            **{k: OmegaConf.to_container(cfg[k]) for k in ("head", "optim", "sched")},
+            model={**OmegaConf.to_container(cfg.model), "weights": None},
+            class_names=[str(i) for i in range(100)],
+        )
+    frozen = sum(not p.requires_grad for p in model.backbone.parameters())
+    assert (frozen > 0) == (cfg.model.trainable_stages is not None)
+
+
+def head_params(name: str, F: int = 2048, C: int = 100) -> int:
+    """The spec's head layers (§2) counted by hand: Linear a->b has a*b+b, BatchNorm1d 2b."""
+    linear = lambda a, b: a * b + b  # noqa: E731
+    return {
+        "v0": linear(F, C),
+        "v1": linear(F, 500) + linear(500, C),
+        "v2": linear(F, 500) + linear(500, 250) + linear(250, C),
+        "v3": linear(F, 500) + 2 * 500 + linear(500, 250) + linear(250, C),
+        "v4": linear(F, 1024)
+        + 2 * 1024
+        + linear(1024, 512)
+        + 2 * 512
+        + linear(512, 256)
+        + 2 * 256
+        + linear(256, C),
+    }[name]
+
+
+RESNET50_FEATURES_PARAMS = 25_557_032 - (2048 * 1000 + 1000)  # torchvision's count minus fc
+
+
+@pytest.mark.parametrize(
+    ("run_id", "expected"),
+    [(f"R50_64_V{i}", RESNET50_FEATURES_PARAMS + head_params(f"v{i}")) for i in range(5)]
+    + [("X101_V1", 87_816_936)],  # the report's own figure
+)
+def test_recipe_parameter_counts(run_id, expected):
+    cfg = compose_cfg([f"recipe={run_id}", "model.weights=null"])
+    with torch.device("meta"):
+        backbone = instantiate(cfg.model)
+        head = instantiate(cfg.head, in_features=backbone.num_features, num_classes=100)
+    params = sum(p.numel() for m in (backbone, head) for p in m.parameters())
+    assert params == expected
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_family_sweeps_its_recipes_into_directories_named_by_id(family):
+    cfg = compose_cfg([f"experiment={family}"], return_hydra_config=True)
+    assert cfg.family == family
+    swept = cfg.hydra.sweeper.params.recipe.split(",")
+    assert swept == [i for i, ref in REFERENCE.items() if ref["family"] == family]
+    first = swept[0]
+    job = compose_cfg([f"experiment={family}", f"recipe={first}"], return_hydra_config=True)
+    job.hydra.job.num = 3  # what Hydra sets for the fourth job of a sweep
+    assert job.hydra.sweep.subdir == f"3_{first}"
+    job.id = None  # a sweep without recipes keeps Hydra's numbered directories
+    assert job.hydra.sweep.subdir == "3"
+
+
+def test_the_head_family_skips_x50_v4_as_the_report_did():
+    swept = compose_cfg(["experiment=head"], return_hydra_config=True).hydra.sweeper.params
+    assert "X50_32_V4" not in swept.recipe and swept.recipe.count("_V") == 14
+
+
+def test_overrides_apply_on_top_of_a_recipe():
+    cfg = compose_cfg(["recipe=R101_64_l2", "model.arch=resnet18", "data.batch_size=8"])
+    assert (cfg.model.arch, cfg.data.batch_size, cfg.model.trainable_stages) == ("resnet18", 8, 2)
+
+
+@pytest.mark.parametrize("launcher", ["joblib", "slurm"])
+def test_sweep_launchers_compose(launcher):
+    cfg = compose_cfg(["experiment=depth", f"hydra/launcher={launcher}"], return_hydra_config=True)
+    target = cfg.hydra.launcher._target_
+    assert target.startswith(
+        "hydra_plugins.hydra_joblib_launcher"
+        if launcher == "joblib"
+        else "hydra_plugins.hydra_submitit_launcher"
+    )
+    if launcher == "slurm":
+        assert cfg.hydra.launcher.gpus_per_node == cfg.trainer.devices
