@@ -100,3 +100,9 @@ def test_summary_names_files_that_exist(trained_run):
     ]
     assert len(paths) == 3 and all(Path(p).is_file() for p in paths)
     assert f"tensorboard --logdir {run_dir}" in summary
+
+
+def test_a_family_without_multirun_says_to_add_m(tmp_path):
+    proc = run_train(tmp_path / "data", tmp_path / "run", "experiment=depth")
+    assert proc.returncode != 0
+    assert "experiment=depth is a sweep" in proc.stderr and "-m" in proc.stderr
