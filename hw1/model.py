@@ -134,25 +134,38 @@ def make_head(
     return nn.Sequential(*heads[name]())
 
 
-def _cosine_then_flat(epoch: int, base_lr: float, T_max: int, eta_min: float) -> float:
-    t = min(epoch, T_max)
-    return (eta_min + (base_lr - eta_min) * (1 + math.cos(math.pi * t / T_max)) / 2) / base_lr
+def _cosine_then_flat(
+    epoch: int, base_lr: float, T_max: int, eta_min: float, warmup_epochs: int = 0
+) -> float:
+    if epoch < warmup_epochs:  # linear: 1/(W+1), 2/(W+1), ... then the cosine from 1
+        return (epoch + 1) / (warmup_epochs + 1)
+    t = min(epoch - warmup_epochs, T_max - warmup_epochs) / (T_max - warmup_epochs)
+    return (eta_min + (base_lr - eta_min) * (1 + math.cos(math.pi * t)) / 2) / base_lr
 
 
 def cosine_then_flat(
-    optimizer: torch.optim.Optimizer, T_max: int, eta_min: float = 0.0
+    optimizer: torch.optim.Optimizer, T_max: int, eta_min: float = 0.0, warmup_epochs: int = 0
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """CosineAnnealingLR's curve, held at ``eta_min`` after ``T_max`` epochs.
+    """CosineAnnealingLR's curve, held at ``eta_min`` after ``T_max`` epochs, optionally
+    after ``warmup_epochs`` of linear warm-up (the cosine then runs from there to T_max).
 
     torch's CosineAnnealingLR is periodic: past T_max it climbs back towards the initial lr,
     which the original code ran into with 100 epochs and T_max 80. torch has no
-    non-periodic cosine, hence this LambdaLR.
+    non-periodic cosine, hence this LambdaLR. With several parameter groups (a backbone
+    learning rate below the head's) every group follows the first group's curve, so
+    ``eta_min`` is the head's floor and the backbone keeps its ratio to it.
     """
-    factors = [
-        partial(_cosine_then_flat, base_lr=g["lr"], T_max=T_max, eta_min=eta_min)
-        for g in optimizer.param_groups
-    ]
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factors)
+    if not 0 <= warmup_epochs < T_max:
+        raise ValueError(f"sched.warmup_epochs={warmup_epochs}: use 0 <= warmup < T_max={T_max}")
+    head_lr = optimizer.param_groups[0]["lr"]
+    curve = partial(
+        _cosine_then_flat,
+        base_lr=head_lr,
+        T_max=T_max,
+        eta_min=eta_min,
+        warmup_epochs=warmup_epochs,
+    )
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, curve)
 
 
 class Classifier(L.LightningModule):
@@ -170,9 +183,11 @@ class Classifier(L.LightningModule):
         sched: dict[str, Any],
         class_names: Sequence[str],
         preprocess: dict[str, Any] | None = None,
+        loss: dict[str, Any] | None = None,
     ) -> None:
         """``preprocess``: the eval sizes and normalisation (``EvalSizes.to_dict()``), kept
-        so that prediction from a checkpoint needs no training overrides."""
+        so that prediction from a checkpoint needs no training overrides. ``loss``: the
+        criterion's config (default: plain cross-entropy)."""
         super().__init__()
         self.save_hyperparameters()
         self.class_names = list(class_names)
@@ -180,7 +195,7 @@ class Classifier(L.LightningModule):
         self.head = instantiate(
             head, in_features=self.backbone.num_features, num_classes=len(self.class_names)
         )
-        self.criterion = nn.CrossEntropyLoss()
+        self.criterion: nn.Module = instantiate(loss) if loss else nn.CrossEntropyLoss()
         num_classes = len(self.class_names)
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -213,7 +228,9 @@ class Classifier(L.LightningModule):
         logits = self(x)
         self.val_acc.update(logits, y)
         self.val_confusion.update(logits, y)
-        self.log("val/loss", self.criterion(logits, y), on_epoch=True, prog_bar=True)
+        # Plain cross-entropy whatever the training loss, so val/loss compares across runs.
+        val_loss = nn.functional.cross_entropy(logits, y)
+        self.log("val/loss", val_loss, on_epoch=True, prog_bar=True)
 
     def on_validation_epoch_end(self) -> None:
         acc = self.val_acc.compute()
@@ -236,8 +253,20 @@ class Classifier(L.LightningModule):
         return keys, self.predict_probs(x)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = instantiate(self.hparams.optim)(params)
+        optim = dict(self.hparams.optim)
+        # hw1's key, not the optimizer's: the backbone's learning rate as a fraction of the
+        # head's, for a second parameter group (1: one group, as the report trained).
+        factor = optim.pop("backbone_lr_factor", 1.0)
+        params: list[Any] = [p for p in self.parameters() if p.requires_grad]
+        if factor != 1.0:
+            params = [
+                {"params": [p for p in self.head.parameters() if p.requires_grad]},
+                {
+                    "params": [p for p in self.backbone.parameters() if p.requires_grad],
+                    "lr": optim["lr"] * factor,
+                },
+            ]
+        optimizer = instantiate(optim)(params)
         scheduler = instantiate(self.hparams.sched)(optimizer)
         return {
             "optimizer": optimizer,

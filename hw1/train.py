@@ -56,6 +56,7 @@ HPARAM_GROUPS = (
     "head",
     "optim",
     "sched",
+    "loss",
     "trainer",
 )
 
@@ -123,6 +124,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         sched=container["sched"],
         class_names=datamodule.class_names,
         preprocess=datamodule.sizes.to_dict(),
+        loss=container["loss"],
     )
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     loggers = [instantiate(lg) for lg in cfg.logger.values() if lg is not None]

@@ -159,3 +159,54 @@ def test_cosine_then_flat_follows_cosine_then_holds_eta_min():
     expected = [1e-5 + (1e-4 - 1e-5) * (1 + math.cos(math.pi * e / 8)) / 2 for e in range(9)]
     assert lrs[:9] == pytest.approx(expected)
     assert lrs[8:] == pytest.approx([1e-5] * 4)  # torch's CosineAnnealingLR would climb here
+
+
+def test_warmup_rises_linearly_then_the_cosine_runs_to_t_max():
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1e-4)
+    sched = cosine_then_flat(opt, T_max=8, eta_min=1e-5, warmup_epochs=2)
+    lrs = []
+    for _ in range(10):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[:2] == pytest.approx([1e-4 / 3, 2e-4 / 3])
+    cosine = [1e-5 + 9e-5 * (1 + math.cos(math.pi * t / 6)) / 2 for t in range(7)]
+    assert lrs[2:9] == pytest.approx(cosine) and lrs[9] == pytest.approx(1e-5)
+    with pytest.raises(ValueError, match="sched.warmup_epochs=8"):
+        cosine_then_flat(opt, T_max=8, warmup_epochs=8)
+
+
+def test_backbone_learning_rate_is_a_fraction_of_the_heads():
+    model = classifier()
+    model.hparams.optim = {**model.hparams.optim, "backbone_lr_factor": 0.1}
+    opt = model.configure_optimizers()
+    head, backbone = opt["optimizer"].param_groups
+    assert (head["lr"], backbone["lr"]) == (pytest.approx(1e-3), pytest.approx(1e-4))
+    assert {id(p) for p in head["params"]} == {id(p) for p in model.head.parameters()}
+    assert {id(p) for p in backbone["params"]} == {id(p) for p in model.backbone.parameters()}
+    for _ in range(5):
+        opt["optimizer"].step()
+        opt["lr_scheduler"]["scheduler"].step()
+    assert backbone["lr"] == pytest.approx(0.1 * head["lr"])  # both follow one curve
+
+
+def test_with_every_option_off_the_optimizer_is_the_reports():
+    model = classifier()
+    (group,) = model.configure_optimizers()["optimizer"].param_groups
+    assert group["lr"] == 1e-3 and len(group["params"]) == len(list(model.parameters()))
+    assert isinstance(model.criterion, nn.CrossEntropyLoss) and model.criterion.label_smoothing == 0
+
+
+def test_label_smoothing_changes_the_training_loss_not_val_loss():
+    smooth = cfg("torch.nn.CrossEntropyLoss", label_smoothing=0.2)
+    model = Classifier(**{**classifier().hparams, "loss": smooth}).eval()
+    assert model.criterion.label_smoothing == 0.2
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    logits = model(x)
+    plain = nn.functional.cross_entropy(logits, y)
+    assert not torch.isclose(model.criterion(logits, y), plain)
+    logged = {}
+    model.log = lambda name, value, **_: logged.__setitem__(name, value)
+    with torch.no_grad():
+        model.validation_step((x, y), 0)
+    assert torch.isclose(logged["val/loss"], plain)

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_train
+from conftest import compose_cfg, run_train
+
+from hw1.eval import evaluate
 
 
 def read_prediction(path: Path) -> list[list[str]]:
@@ -106,3 +108,24 @@ def test_a_family_without_multirun_says_to_add_m(tmp_path):
     proc = run_train(tmp_path / "data", tmp_path / "run", "experiment=depth")
     assert proc.returncode != 0
     assert "experiment=depth is a sweep" in proc.stderr and "-m" in proc.stderr
+
+
+@pytest.mark.slow
+def test_ema_weights_are_the_ones_validated_and_checkpointed(int_classes_root, tmp_path):
+    root, _ = int_classes_root
+    run_dir = tmp_path / "run"
+    overrides = ["callbacks=[default,ema]", "callbacks.ema.decay=0.9", "trainer.max_epochs=2"]
+    proc = run_train(root, run_dir, *overrides)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    ckpt = torch.load(metrics["best_ckpt"], map_location="cpu", weights_only=False)
+    raw, ema = ckpt["current_model_state"], ckpt["state_dict"]
+    assert raw.keys() == ema.keys()
+    assert any(not torch.equal(raw[k], ema[k]) for k in ema if ema[k].is_floating_point())
+    # The accuracy of the checkpoint's (EMA) weights is the val/acc that training logged.
+    cfg = compose_cfg(
+        [f"ckpt_path={metrics['best_ckpt']}", f"data.root={root}", "trainer=cpu",
+         f"output={tmp_path / 'eval.json'}", "data.num_workers=0"],
+        config_name="eval",
+    )  # fmt: skip
+    assert evaluate(cfg)["acc"] == pytest.approx(metrics["best_val_acc"], abs=1e-6)
