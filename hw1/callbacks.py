@@ -1,8 +1,9 @@
-"""Lightning callbacks that show the training in TensorBoard."""
+"""Lightning callbacks: TensorBoard figures of the training, and a frozen-backbone warm-up."""
 
 from __future__ import annotations
 
 import lightning as L
+from lightning.pytorch.callbacks import BaseFinetuning
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from hw1.figures import confusion_image, hwc, labelled_grid, to_uint8
@@ -52,3 +53,29 @@ class TensorBoardFigures(L.Callback):
             return
         image = confusion_image(pl_module.val_confusion.compute().cpu(), pl_module.class_names)
         writer.add_image("val/confusion", hwc(image), trainer.global_step, dataformats="HWC")
+
+
+class FreezeBackbone(BaseFinetuning):
+    """Train only the head for the first ``epochs`` epochs, then the backbone as configured
+    (``model.trainable_stages``).
+
+    Lightning's BackboneFinetuning adds the backbone to the optimizer as a new parameter
+    group when it unfreezes it, which a per-group LR schedule (hw1's cosine) cannot follow.
+    Here the backbone is in the optimizer from the start and only gets no gradients while
+    frozen, with its BatchNorm in eval mode, so the schedule and the optimizer stay as
+    they are.
+    """
+
+    def __init__(self, epochs: int = 1) -> None:
+        super().__init__()
+        self.epochs = epochs
+
+    def freeze_before_training(self, pl_module: L.LightningModule) -> None:
+        if self.epochs > 0:
+            pl_module.backbone.freeze_stages(0)
+
+    def finetune_function(self, pl_module: L.LightningModule, epoch: int, optimizer) -> None:
+        if epoch >= self.epochs and pl_module.backbone.frozen != pl_module.backbone.frozen_by(
+            pl_module.backbone.trainable_stages
+        ):
+            pl_module.backbone.freeze_stages(pl_module.backbone.trainable_stages)

@@ -81,12 +81,32 @@ class Backbone(nn.Module):
             state = {k: v for k, v in state.items() if not k.startswith("fc.")}
             net.load_state_dict(state)
         self.net = net
-
+        self.trainable_stages = trainable_stages
         self.frozen: tuple[str, ...] = ()
-        if trainable_stages is not None:
-            self.frozen = STEM + STAGES[: len(STAGES) - trainable_stages]
-        for name in self.frozen:
-            getattr(net, name).requires_grad_(False)
+        self.freeze_stages(trainable_stages)
+
+    @staticmethod
+    def frozen_by(trainable_stages: int | None) -> tuple[str, ...]:
+        """The modules that training only the last N residual stages leaves frozen."""
+        if trainable_stages is None:
+            return ()
+        return STEM + STAGES[: len(STAGES) - trainable_stages]
+
+    def freeze_stages(self, trainable_stages: int | None) -> None:
+        """Train only the last N residual stages (None: all): the stem and the earlier
+        stages get no gradients and their BatchNorm stays in eval mode."""
+        self.frozen = self.frozen_by(trainable_stages)
+        for name in STEM + STAGES:
+            getattr(self.net, name).requires_grad_(name not in self.frozen)
+        self.train(self.training)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The parameters ``trainable_stages`` trains, also while a callback holds the whole
+        backbone frozen for a few epochs (so that they are in the optimizer from the start)."""
+        frozen = self.frozen_by(self.trainable_stages)
+        return [
+            p for name, m in self.net.named_children() if name not in frozen for p in m.parameters()
+        ]
 
     def train(self, mode: bool = True) -> Backbone:
         # Lightning calls model.train() at every epoch start; frozen BatchNorm must keep its
@@ -257,15 +277,10 @@ class Classifier(L.LightningModule):
         # hw1's key, not the optimizer's: the backbone's learning rate as a fraction of the
         # head's, for a second parameter group (1: one group, as the report trained).
         factor = optim.pop("backbone_lr_factor", 1.0)
-        params: list[Any] = [p for p in self.parameters() if p.requires_grad]
+        backbone, head = self.backbone.trainable_parameters(), list(self.head.parameters())
+        params: list[Any] = backbone + head
         if factor != 1.0:
-            params = [
-                {"params": [p for p in self.head.parameters() if p.requires_grad]},
-                {
-                    "params": [p for p in self.backbone.parameters() if p.requires_grad],
-                    "lr": optim["lr"] * factor,
-                },
-            ]
+            params = [{"params": head}, {"params": backbone, "lr": optim["lr"] * factor}]
         optimizer = instantiate(optim)(params)
         scheduler = instantiate(self.hparams.sched)(optimizer)
         return {

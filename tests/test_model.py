@@ -210,3 +210,37 @@ def test_label_smoothing_changes_the_training_loss_not_val_loss():
     with torch.no_grad():
         model.validation_step((x, y), 0)
     assert torch.isclose(logged["val/loss"], plain)
+
+
+def test_freeze_backbone_leaves_it_unchanged_for_its_epochs_then_trains_it():
+    import lightning as L
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from hw1.callbacks import FreezeBackbone
+
+    torch.manual_seed(0)
+    data = DataLoader(TensorDataset(torch.randn(16, 3, 32, 32), torch.arange(16) % 10), 8)
+    model = classifier()
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def fit(epochs: int) -> dict[str, torch.Tensor]:
+        trainer = L.Trainer(
+            max_epochs=epochs, callbacks=[FreezeBackbone(epochs=1)], logger=False,
+            enable_checkpointing=False, enable_progress_bar=False, limit_val_batches=0,
+        )  # fmt: skip
+        trainer.fit(model, data)
+        return model.state_dict()
+
+    after_one = fit(1)
+    backbone = [k for k in start if k.startswith("backbone.")]
+    assert all(torch.equal(after_one[k], start[k]) for k in backbone)  # BN statistics too
+    assert not torch.equal(after_one["head.0.weight"], start["head.0.weight"])
+    model = classifier()
+    model.load_state_dict(start)
+    after_two = fit(2)
+    assert not all(torch.equal(after_two[k], start[k]) for k in backbone)
+    # While frozen, the backbone is in the optimizer all the same: one group, as without.
+    FreezeBackbone(epochs=1).freeze_before_training(model)
+    assert not any(p.requires_grad for p in model.backbone.parameters())
+    (group,) = model.configure_optimizers()["optimizer"].param_groups
+    assert len(group["params"]) == len(list(model.parameters()))
