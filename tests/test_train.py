@@ -29,7 +29,7 @@ def test_train_writes_the_run_directory_and_predicts_folder_names(trained_run):
     assert Path(metrics["best_ckpt"]) == run_dir / "checkpoints" / "best.ckpt"
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert list((run_dir / "tb").glob("events.out.tfevents.*"))
-    best = torch.load(metrics["best_ckpt"], map_location="cpu", weights_only=False)
+    best = torch.load(metrics["best_ckpt"], map_location="cpu", weights_only=True)
     assert best["hyper_parameters"]["class_names"] == [str(i) for i in range(12)]
 
     rows = read_prediction(run_dir / "prediction.csv")
