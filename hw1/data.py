@@ -311,6 +311,11 @@ class FolderDataModule(L.LightningDataModule):
         return self.root / "test"
 
     @property
+    def test_images(self) -> list[Path]:
+        """The test folder's images; none without a test/ folder."""
+        return image_files(self.test_dir) if self.test_dir.is_dir() else []
+
+    @property
     def has_val_dir(self) -> bool:
         return (self.root / "val").is_dir()
 
