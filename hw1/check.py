@@ -84,7 +84,7 @@ def report(cfg: DictConfig) -> tuple[str, list[str]]:
     try:
         datamodule.check_layout()
     except FileNotFoundError as e:
-        return f"dataset {root}", [str(e)]
+        return "\n".join([f"dataset {root}", *problem_lines([str(e)])]), [str(e)]
     found = split_files(root)
     info = inspect_images([p for files in found.values() for p, _ in files], root)
 
@@ -110,12 +110,15 @@ def report(cfg: DictConfig) -> tuple[str, list[str]]:
     groups = duplicates(root, found, info)
     lines.append(f"files duplicated across splits: {len(groups)}")
     lines += ["  " + " = ".join(group) for group in groups]
-    if problems:
-        lines.append(f"problems that stop training: {len(problems)}")
-        lines += ["  " + "\n  ".join(p.splitlines()) for p in problems]
-    else:
-        lines.append("training can start")
-    return "\n".join(lines), problems
+    return "\n".join(lines + problem_lines(problems)), problems
+
+
+def problem_lines(problems: list[str]) -> list[str]:
+    if not problems:
+        return ["training can start"]
+    return [f"problems that stop training: {len(problems)}"] + [
+        "  " + "\n  ".join(p.splitlines()) for p in problems
+    ]
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="check")

@@ -56,8 +56,9 @@ def test_check_exits_non_zero_naming_what_would_stop_training(tmp_path):
 
 
 def test_check_reports_a_missing_root_and_takes_val_split(tmp_path):
-    _, problems = report(compose_cfg([f"data.root={tmp_path / 'nowhere'}"], config_name="check"))
+    text, problems = report(compose_cfg([f"data.root={tmp_path / 'nowhere'}"], config_name="check"))
     assert len(problems) == 1 and "nowhere: no such folder" in problems[0]
+    assert "problems that stop training: 1" in text and "experiment=demo" in text
     root = tmp_path / "data"
     make_hw1_folder(root, ["a", "b"], train=4, val=0, test=0)
     shutil.rmtree(root / "val")
