@@ -196,6 +196,20 @@ def inspect_images(files: Sequence[Path], root: Path | None = None) -> dict[Path
     return {f: found[f] for f in files}
 
 
+def readable_samples(samples: Sequence[tuple[str, int]], root: Path) -> list[tuple[str, int]]:
+    """The (path, class index) samples whose image decodes; the others are listed in one
+    warning and left out, so that no epoch or evaluation stops on one bad file."""
+    info = inspect_images([Path(p) for p, _ in samples], root)
+    bad = [p for p, _ in samples if not info[Path(p)].readable]
+    if bad:
+        log.warning(
+            "%d unreadable images left out (empty, truncated or not an image):\n  %s",
+            len(bad),
+            "\n  ".join(bad),
+        )
+    return [(p, c) for p, c in samples if info[Path(p)].readable]
+
+
 def unreadable_images(files: Sequence[Path], root: Path | None = None) -> list[Path]:
     """The files PIL cannot decode (empty, truncated, not an image)."""
     found = inspect_images(files, root)
@@ -366,16 +380,8 @@ class FolderDataModule(L.LightningDataModule):
             names = self.class_names
             splits = ("train", "val") if self.has_val_dir else ("train",)
             found = {split: labelled_files(self.root / split, names) for split in splits}
-            info = inspect_images([Path(p) for split in splits for p, _ in found[split]], self.root)
-            bad = [p for split in splits for p, _ in found[split] if not info[Path(p)].readable]
-            if bad:
-                log.warning(
-                    "%d unreadable images left out of training (empty, truncated or not an "
-                    "image):\n  %s",
-                    len(bad),
-                    "\n  ".join(bad),
-                )
-            kept = {s: [(p, c) for p, c in found[s] if info[Path(p)].readable] for s in splits}
+            readable = set(readable_samples([x for s in splits for x in found[s]], self.root))
+            kept = {s: [x for x in found[s] if x in readable] for s in splits}
             empty = [
                 str(self.root / split / names[c])
                 for split in splits
