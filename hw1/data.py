@@ -7,11 +7,16 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
+import logging
 import os
+import random
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import lightning as L
 import numpy as np
@@ -19,7 +24,7 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets import ImageFolder
-from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
+from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension, make_dataset
 
 from hw1 import demo
 from hw1.model import resolve_weights
@@ -30,6 +35,23 @@ LAYOUT = """expected layout:
     <root>/val/<class>/<image>     validation images, the same class folders
     <root>/test/<image>            unlabeled test images (optional)
 Set data.root=PATH, or try the embedded demo: python -m hw1.train experiment=demo"""
+
+log = logging.getLogger(__name__)
+
+# The image check's results, kept in the data root so the next run does not decode again.
+SCAN_CACHE = ".hw1-images.json"
+
+
+def write_atomically(path: Path, data: str | bytes) -> None:
+    """Write through a temporary file in the same folder, then rename it into place: an
+    interrupted run leaves the old file or none, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def class_names(folder: str | os.PathLike) -> list[str]:
@@ -51,7 +73,7 @@ def is_image_file(path: str | os.PathLike) -> bool:
     return not name.startswith(".") and has_file_allowed_extension(name, IMG_EXTENSIONS)
 
 
-def load_rgb(path: str | os.PathLike) -> Image.Image:
+def load_rgb(path: str | os.PathLike | io.BytesIO) -> Image.Image:
     """Any image file as 8-bit RGB, upright: EXIF orientation applied; grayscale, palette
     and CMYK converted; 16-bit scaled to 8 bits (PIL's convert clips it at 255);
     transparency laid on white."""
@@ -67,14 +89,34 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
 
 class ClassFolders(ImageFolder):
     """ImageFolder over a given class list (so val shares train's class indices), reading
-    images with ``load_rgb`` and skipping hidden files."""
+    images with ``load_rgb`` and skipping hidden files. ``samples`` (path, class index)
+    replaces the folder scan: the data module's checked list, or a split of train."""
 
-    def __init__(self, root: str | os.PathLike, classes: Sequence[str], transform=None):
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        classes: Sequence[str],
+        transform=None,
+        samples: Sequence[tuple[str, int]] | None = None,
+    ):
         self._classes = list(classes)
+        self._given = None if samples is None else list(samples)
         super().__init__(root, transform=transform, loader=load_rgb, is_valid_file=is_image_file)
 
     def find_classes(self, directory: str | os.PathLike) -> tuple[list[str], dict[str, int]]:
         return self._classes, {c: i for i, c in enumerate(self._classes)}
+
+    def make_dataset(self, directory, *args, **kwargs) -> list[tuple[str, int]]:
+        if self._given is not None:
+            return self._given
+        return super().make_dataset(directory, *args, **kwargs)
+
+
+def labelled_files(folder: Path, classes: Sequence[str]) -> list[tuple[str, int]]:
+    """(path, class index) of every image under ``folder/<class>/``; empty classes allowed
+    (the data module names them in its own error)."""
+    index = {c: i for i, c in enumerate(classes)}
+    return make_dataset(folder, index, is_valid_file=is_image_file, allow_empty=True)
 
 
 def image_files(folder: str | os.PathLike) -> list[Path]:
@@ -96,27 +138,89 @@ class UnlabeledImages(Dataset):
         return load_rgb(self.files[i]), self.files[i].stem
 
 
-def _decodes(path: Path) -> bool:
+class ImageInfo(NamedTuple):
+    """What decoding a file found: readable, its size (0 x 0 when not) and content hash."""
+
+    readable: bool
+    width: int
+    height: int
+    sha1: str
+
+
+def _inspect(path: Path) -> ImageInfo:
     try:
-        load_rgb(path)
-        return True
+        data = path.read_bytes()
+    except OSError:
+        return ImageInfo(False, 0, 0, "")
+    sha1 = hashlib.sha1(data).hexdigest()
+    try:
+        width, height = load_rgb(io.BytesIO(data)).size  # decoded as training will
+        return ImageInfo(True, width, height, sha1)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
-        return False
+        return ImageInfo(False, 0, 0, sha1)
 
 
-def unreadable_images(files: Sequence[Path]) -> list[Path]:
-    """The files PIL cannot decode (empty, truncated, not an image), checked in parallel:
-    decoding releases the GIL, so threads suffice."""
+def inspect_images(files: Sequence[Path], root: Path | None = None) -> dict[Path, ImageInfo]:
+    """Decode every file once, in parallel (decoding releases the GIL, so threads suffice).
+
+    With ``root``, results are cached in ``root/.hw1-images.json`` keyed by the path under
+    ``root``, file size and mtime: the next run decodes only new or changed files. A
+    read-only root is checked every time.
+    """
+    cache_file = root / SCAN_CACHE if root is not None else None
+    cache: dict[str, list] = {}
+    if cache_file is not None and cache_file.is_file():
+        try:
+            cache = json.loads(cache_file.read_text())
+        except (OSError, ValueError):
+            log.debug("ignoring unreadable image-check cache %s", cache_file)
+    keys = {f: f.relative_to(root).as_posix() if root is not None else str(f) for f in files}
+    found: dict[Path, ImageInfo] = {}
+    todo, fresh = [], {}
+    for f in files:
+        st = f.stat()
+        fresh[keys[f]] = stamp = [st.st_size, st.st_mtime_ns]
+        hit = cache.get(keys[f])
+        if hit is not None and hit[:2] == stamp:
+            found[f] = ImageInfo(*hit[2:])
+        else:
+            todo.append(f)
     with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
-        ok = list(pool.map(_decodes, files))
-    return [f for f, good in zip(files, ok, strict=True) if not good]
+        found.update(zip(todo, pool.map(_inspect, todo), strict=True))
+    if cache_file is not None and todo:
+        cache.update({keys[f]: [*fresh[keys[f]], *found[f]] for f in todo})
+        try:
+            write_atomically(cache_file, json.dumps(cache))
+        except OSError as e:
+            log.debug("image-check cache not written (%s): the next run checks again", e)
+    return {f: found[f] for f in files}
+
+
+def readable_samples(samples: Sequence[tuple[str, int]], root: Path) -> list[tuple[str, int]]:
+    """The (path, class index) samples whose image decodes; the others are listed in one
+    warning and left out, so that no epoch or evaluation stops on one bad file."""
+    info = inspect_images([Path(p) for p, _ in samples], root)
+    bad = [p for p, _ in samples if not info[Path(p)].readable]
+    if bad:
+        log.warning(
+            "%d unreadable images left out (empty, truncated or not an image):\n  %s",
+            len(bad),
+            "\n  ".join(bad),
+        )
+    return [(p, c) for p, c in samples if info[Path(p)].readable]
+
+
+def unreadable_images(files: Sequence[Path], root: Path | None = None) -> list[Path]:
+    """The files PIL cannot decode (empty, truncated, not an image)."""
+    found = inspect_images(files, root)
+    return [f for f in files if not found[f].readable]
 
 
 def check_test_images(folder: Path) -> list[Path]:
     """Every test image needs a row in prediction.csv: one that cannot be read is an error
     before any work, naming the files."""
     files = image_files(folder)
-    bad = unreadable_images(files)
+    bad = unreadable_images(files, folder.parent)
     if bad:
         shown = "\n  ".join(str(p) for p in bad[:20])
         more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
@@ -125,6 +229,26 @@ def check_test_images(folder: Path) -> list[Path]:
             "Replace or remove them: every test image needs a row in prediction.csv."
         )
     return files
+
+
+def stratified_split(
+    samples: Sequence[tuple[str, int]], fraction: float, seed: int
+) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """(train, val) drawn per class with ``seed``: each class with two images or more gives
+    ``fraction`` of them (at least one) to val and keeps at least one. Hand-written because
+    torch's random_split is not stratified and scikit-learn is not a dependency."""
+    rng = random.Random(seed)
+    by_class: dict[int, list[int]] = {}
+    for i, (_, c) in enumerate(samples):
+        by_class.setdefault(c, []).append(i)
+    to_val: set[int] = set()
+    for c in sorted(by_class):
+        indices = by_class[c]
+        n = len(indices)
+        k = min(n - 1, max(1, round(fraction * n)))
+        to_val.update(rng.sample(indices, k))
+    train = [s for i, s in enumerate(samples) if i not in to_val]
+    return train, [s for i, s in enumerate(samples) if i in to_val]
 
 
 class Views(Dataset):
@@ -173,10 +297,14 @@ class FolderDataModule(L.LightningDataModule):
         augment: dict[str, Any] | None = None,
         tta: str = "report",
         seed: int = 0,
+        val_split: float | None = None,
     ) -> None:
         super().__init__()
+        if val_split is not None and not 0 < val_split < 1:
+            raise ValueError(f"data.val_split={val_split}: use null or a fraction in (0, 1)")
         self.tta = tta
         self.seed = seed
+        self.val_split = val_split
         self.root = Path(root).expanduser()
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -188,6 +316,7 @@ class FolderDataModule(L.LightningDataModule):
         self.train_transform = train_preset(self.sizes, **(augment or {}))
         self.eval_transform = eval_preset(self.sizes)
         self._class_names: list[str] | None = None
+        self._samples: dict[str, list[tuple[str, int]]] | None = None
         self._prepared = False
         self.train_set = self.val_set = self.test_set = None
 
@@ -195,16 +324,34 @@ class FolderDataModule(L.LightningDataModule):
     def test_dir(self) -> Path:
         return self.root / "test"
 
+    @property
+    def test_images(self) -> list[Path]:
+        """The test folder's images; none without a test/ folder."""
+        return image_files(self.test_dir) if self.test_dir.is_dir() else []
+
+    @property
+    def has_val_dir(self) -> bool:
+        return (self.root / "val").is_dir()
+
+    def check_layout(self) -> None:
+        """The folders training needs: root, train/, and val/ unless data.val_split."""
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"data.root={self.root}: no such folder.\n{LAYOUT}")
+        if not (self.root / "train").is_dir():
+            raise FileNotFoundError(f"data.root={self.root} has no train/ folder.\n{LAYOUT}")
+        if not self.has_val_dir and self.val_split is None:
+            raise FileNotFoundError(
+                f"data.root={self.root} has no val/ folder: add one, or hold out a seeded, "
+                f"stratified part of train with data.val_split=0.1.\n{LAYOUT}"
+            )
+
     def prepare_data(self) -> None:
         if self._prepared:  # train.py calls it before building the model, Lightning again
             return
-        if not self.root.is_dir():
-            raise FileNotFoundError(f"data.root={self.root}: no such folder.\n{LAYOUT}")
-        for split in ("train", "val"):
-            if not (self.root / split).is_dir():
-                raise FileNotFoundError(f"data.root={self.root} has no {split}/ folder.\n{LAYOUT}")
+        self.check_layout()
         if self.test_dir.is_dir():
             check_test_images(self.test_dir)
+        _ = self.samples  # finds unreadable images and empty classes before any training
         self._prepared = True
 
     @property
@@ -213,7 +360,9 @@ class FolderDataModule(L.LightningDataModule):
             self._class_names = class_names(self.root / "train")
             if not self._class_names:
                 raise FileNotFoundError(f"{self.root / 'train'} has no class folders.\n{LAYOUT}")
-            val = set(class_names(self.root / "val"))
+            val = (
+                set(class_names(self.root / "val")) if self.has_val_dir else set(self._class_names)
+            )
             if val != set(self._class_names):
                 raise ValueError(
                     f"train/ and val/ under {self.root} have different class folders: "
@@ -222,12 +371,41 @@ class FolderDataModule(L.LightningDataModule):
                 )
         return self._class_names
 
+    @property
+    def samples(self) -> dict[str, list[tuple[str, int]]]:
+        """(path, class index) for train and val: unreadable images left out with one warning
+        (found by a parallel decode, cached in the data root); val split off train when
+        there is no val/ folder and data.val_split is set."""
+        if self._samples is None:
+            names = self.class_names
+            splits = ("train", "val") if self.has_val_dir else ("train",)
+            found = {split: labelled_files(self.root / split, names) for split in splits}
+            readable = set(readable_samples([x for s in splits for x in found[s]], self.root))
+            kept = {s: [x for x in found[s] if x in readable] for s in splits}
+            empty = [
+                str(self.root / split / names[c])
+                for split in splits
+                for c in sorted(set(range(len(names))) - {c for _, c in kept[split]})
+            ]
+            if empty:
+                raise ValueError(
+                    "class folders without a readable image: " + ", ".join(empty) + ". Add "
+                    "images or remove the folder (from train/ and val/ alike)."
+                )
+            if not self.has_val_dir:
+                kept["train"], kept["val"] = stratified_split(
+                    kept["train"], self.val_split, self.seed
+                )
+            self._samples = kept
+        return self._samples
+
     def setup(self, stage: str | None = None) -> None:
         if stage in ("fit", "validate", None) and self.val_set is None:
-            self.train_set = ClassFolders(
-                self.root / "train", self.class_names, self.train_transform
-            )
-            self.val_set = ClassFolders(self.root / "val", self.class_names, self.eval_transform)
+            train, val = self.samples["train"], self.samples["val"]
+            folder = self.root / "train"
+            self.train_set = ClassFolders(folder, self.class_names, self.train_transform, train)
+            val_folder = self.root / "val" if self.has_val_dir else folder
+            self.val_set = ClassFolders(val_folder, self.class_names, self.eval_transform, val)
         if stage in ("predict", None) and self.test_set is None and self.test_dir.is_dir():
             self.test_set = UnlabeledImages(self.test_dir)
 

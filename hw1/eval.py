@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 from torchmetrics.functional.classification import multiclass_confusion_matrix
 
 import hw1  # noqa: F401  (registers the config resolvers)
-from hw1.data import ClassFolders, class_names
+from hw1.data import ClassFolders, class_names, labelled_files, readable_samples
 from hw1.figures import confusion_image, png_bytes
 from hw1.predict import (
     checkpoint_paths,
@@ -63,7 +63,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         raise ValueError(
             f"{folder} has class folders the checkpoint was not trained on: {sorted(unknown)}"
         )
-    dataset = ClassFolders(folder, names)
+    dataset = ClassFolders(
+        folder, names, samples=readable_samples(labelled_files(folder, names), folder.parent)
+    )
     targets = torch.tensor(dataset.targets)
 
     L.seed_everything(cfg.seed)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
+import re
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
@@ -52,6 +54,49 @@ def _download_hint(weights: WeightsEnum) -> str:
     )
 
 
+def safe_load(path: Path) -> dict[str, Any]:
+    """``torch.load`` with ``weights_only=True``: tensors and plain containers only. A
+    pickle can run any code on load; a file that needs more is refused, not trusted."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        what = f"it would call {found.group(1)}" if found else str(e).splitlines()[0]
+        raise ValueError(
+            f"{path}: refused to load: it holds more than tensors and plain containers "
+            f"({what}). Loading a checkpoint runs the code it holds: use only files you "
+            "trust, saved by hw1, Lightning or torchvision."
+        ) from None
+
+
+def check_fits(
+    state: dict[str, torch.Tensor], own: dict[str, torch.Tensor], what: str, arch: str
+) -> None:
+    """A clear error, naming the first keys, when a state dict is not for this network
+    (load_state_dict's message lists every key of a wrong file)."""
+    wrong = [
+        f"{k} {tuple(v.shape)} (the model has {tuple(own[k].shape)})"
+        for k, v in state.items()
+        if k in own and v.shape != own[k].shape
+    ]
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    problems = [
+        f"{label} ({len(keys)}): {', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''}"
+        for label, keys in (
+            ("other shapes", wrong),
+            ("missing", missing),
+            ("unexpected", unexpected),
+        )
+        if keys
+    ]
+    if problems:
+        raise ValueError(
+            f"{what} does not fit {arch}: " + "; ".join(problems) + ". Is it a state dict "
+            f"of torchvision's {arch}?"
+        )
+
+
 class Backbone(nn.Module):
     """A torchvision ResNet/ResNeXt without its classifier; outputs pooled features.
 
@@ -76,9 +121,10 @@ class Backbone(nn.Module):
         self.num_features: int = net.fc.in_features
         net.fc = nn.Identity()
         if isinstance(resolved, Path):
-            state = torch.load(resolved, map_location="cpu", weights_only=True)
+            state = safe_load(resolved)
             # A torchvision state dict carries the 1000-class ImageNet classifier: not ours.
             state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+            check_fits(state, net.state_dict(), f"model.weights={resolved}", arch)
             net.load_state_dict(state)
         self.net = net
         self.trainable_stages = trainable_stages
@@ -298,7 +344,7 @@ class Classifier(L.LightningModule):
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"ckpt_path={path}: no such checkpoint")
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = safe_load(path)
         hparams = dict(ckpt["hyper_parameters"])
         hparams["model"] = {**hparams["model"], "weights": None}
         model = cls(**hparams)

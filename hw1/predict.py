@@ -23,21 +23,9 @@ from omegaconf import DictConfig, ListConfig
 from torch.utils.data import Dataset
 
 import hw1  # noqa: F401  (registers the config resolvers)
-from hw1.data import UnlabeledImages, check_test_images, view_loader
+from hw1.data import UnlabeledImages, check_test_images, view_loader, write_atomically
 from hw1.model import Classifier
 from hw1.presets import EvalSizes
-
-
-def write_atomically(path: Path, data: str | bytes) -> None:
-    """Write through a temporary file in the same folder, then rename it into place: an
-    interrupted run leaves the old file or none, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def csv_text(rows: Sequence[Sequence[Any]]) -> str:

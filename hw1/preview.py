@@ -33,7 +33,10 @@ def preview(cfg: DictConfig) -> Path:
     if cfg.split == "test":
         dataset = UnlabeledImages(folder)
     else:
-        dataset = ClassFolders(folder, datamodule.class_names)
+        # the checked samples: unreadable images left out, val split off train if asked
+        dataset = ClassFolders(
+            folder, datamodule.class_names, samples=datamodule.samples[cfg.split]
+        )
     if not len(dataset):
         raise FileNotFoundError(f"{folder}: no images to preview")
     sizes = datamodule.sizes

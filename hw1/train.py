@@ -22,6 +22,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import hw1  # noqa: F401  (registers the config resolvers)
+from hw1.callbacks import last_checkpoint
 from hw1.data import FolderDataModule
 from hw1.demo import TEST_LABELS
 from hw1.model import Classifier
@@ -34,8 +35,29 @@ def predict_folder(
     trainer: L.Trainer, model: Classifier, datamodule: FolderDataModule, ckpt_path: str | None
 ) -> list[tuple[str, str]]:
     """(image name, class folder name) for every test image, sorted by name."""
-    names, probs = collect(trainer.predict(model, datamodule=datamodule, ckpt_path=ckpt_path))
+    predictions = trainer.predict(
+        model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True
+    )
+    names, probs = collect(predictions)
     return submission_rows(names, probs, model.class_names)
+
+
+def resume_point(cfg: DictConfig, trainer: L.Trainer) -> str | None:
+    """The checkpoint fit continues from: ``ckpt_path=PATH``, or with ``resume=true`` the
+    run directory's ``last.ckpt``; None starts afresh."""
+    if cfg.ckpt_path:
+        if not Path(cfg.ckpt_path).is_file():
+            raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint")
+        return str(cfg.ckpt_path)
+    if not cfg.resume:
+        return None
+    last = last_checkpoint(trainer)
+    if not last.is_file():
+        raise FileNotFoundError(
+            f"resume=true: no {last}. Point Hydra at the run to continue, with the run's "
+            "other overrides: resume=true hydra.run.dir=outputs/DATE/TIME"
+        )
+    return str(last)
 
 
 def accuracy_against(rows: list[tuple[str, str]], labels_csv: Path) -> float:
@@ -131,7 +153,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
 
     fit_start = time.time()
-    trainer.fit(model, datamodule=datamodule)
+    # weights_only: a checkpoint may hold tensors and plain containers, never code
+    trainer.fit(
+        model, datamodule=datamodule, ckpt_path=resume_point(cfg, trainer), weights_only=True
+    )
     fit_seconds = time.time() - fit_start
 
     ckpt = trainer.checkpoint_callback
@@ -155,7 +180,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "val_history": history,
     }
 
-    if datamodule.test_dir.is_dir():
+    if datamodule.test_images:  # an empty test/ folder has nothing to predict
         rows = predict_folder(trainer, model, datamodule, best_ckpt)
         if len(rows) < len(datamodule.test_set):
             # fast_dev_run / limit_predict_batches: a submission must have every test image.

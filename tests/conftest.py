@@ -80,9 +80,14 @@ TINY = [
 ]  # fmt: skip
 
 
-def run_train(root: Path, run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
+def train_command(root: Path, run_dir: Path, *overrides: str) -> list[str]:
     cmd = [sys.executable, "-m", "hw1.train", f"data.root={root}", f"hydra.run.dir={run_dir}"]
-    return subprocess.run([*cmd, *TINY, *overrides], capture_output=True, text=True, timeout=600)
+    return [*cmd, *TINY, *overrides]
+
+
+def run_train(root: Path, run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
+    cmd = train_command(root, run_dir, *overrides)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import CONF_DIR, compose_cfg
-from hydra.errors import InstantiationException
+from hydra.errors import ConfigCompositionException, InstantiationException, MissingConfigException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
@@ -209,3 +209,18 @@ def test_sweep_launchers_compose(launcher):
     )
     if launcher == "slurm":
         assert cfg.hydra.launcher.gpus_per_node == cfg.trainer.devices
+
+
+@pytest.mark.parametrize(("group", "options"), [("model", MODELS), ("head", HEADS)])
+def test_an_unknown_group_option_lists_the_valid_ones(group, options):
+    with pytest.raises(MissingConfigException) as error:
+        compose_cfg([f"{group}=nonexistent99"])
+    message = str(error.value)
+    assert f"Could not find '{group}/nonexistent99'" in message
+    assert all(f"\t{name}\n" in message + "\n" for name in options), message
+
+
+def test_an_unknown_key_is_named():
+    with pytest.raises(ConfigCompositionException, match=r"override 'data\.val_fraction'") as e:
+        compose_cfg(["data.val_fraction=0.1"])
+    assert "Key 'val_fraction' is not in struct" in str(e.value.__cause__)

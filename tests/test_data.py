@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import io
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -8,7 +10,16 @@ import torch
 from conftest import make_hw1_folder
 from PIL import Image
 
-from hw1.data import ClassFolders, FolderDataModule, UnlabeledImages, class_names, load_rgb
+import hw1.data
+from hw1.data import (
+    SCAN_CACHE,
+    ClassFolders,
+    FolderDataModule,
+    UnlabeledImages,
+    class_names,
+    load_rgb,
+    stratified_split,
+)
 
 
 def datamodule(root, **kw) -> FolderDataModule:
@@ -135,3 +146,121 @@ def test_hidden_and_non_image_files_are_not_samples(tmp_path):
     )  # fmt: skip
     image, label = ClassFolders(tmp_path / "train", ["a"])[0]
     assert image.mode == "RGB" and label == 0
+
+
+def _plant_bad_images(root: Path) -> list[Path]:
+    """An empty file, a truncated JPEG and a web page saved as .jpg."""
+    good = io.BytesIO()
+    Image.new("RGB", (64, 64), (9, 99, 199)).save(good, format="JPEG")
+    bad = [root / "train" / "0" / "empty.jpg", root / "train" / "1" / "cut.jpg"]
+    bad.append(root / "val" / "2" / "page.jpg")
+    bad[0].write_bytes(b"")
+    bad[1].write_bytes(good.getvalue()[:200])
+    bad[2].write_text("<!doctype html><html>404</html>")
+    return bad
+
+
+def test_unreadable_train_and_val_images_are_left_out_with_one_warning(tmp_path, caplog):
+    make_hw1_folder(tmp_path, ["0", "1", "2"], train=4, val=2, test=0)
+    bad = _plant_bad_images(tmp_path)
+    dm = datamodule(tmp_path)
+    with caplog.at_level("WARNING", logger="hw1.data"):
+        dm.prepare_data()
+        dm.setup("fit")
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and all(str(p) in warnings[0] for p in bad), warnings
+    assert (len(dm.train_set), len(dm.val_set)) == (12, 6)
+    kept = {Path(p) for p, _ in dm.train_set.samples + dm.val_set.samples}
+    assert not kept & set(bad)
+    # every remaining sample loads: no crash mid-epoch
+    assert sum(1 for _ in dm.train_dataloader()) == 3 and sum(1 for _ in dm.val_dataloader()) == 2
+
+
+def test_the_image_check_is_cached_next_to_the_data(tmp_path, monkeypatch):
+    make_hw1_folder(tmp_path, ["a", "b"], train=3, val=2, test=2)
+    _plant = tmp_path / "train" / "a" / "bad.jpg"
+    _plant.write_bytes(b"")
+    decoded = []
+    real = hw1.data.load_rgb
+    monkeypatch.setattr(hw1.data, "load_rgb", lambda f: decoded.append(f) or real(f))
+
+    datamodule(tmp_path).prepare_data()
+    assert len(decoded) == 7 + 4 + 4  # train (bad.jpg too: its bytes are tried), val, test
+    assert (tmp_path / SCAN_CACHE).is_file()
+
+    decoded.clear()
+    dm = datamodule(tmp_path)
+    dm.prepare_data()
+    assert decoded == [] and len(dm.samples["train"]) == 6  # the cache says bad.jpg is bad
+
+    _plant.write_bytes((tmp_path / "train" / "a" / "0.jpg").read_bytes())  # fixed: size changes
+    dm = datamodule(tmp_path)
+    dm.prepare_data()
+    assert len(decoded) == 1 and len(dm.samples["train"]) == 7
+
+
+def test_a_read_only_data_root_is_checked_without_a_cache(tmp_path, monkeypatch):
+    make_hw1_folder(tmp_path, ["a", "b"], train=2, val=1, test=0)
+
+    def read_only(path, data):
+        raise PermissionError(13, "Read-only file system", str(path))
+
+    monkeypatch.setattr(hw1.data, "write_atomically", read_only)
+    dm = datamodule(tmp_path)
+    dm.prepare_data()
+    assert len(dm.samples["train"]) == 4 and not (tmp_path / SCAN_CACHE).exists()
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_an_empty_class_folder_is_named(tmp_path, split):
+    make_hw1_folder(tmp_path, ["a", "b", "c"], train=2, val=1, test=0)
+    for f in (tmp_path / split / "b").iterdir():
+        f.unlink()
+    (tmp_path / split / "b" / ".DS_Store").write_bytes(b"\0")
+    with pytest.raises(ValueError, match=rf"without a readable image: {tmp_path / split / 'b'}\."):
+        datamodule(tmp_path).prepare_data()
+
+
+def test_a_class_whose_only_images_are_unreadable_is_named(tmp_path):
+    make_hw1_folder(tmp_path, ["a", "b"], train=2, val=1, test=0)
+    (tmp_path / "val" / "a" / "0.jpg").write_text("<html></html>")
+    with pytest.raises(ValueError, match=rf"without a readable image: {tmp_path / 'val' / 'a'}"):
+        datamodule(tmp_path).prepare_data()
+
+
+def test_missing_val_folder_suggests_val_split(tmp_path):
+    make_hw1_folder(tmp_path, ["a"], train=2, val=0, test=0)
+    shutil.rmtree(tmp_path / "val")
+    with pytest.raises(FileNotFoundError, match=r"no val/ folder.*data\.val_split=0\.1"):
+        datamodule(tmp_path).prepare_data()
+
+
+def _split(root, seed):
+    dm = datamodule(root, val_split=0.2, seed=seed)
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm
+
+
+def test_val_split_holds_out_a_stratified_seeded_part_of_train(tmp_path):
+    make_hw1_folder(tmp_path, [str(i) for i in range(12)], train=10, val=0, test=0)
+    shutil.rmtree(tmp_path / "val")
+    for f in sorted((tmp_path / "train" / "11").iterdir())[1:]:
+        f.unlink()  # class 11: a single image stays in train
+    dm = _split(tmp_path, seed=1)
+    train, val = dm.train_set.samples, dm.val_set.samples
+    assert dm.class_names == [str(i) for i in range(12)]  # numeric order, as without a split
+    assert not {p for p, _ in train} & {p for p, _ in val}
+    assert len(train) + len(val) == 11 * 10 + 1
+    per_class = [sum(c == k for _, c in val) for k in range(12)]
+    assert per_class == [2] * 11 + [0]  # 20 % of each class; one image is not split
+    assert all(Path(p).parent.name == dm.class_names[c] for p, c in train + val)
+    assert _split(tmp_path, seed=1).val_set.samples == val  # the same seed, the same split
+    assert _split(tmp_path, seed=2).val_set.samples != val
+    assert dm.val_set.transform is dm.eval_transform and dm.train_set.transform is not None
+
+
+def test_stratified_split_gives_every_class_of_two_a_val_image():
+    samples = [(f"{c}/{i}", c) for c in range(3) for i in range(c + 1)]  # 1, 2, 3 images
+    train, val = stratified_split(samples, 0.01, seed=0)
+    assert sorted(c for _, c in val) == [1, 2] and len(train) == 4

@@ -4,8 +4,9 @@ import json
 
 import pytest
 import torch
-from conftest import compose_cfg
+from conftest import compose_cfg, make_hw1_folder
 from PIL import Image
+from test_predict import tiny_model
 
 from hw1.eval import confusion_report, evaluate
 
@@ -32,3 +33,16 @@ def test_eval_accuracy_is_what_training_logged_for_the_checkpoint(trained_run, t
     assert json.loads((tmp_path / "eval.json").read_text())["acc"] == results["acc"]
     with Image.open(tmp_path / "confusion.png") as png:
         assert png.width == png.height >= 12 * 10
+
+
+def test_eval_leaves_out_unreadable_images(tmp_path):
+    root = tmp_path / "data"
+    make_hw1_folder(root, [str(i) for i in range(12)], train=1, val=2, test=0)
+    (root / "val" / "3" / "cut.jpg").write_bytes(b"\xff\xd8\xff")  # a JPEG header, no image
+    ckpt = tmp_path / "tiny.ckpt"
+    model = tiny_model()
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}, ckpt)
+    overrides = [f"ckpt_path={ckpt}", f"data.root={root}", "trainer=cpu", "tta=none"]
+    overrides += [f"output={tmp_path / 'eval.json'}", "data.num_workers=0"]
+    results = evaluate(compose_cfg(overrides, config_name="eval"))
+    assert results["images"] == 24

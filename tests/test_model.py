@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -244,3 +245,64 @@ def test_freeze_backbone_leaves_it_unchanged_for_its_epochs_then_trains_it():
     assert not any(p.requires_grad for p in model.backbone.parameters())
     (group,) = model.configure_optimizers()["optimizer"].param_groups
     assert len(group["params"]) == len(list(model.parameters()))
+
+
+def test_a_state_dict_of_other_shapes_names_the_first_mismatching_keys(tmp_path):
+    state = _planted_state(3)
+    state["conv1.weight"] = torch.zeros(64, 1, 7, 7)  # a grayscale stem
+    state["layer4.1.bn2.weight"] = torch.zeros(256)
+    path = tmp_path / "grey.pth"
+    torch.save(state, path)
+    with pytest.raises(
+        ValueError,
+        match=r"grey\.pth does not fit resnet18: other shapes \(2\): conv1\.weight \(64, 1, 7, 7\)"
+        r" \(the model has \(64, 3, 7, 7\)\), layer4\.1\.bn2\.weight \(256,\)",
+    ):
+        Backbone("resnet18", str(path))
+
+
+def test_a_state_dict_of_another_network_names_missing_keys(tmp_path):
+    path = tmp_path / "tiny.pth"
+    torch.save({"weight": torch.zeros(3)}, path)
+    with pytest.raises(
+        ValueError, match=r"missing \(\d+\): conv1\.weight, bn1\.weight.*unexpected"
+    ):
+        Backbone("resnet18", str(path))
+
+
+class Planted:
+    """Unpickling this runs code: it creates a file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_checkpoint_with_a_pickled_object_is_refused(tmp_path):
+    marker = tmp_path / "code-ran"
+    model = classifier(head="v0", classes=2)
+    path = tmp_path / "evil.ckpt"
+    torch.save(
+        {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
+         "extra": Planted(marker)},
+        path,
+    )  # fmt: skip
+    with pytest.raises(
+        ValueError, match=r"evil\.ckpt: refused to load.*would call getattr.*runs the code"
+    ):
+        Classifier.from_checkpoint(path)
+    with pytest.raises(ValueError, match="refused to load"):
+        Backbone("resnet18", str(path))
+    assert not marker.exists()
+    torch.load(path, weights_only=False)  # what the refusal prevented
+    assert marker.exists()
+
+
+def test_a_plain_checkpoint_loads_with_weights_only(tmp_path):
+    model = classifier(head="v0", classes=2)
+    path = tmp_path / "plain.ckpt"
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}, path)
+    loaded = Classifier.from_checkpoint(path)
+    assert loaded.class_names == ["0", "1"] and not loaded.training

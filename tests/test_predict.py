@@ -104,7 +104,7 @@ def test_ensemble_is_the_mean_of_its_members(trained_run, tmp_path):
     root, _, run_dir = trained_run
     best = run_dir / "checkpoints" / "best.ckpt"
     other = tmp_path / "other.ckpt"  # the same model, other weights
-    ckpt = torch.load(best, map_location="cpu", weights_only=False)
+    ckpt = torch.load(best, map_location="cpu", weights_only=True)
     ckpt["state_dict"] = Classifier(**{**ckpt["hyper_parameters"]}).state_dict()
     torch.save(ckpt, other)
     probs = {}

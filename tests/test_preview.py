@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import compose_cfg
+from conftest import compose_cfg, make_hw1_folder
 from PIL import Image
 
 from hw1.preview import preview, preview_tile
@@ -25,3 +25,18 @@ def test_preview_writes_a_grid_of_source_augmented_and_tta_views(int_classes_roo
 def test_preview_takes_training_overrides():
     cfg = compose_cfg(["experiment=demo"], config_name="preview")
     assert cfg.data.image_size == 32 and cfg.n == 16 and cfg.split == "train"
+
+
+def test_preview_leaves_out_unreadable_images(tmp_path):
+    root = tmp_path / "data"
+    make_hw1_folder(root, ["a", "b"], train=3, val=1, test=0)
+    (root / "train" / "a" / "empty.jpg").write_bytes(b"")
+    out = tmp_path / "preview.png"
+    cfg = compose_cfg(
+        [f"data.root={root}", "model=resnet18", "model.weights=null", "data.image_size=32",
+         "n=100", "views=1", f"output={out}"],
+        config_name="preview",
+    )  # fmt: skip
+    preview(cfg)
+    with Image.open(out) as png:
+        assert png.height == 6 * (preview_tile(32) + 16 + 2) + 2  # one row per readable image

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
+import re
+import signal
+import subprocess
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose_cfg, run_train
+from conftest import compose_cfg, make_hw1_folder, run_train, train_command
 
 from hw1.eval import evaluate
 
@@ -31,7 +34,7 @@ def test_train_writes_the_run_directory_and_predicts_folder_names(trained_run):
     assert Path(metrics["best_ckpt"]) == run_dir / "checkpoints" / "best.ckpt"
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert list((run_dir / "tb").glob("events.out.tfevents.*"))
-    best = torch.load(metrics["best_ckpt"], map_location="cpu", weights_only=False)
+    best = torch.load(metrics["best_ckpt"], map_location="cpu", weights_only=True)
     assert best["hyper_parameters"]["class_names"] == [str(i) for i in range(12)]
 
     rows = read_prediction(run_dir / "prediction.csv")
@@ -129,3 +132,86 @@ def test_ema_weights_are_the_ones_validated_and_checkpointed(int_classes_root, t
         config_name="eval",
     )  # fmt: skip
     assert evaluate(cfg)["acc"] == pytest.approx(metrics["best_val_acc"], abs=1e-6)
+
+
+def signal_in_second_epoch(cmd: list[str], sig: signal.Signals) -> tuple[int, str]:
+    """Start a training run, send ``sig`` as its progress bar starts the second epoch (the
+    first epoch's checkpoints are written by then); (exit status, console output)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    seen = b""
+    while b"Epoch 1:" not in seen:
+        chunk = proc.stdout.read1(4096)
+        if not chunk:
+            break
+        seen += chunk
+    proc.send_signal(sig)
+    rest, _ = proc.communicate(timeout=600)
+    return proc.returncode, (seen + rest).decode(errors="replace")
+
+
+EPOCHS3 = ("trainer.max_epochs=3", "sched.T_max=3")
+
+
+@pytest.fixture
+def no_test_root(tmp_path) -> Path:
+    root = tmp_path / "data"
+    make_hw1_folder(root, [str(i) for i in range(6)], train=8, val=2, test=0)  # 3 batches an epoch
+    return root
+
+
+@pytest.mark.slow
+def test_a_run_killed_in_its_second_epoch_resumes_to_the_same_end(no_test_root, tmp_path):
+    run_dir = tmp_path / "run"
+    status, out = signal_in_second_epoch(
+        train_command(no_test_root, run_dir, *EPOCHS3), signal.SIGKILL
+    )
+    assert status == -signal.SIGKILL, out[-3000:]
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["epoch"] == 0 and not (run_dir / "metrics.json").exists()
+
+    proc = run_train(no_test_root, run_dir, *EPOCHS3, "resume=true")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Restored all states from the checkpoint" in proc.stderr
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["epochs"] == 3
+    assert [h["epoch"] for h in metrics["val_history"]] == [1, 2, 3]  # epoch 1 from before the kill
+    assert metrics["best_val_acc"] == max(h["val_acc"] for h in metrics["val_history"])
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_before_exiting(no_test_root, tmp_path):
+    run_dir = tmp_path / "run"
+    status, out = signal_in_second_epoch(
+        train_command(no_test_root, run_dir, *EPOCHS3), signal.SIGTERM
+    )
+    assert status == 128 + signal.SIGTERM, out[-3000:]
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    # saved in the second epoch (epoch index 1), after at least one of its 3 batches
+    assert last["epoch"] == 1 and last["global_step"] > 3
+    assert f"SIGTERM: saved {run_dir / 'checkpoints' / 'last.ckpt'} at epoch 2" in out
+    assert "resume=true" in out and not (run_dir / "metrics.json").exists()
+
+
+@pytest.mark.slow
+def test_a_non_finite_loss_stops_at_its_step_and_keeps_the_last_good_checkpoint(
+    no_test_root, tmp_path
+):
+    run_dir = tmp_path / "run"
+    # the learning rate jumps to 3e9 in the second epoch: the loss blows up there
+    explode = ["sched._target_=torch.optim.lr_scheduler.StepLR", "~sched.T_max", "~sched.eta_min"]
+    explode += ["~sched.warmup_epochs"]
+    explode += ["+sched.step_size=1", "+sched.gamma=1e12"]
+    proc = run_train(no_test_root, run_dir, *EPOCHS3, *explode)
+    assert proc.returncode != 0
+    last_path = run_dir / "checkpoints" / "last.ckpt"
+    assert re.search(
+        rf"training loss is (nan|inf) at epoch 2, batch \d+ \(global step \d+\): stopped; "
+        rf"the last good checkpoint is {re.escape(str(last_path))}",
+        proc.stderr,
+    ), proc.stderr[-3000:]
+    last = torch.load(last_path, weights_only=True)
+    assert last["epoch"] == 0
+    assert all(
+        torch.isfinite(t).all() for t in last["state_dict"].values() if t.is_floating_point()
+    )
+    assert not (run_dir / "metrics.json").exists()

@@ -1,0 +1,133 @@
+"""The dataset report: ``python -m hw1.check data.root=ROOT`` (takes any training override).
+
+Prints the classes, images per split and per class, class imbalance, unreadable files,
+files duplicated across splits and image sizes; exits with status 1 when something would
+stop training. Decoding is shared with training: its results are cached in the data root.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import hydra
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+import hw1  # noqa: F401  (registers the config resolvers)
+from hw1.data import (
+    FolderDataModule,
+    ImageInfo,
+    check_test_images,
+    class_names,
+    image_files,
+    inspect_images,
+    labelled_files,
+)
+
+
+def spread(values: list[int]) -> str:
+    return f"{min(values)} / {statistics.median(values):g} / {max(values)}" if values else "-"
+
+
+def split_files(root: Path) -> dict[str, list[tuple[Path, str | None]]]:
+    """Every image of each split present, with its class folder (None in test/)."""
+    found: dict[str, list[tuple[Path, str | None]]] = {}
+    for split in ("train", "val"):
+        if (root / split).is_dir():
+            names = class_names(root / split)
+            found[split] = [(Path(p), names[c]) for p, c in labelled_files(root / split, names)]
+    if (root / "test").is_dir():
+        found["test"] = [(p, None) for p in image_files(root / "test")]
+    return found
+
+
+def table(root: Path, found: dict, info: dict[Path, ImageInfo]) -> list[str]:
+    lines = [f"{'split':<6}{'images':>8}  {'per class min / median / max':<30}{'max/min':>8}"]
+    for split, files in found.items():
+        readable = [(p, c) for p, c in files if info[p].readable]
+        per_class, ratio = "", ""
+        if split != "test":
+            counts = Counter(c for _, c in readable)
+            sizes = [counts.get(name, 0) for name in class_names(root / split)]
+            per_class = spread(sizes)
+            ratio = f"{max(sizes) / min(sizes):.1f}" if sizes and min(sizes) else "inf"
+        lines.append(f"{split:<6}{len(readable):>8}  {per_class:<30}{ratio:>8}")
+    lines.append("image sizes (width; height: min / median / max)")
+    for split, files in found.items():
+        kept = [info[p] for p, _ in files if info[p].readable]
+        widths, heights = [i.width for i in kept], [i.height for i in kept]
+        lines.append(f"  {split:<6}{spread(widths)}; {spread(heights)}")
+    return lines
+
+
+def duplicates(root: Path, found: dict, info: dict[Path, ImageInfo]) -> list[list[str]]:
+    """Groups of identical readable files (same SHA-1) that span more than one split."""
+    by_hash: dict[str, list[tuple[str, Path]]] = defaultdict(list)
+    for split, files in found.items():
+        for p, _ in files:
+            if info[p].readable:
+                by_hash[info[p].sha1].append((split, p))
+    return sorted(
+        [str(p.relative_to(root)) for _, p in group]
+        for group in by_hash.values()
+        if len({split for split, _ in group}) > 1
+    )
+
+
+def report(cfg: DictConfig) -> tuple[str, list[str]]:
+    """(the report's text, the problems that would stop training)."""
+    datamodule: FolderDataModule = instantiate(cfg.data)
+    root = datamodule.root
+    try:
+        datamodule.check_layout()
+    except FileNotFoundError as e:
+        return "\n".join([f"dataset {root}", *problem_lines([str(e)])]), [str(e)]
+    found = split_files(root)
+    info = inspect_images([p for files in found.values() for p, _ in files], root)
+
+    problems = []
+    checks = [lambda: datamodule.samples]  # what training meets: class folders, empty classes
+    if "test" in found:
+        checks.append(lambda: check_test_images(datamodule.test_dir))
+    for check in checks:
+        try:
+            check()
+        except (FileNotFoundError, ValueError) as e:
+            problems.append(str(e))
+
+    names = class_names(root / "train")
+    shown = ", ".join(names[:30]) + (", ..." if len(names) > 30 else "")
+    lines = [f"dataset {root}", f"classes: {len(names)} ({shown})"]
+    if not datamodule.has_val_dir:
+        lines.append(f"val: no val/ folder; data.val_split={datamodule.val_split} of train")
+    lines += table(root, found, info)
+    bad = [p for files in found.values() for p, _ in files if not info[p].readable]
+    lines.append(f"unreadable files: {len(bad)} (train/val ones are left out of training)")
+    lines += [f"  {p.relative_to(root)}" for p in bad]
+    groups = duplicates(root, found, info)
+    lines.append(f"files duplicated across splits: {len(groups)}")
+    lines += ["  " + " = ".join(group) for group in groups]
+    return "\n".join(lines + problem_lines(problems)), problems
+
+
+def problem_lines(problems: list[str]) -> list[str]:
+    if not problems:
+        return ["training can start"]
+    return [f"problems that stop training: {len(problems)}"] + [
+        "  " + "\n  ".join(p.splitlines()) for p in problems
+    ]
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="check")
+def main(cfg: DictConfig) -> None:
+    text, problems = report(cfg)
+    print(text)
+    if problems:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
