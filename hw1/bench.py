@@ -2,6 +2,7 @@
 noise hits every contender alike).
 
     python -m hw1.bench tta [--images 96] [--size 64] [--arch resnet18] [--batch-size 32]
+    python -m hw1.bench loader [--images 200] [--workers 0] [--size 224] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -16,24 +17,39 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from torch.utils.data import DataLoader
+from torchvision.transforms import v2 as T
 
-from hw1.data import UnlabeledImages, view_loader
+from hw1.data import ClassFolders, DraftDecoder, UnlabeledImages, view_loader
 from hw1.model import Classifier
-from hw1.presets import ViewStack, eval_sizes
+from hw1.presets import ViewStack, eval_sizes, train_pipeline
 
 
 def make_photos(folder: Path, n: int, seed: int = 0) -> list[Path]:
-    """JPEGs of varied sizes around 500x375 with smooth, photo-like content."""
+    """JPEGs (quality 90) of varied sizes around 500x375 with photo-like content: smooth
+    colour regions plus finer, weaker detail (JPEG decoding slows with detail)."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in range(n):
         w, h = int(rng.integers(400, 600)), int(rng.integers(300, 450))
-        coarse = rng.integers(0, 256, (h // 32 + 2, w // 32 + 2, 3), dtype=np.uint8)
-        image = Image.fromarray(coarse).resize((w, h), Image.BICUBIC)
+        image = np.zeros((h, w, 3))
+        for cell, weight in ((32, 0.7), (8, 0.2), (2, 0.1)):
+            coarse = rng.integers(0, 256, (h // cell + 2, w // cell + 2, 3), dtype=np.uint8)
+            image += weight * np.asarray(Image.fromarray(coarse).resize((w, h), Image.BICUBIC))
         paths.append(folder / f"img{i:04d}.jpg")
-        image.save(paths[-1], quality=90)
+        Image.fromarray(image.clip(0, 255).astype(np.uint8)).save(paths[-1], quality=90)
     return paths
+
+
+def cached_photos(n: int) -> Path:
+    """``n`` photos in a one-class folder (the layout ClassFolders reads), made once and
+    kept in the temporary directory for later runs."""
+    folder = Path(tempfile.gettempdir()) / f"hw1-bench-photos-{n}"
+    if not (folder / "done").exists():
+        make_photos(folder / "train" / "0", n)
+        (folder / "done").touch()
+    return folder / "train"
 
 
 def per_image_tta(model: Classifier, dataset: UnlabeledImages, stack: ViewStack) -> torch.Tensor:
@@ -50,15 +66,20 @@ def batched(model: Classifier, loader) -> torch.Tensor:
     return torch.cat([model.predict_probs(x) for x, _ in loader])
 
 
-def time_alternating(contenders: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
-    """Median seconds per contender, running them in turn each round."""
+def time_rounds(contenders: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
+    """Seconds of each round per contender, running them in turn each round."""
     times: dict[str, list[float]] = {name: [] for name in contenders}
     for _ in range(rounds):
         for name, run in contenders.items():
             start = time.perf_counter()
             run()
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return times
+
+
+def time_alternating(contenders: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
+    """Median seconds per contender, running them in turn each round."""
+    return {name: statistics.median(t) for name, t in time_rounds(contenders, rounds).items()}
 
 
 def bench_tta(args: argparse.Namespace) -> None:
@@ -101,6 +122,42 @@ def bench_tta(args: argparse.Namespace) -> None:
     print(f"ratio: {speedup:.2f}")
 
 
+def bench_loader(args: argparse.Namespace) -> None:
+    # A DataLoader worker runs torch single-threaded; so does the main process here.
+    torch.set_num_threads(1)
+    sizes = eval_sizes(args.size)
+    root = cached_photos(args.images)
+    datasets = {
+        "reference": ClassFolders(root, ["0"], train_pipeline("reference", sizes)),
+        "fast": ClassFolders(root, ["0"], loader=DraftDecoder(train_pipeline("fast", sizes))),
+        "decode only": ClassFolders(root, ["0"], T.PILToTensor()),
+    }
+    loaders = {
+        # Decoded images differ in size: "decode only" batches are counted, not stacked.
+        name: DataLoader(
+            d,
+            batch_size=32,
+            num_workers=args.workers,
+            collate_fn=len if name == "decode only" else None,
+        )
+        for name, d in datasets.items()
+    }
+    rounds = time_rounds(
+        {n: lambda d=d: sum(1 for _ in d) for n, d in loaders.items()}, args.rounds
+    )
+    workers = max(1, args.workers)
+    print(
+        f"{args.images} JPEGs around 500x375 -> {args.size} px, {args.workers} workers, "
+        f"{args.rounds} alternating rounds; images/s per worker, median (min-max)"
+    )
+    for name, seconds in rounds.items():
+        rates = sorted(args.images / workers / s for s in seconds)
+        print(f"{name:>12}: {statistics.median(rates):8.1f} ({rates[0]:.1f}-{rates[-1]:.1f})")
+    ratios = sorted(r / f for r, f in zip(rounds["reference"], rounds["fast"], strict=True))
+    print(f"fast vs reference per round: {ratios[0]:.2f}-{ratios[-1]:.2f} (goal >= 3.0)")
+    print(f"ratio: {statistics.median(ratios):.2f}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m hw1.bench", description=__doc__)
     sub = parser.add_subparsers(dest="bench", required=True)
@@ -110,8 +167,13 @@ def main(argv: list[str] | None = None) -> None:
     tta.add_argument("--arch", default="resnet18")
     tta.add_argument("--batch-size", type=int, default=32)
     tta.add_argument("--rounds", type=int, default=3)
+    loader = sub.add_parser("loader", help="the fast vs the reference train pipeline")
+    loader.add_argument("--images", type=int, default=200)
+    loader.add_argument("--workers", type=int, default=0, help="0: in the main process")
+    loader.add_argument("--size", type=int, default=224, help="crop size in pixels")
+    loader.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args(argv)
-    {"tta": bench_tta}[args.bench](args)
+    {"tta": bench_tta, "loader": bench_loader}[args.bench](args)
 
 
 if __name__ == "__main__":
