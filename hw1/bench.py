@@ -3,6 +3,7 @@ noise hits every contender alike).
 
     python -m hw1.bench tta [--images 96] [--size 64] [--arch resnet18] [--batch-size 32]
     python -m hw1.bench loader [--images 200] [--workers 0] [--size 224] [--rounds 5]
+    python -m hw1.bench step [--batches 20] [--batch-size 64] [--size 32] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -14,12 +15,16 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import LearningRateMonitor, TQDMProgressBar
+from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, TensorDataset
 from torchvision.transforms import v2 as T
 
+from hw1.callbacks import TensorBoardFigures
 from hw1.data import ClassFolders, DraftDecoder, UnlabeledImages, view_loader
 from hw1.model import Classifier
 from hw1.presets import ViewStack, eval_sizes, train_pipeline
@@ -158,6 +163,81 @@ def bench_loader(args: argparse.Namespace) -> None:
     print(f"ratio: {statistics.median(ratios):.2f}")
 
 
+def bench_classifier(arch: str, size: int) -> Classifier:
+    """A fresh model with the default recipe's head, optimiser and schedule, the same
+    initial weights every call."""
+    torch.manual_seed(0)
+    return Classifier(
+        model={"_target_": "hw1.model.Backbone", "arch": arch},
+        head={"_target_": "hw1.model.make_head", "name": "v1"},
+        optim={"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-4},
+        sched={"_target_": "hw1.model.cosine_then_flat", "_partial_": True, "T_max": 80},
+        class_names=[str(i) for i in range(100)],
+        preprocess=eval_sizes(size).to_dict(),
+    )
+
+
+def lightning_fit(loader: DataLoader, args: argparse.Namespace, log_dir: str) -> None:
+    """Trainer.fit as a user's run does it: TensorBoard logging, the metrics, the progress
+    bar and the learning-rate and image callbacks of conf/callbacks/default.yaml (no
+    checkpoint file: the plain loop writes none either)."""
+    model = bench_classifier(args.arch, args.size)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        logger=TensorBoardLogger(log_dir, name="tb", default_hp_metric=False),
+        callbacks=[
+            TQDMProgressBar(refresh_rate=10),
+            LearningRateMonitor(logging_interval="step"),
+            TensorBoardFigures(),
+        ],
+        log_every_n_steps=10,
+        enable_checkpointing=False,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(model, train_dataloaders=loader)
+
+
+def plain_loop(loader: DataLoader, args: argparse.Namespace) -> None:
+    """The same optimiser steps in plain PyTorch: no logging, no metrics, no callbacks."""
+    model = bench_classifier(args.arch, args.size).train()
+    optimizer = model.configure_optimizers()["optimizer"]
+    for x, y in loader:
+        loss = model.criterion(model(model.normalise(x)), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
+def bench_step(args: argparse.Namespace) -> None:
+    torch.manual_seed(0)
+    n = args.batches * args.batch_size
+    images = torch.randint(0, 256, (n, 3, args.size, args.size), dtype=torch.uint8)
+    labels = torch.randint(0, 100, (n,))
+    loader = DataLoader(TensorDataset(images, labels), batch_size=args.batch_size, shuffle=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        rounds = time_rounds(
+            {
+                "Trainer.fit": lambda: lightning_fit(loader, args, tmp),
+                "plain loop": lambda: plain_loop(loader, args),
+            },
+            args.rounds,
+        )
+    print(
+        f"{args.batches} optimizer steps, {args.arch}, {args.size} px, batch {args.batch_size}, "
+        f"{torch.get_num_threads()} threads, {args.rounds} alternating rounds"
+    )
+    for name, seconds in rounds.items():
+        per_batch = sorted(s / args.batches for s in seconds)
+        print(
+            f"{name:>12}: {statistics.median(per_batch):.3f} s per step "
+            f"({per_batch[0]:.3f}-{per_batch[-1]:.3f})"
+        )
+    ratios = sorted(f / p for f, p in zip(rounds["Trainer.fit"], rounds["plain loop"], strict=True))
+    print(f"Trainer.fit vs plain loop per round: {ratios[0]:.2f}-{ratios[-1]:.2f} (goal <= 1.05)")
+    print(f"ratio: {statistics.median(ratios):.2f}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m hw1.bench", description=__doc__)
     sub = parser.add_subparsers(dest="bench", required=True)
@@ -172,8 +252,14 @@ def main(argv: list[str] | None = None) -> None:
     loader.add_argument("--workers", type=int, default=0, help="0: in the main process")
     loader.add_argument("--size", type=int, default=224, help="crop size in pixels")
     loader.add_argument("--rounds", type=int, default=5)
+    step = sub.add_parser("step", help="Trainer.fit vs a plain PyTorch loop, same steps")
+    step.add_argument("--batches", type=int, default=20, help="optimizer steps per run")
+    step.add_argument("--batch-size", type=int, default=64)
+    step.add_argument("--size", type=int, default=32, help="image size in pixels")
+    step.add_argument("--arch", default="resnet18")
+    step.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
-    {"tta": bench_tta, "loader": bench_loader}[args.bench](args)
+    {"tta": bench_tta, "loader": bench_loader, "step": bench_step}[args.bench](args)
 
 
 if __name__ == "__main__":

@@ -244,7 +244,9 @@ class Classifier(L.LightningModule):
         logits = self(x)
         self.val_acc.update(logits, y)
         self.val_confusion.update(logits, y)
-        self.log("val/loss", self.criterion(logits, y), on_epoch=True, prog_bar=True)
+        # sync_dist: under DDP every process sees the same val/loss (EarlyStopping watches it).
+        loss = self.criterion(logits, y)
+        self.log("val/loss", loss, on_epoch=True, prog_bar=True, sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
         acc = self.val_acc.compute()

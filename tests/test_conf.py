@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import CONF_DIR, compose_cfg
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
@@ -24,7 +25,7 @@ def test_the_groups_have_every_option_the_spec_names():
     assert HEADS == ["v0", "v1", "v2", "v3", "v4"]
     for group, options in {
         "data": ["demo", "hw1"], "optim": ["adamw"], "sched": ["constant", "cosine"],
-        "trainer": ["cpu", "default", "gpu"], "experiment": ["demo"],
+        "trainer": ["cpu", "ddp", "default", "gpu"], "experiment": ["demo"],
     }.items():  # fmt: skip
         assert sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml")) == options
 
@@ -94,3 +95,17 @@ def test_unknown_weights_name_fails_at_composition_time_with_the_choices():
     cfg = compose_cfg(["model=resnet34", "model.weights=IMAGENET1K_V2"])
     with pytest.raises(InstantiationException, match=r"resnet34 has no such .*IMAGENET1K_V1;"):
         instantiate(cfg.data)
+
+
+def test_ddp_trainer_config_is_lightnings_ddp_on_gpus():
+    cfg = compose_cfg(["trainer=ddp", "trainer.num_nodes=2", "trainer.sync_batchnorm=true"])
+    assert (cfg.trainer.strategy, cfg.trainer.accelerator) == ("ddp", "gpu")
+    assert (cfg.trainer.num_nodes, cfg.trainer.sync_batchnorm) == (2, True)
+    assert cfg.trainer.precision == "bf16-mixed"
+
+
+def test_device_side_model_options_reach_the_backbone():
+    cfg = compose_cfg(["model=resnet18", "model.weights=null", "model.channels_last=true"])
+    backbone = instantiate(cfg.model)
+    assert backbone.channels_last and cfg.model.compile is False
+    assert backbone.net.conv1.weight.is_contiguous(memory_format=torch.channels_last)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_train
+from conftest import make_hw1_folder, run_train
 
 
 def read_prediction(path: Path) -> list[list[str]]:
@@ -100,3 +100,27 @@ def test_summary_names_files_that_exist(trained_run):
     ]
     assert len(paths) == 3 and all(Path(p).is_file() for p in paths)
     assert f"tensorboard --logdir {run_dir}" in summary
+
+
+@pytest.mark.slow
+def test_ddp_on_two_cpu_processes_writes_one_metrics_file_and_the_whole_csv(tmp_path):
+    """Lightning's DDP (gloo) relaunches the Hydra command per process: one process
+    writes, and the prediction gathers every process's share of the test folder."""
+    root = tmp_path / "data"
+    answers = make_hw1_folder(root, [str(i) for i in range(4)], train=8, val=2, test=3)
+    run_dir = tmp_path / "run"
+    proc = run_train(
+        root,
+        run_dir,
+        "trainer.strategy=ddp",
+        "trainer.devices=2",
+        "trainer.max_epochs=1",
+        "data.batch_size=4",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [p.relative_to(run_dir) for p in run_dir.rglob("metrics.json")] == [Path("metrics.json")]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["epochs"] == 1 and metrics["prediction_csv"]
+    rows = read_prediction(run_dir / "prediction.csv")
+    assert [r[0] for r in rows[1:]] == sorted(answers)  # 12 images, not one process's 6
+    assert proc.stdout.count("hw1 run") == 1  # one summary
