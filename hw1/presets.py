@@ -168,25 +168,41 @@ class Draw:
     jitter: tuple[float, float, float, float]  # the four factors (hue: a fraction of a turn)
 
 
-def _uniform(low: float, high: float) -> float:
-    return low + (high - low) * torch.rand(()).item()
+class Uniforms:
+    """Uniform [0, 1) numbers from torch's generator, drawn in one call per image: a
+    torch call per parameter cost more than the rest of the drawing."""
+
+    def __init__(self, n: int = 40) -> None:
+        self.values = iter(torch.rand(n).tolist())
+
+    def __call__(self, low: float = 0.0, high: float = 1.0) -> float:
+        return low + (high - low) * next(self.values)
+
+    def integer(self, n: int) -> int:
+        """One of 0 .. n - 1, each as likely."""
+        return min(int(self(0, n)), n - 1)
 
 
 def crop_box(
-    width: int, height: int, scale: tuple[float, float], ratio=(3 / 4, 4 / 3)
+    width: int,
+    height: int,
+    scale: tuple[float, float],
+    ratio=(3 / 4, 4 / 3),
+    uniform: Uniforms | None = None,
 ) -> tuple[int, int, int, int]:
     """RandomResizedCrop's box, drawn as torchvision draws it (ten tries, then the centre
     crop) but from the image's size alone, so it can be drawn before decoding."""
+    uniform = uniform or Uniforms()
     area = width * height
     log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
     for _ in range(10):
-        target = area * _uniform(*scale)
-        aspect = math.exp(_uniform(*log_ratio))
+        target = area * uniform(*scale)
+        aspect = math.exp(uniform(*log_ratio))
         w = round(math.sqrt(target * aspect))
         h = round(math.sqrt(target / aspect))
         if 0 < w <= width and 0 < h <= height:
-            top = int(torch.randint(0, height - h + 1, ()).item())
-            left = int(torch.randint(0, width - w + 1, ()).item())
+            top = uniform.integer(height - h + 1)
+            left = uniform.integer(width - w + 1)
             return left, top, w, h
     in_ratio = width / height
     if in_ratio < min(ratio):
@@ -264,19 +280,22 @@ class FastTrainPreset:
     def draw(self, width: int, height: int) -> Draw:
         """Parameters for an upright image of this size, drawn from torch's generator as
         torchvision draws them (seed_everything and DataLoader workers seed it)."""
-        box = crop_box(width, height, self.scale)
-        flip = self.hflip > 0 and torch.rand(()).item() < self.hflip
-        angle = _uniform(-self.rotation, self.rotation) if self.rotation else 0.0
+        uniform = Uniforms()
+        box = crop_box(width, height, self.scale, uniform=uniform)
+        flip = self.hflip > 0 and uniform() < self.hflip
+        angle = uniform(-self.rotation, self.rotation) if self.rotation else 0.0
         shift = tuple(
-            round(_uniform(-t * self.size, t * self.size)) if t else 0 for t in self.translate
+            round(uniform(-t * self.size, t * self.size)) if t else 0 for t in self.translate
         )
         b, c, s, h = self.jitter
-        order = tuple(torch.randperm(4).tolist()) if any(self.jitter) else ()
+        # The order of the four jitters: a uniformly random permutation, like randperm(4).
+        keys = [uniform() for _ in range(4)]
+        order = tuple(sorted(range(4), key=keys.__getitem__)) if any(self.jitter) else ()
         factors = (
-            _uniform(1 - b, 1 + b) if b else 1.0,
-            _uniform(1 - c, 1 + c) if c else 1.0,
-            _uniform(1 - s, 1 + s) if s else 1.0,
-            _uniform(-h, h) if h else 0.0,
+            uniform(1 - b, 1 + b) if b else 1.0,
+            uniform(1 - c, 1 + c) if c else 1.0,
+            uniform(1 - s, 1 + s) if s else 1.0,
+            uniform(-h, h) if h else 0.0,
         )
         return Draw(box, flip, angle, shift, order, factors)
 
@@ -351,15 +370,15 @@ class FastTrainPreset:
         gives both."""
         w, h = region
         corners = forward @ np.array([[0, w, w, 0], [0, 0, h, h], [1, 1, 1, 1]])
-        inside = Image.new("L", out.size)
-        ImageDraw.Draw(inside).polygon([tuple(p) for p in corners[:2].T], fill=255)
+        fill = Image.new("L", out.size, 255)
+        ImageDraw.Draw(fill).polygon([tuple(p) for p in corners[:2].T], fill=0)
         # The mean colour of the crop from 4x box-reduced copies: a sixteenth of the pixels.
-        share = np.asarray(inside.reduce(4), dtype=np.float32).mean() / 255
+        share = 1 - np.asarray(fill.reduce(4), dtype=np.float32).mean() / 255
         mean = np.asarray(out.reduce(4), dtype=np.float32).mean(axis=(0, 1)) / max(share, 1e-3)
         matrix = colour_matrix(draw, mean)
         coloured = out.convert("RGB", tuple(matrix.ravel()))
         if matrix[:, 3].max() >= 0.5:  # a contrast below 1 lifts black: keep the fill black
-            coloured = Image.composite(coloured, Image.new("RGB", out.size), inside)
+            coloured.paste((0, 0, 0), mask=fill)
         return coloured
 
 

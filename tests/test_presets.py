@@ -193,7 +193,7 @@ def test_fast_draws_the_reference_parameter_distribution():
     )
     _agree([d.angle for d in draws], angles, 1.5)
     for axis in (0, 1):
-        _agree([d.shift[axis] for d in draws], [s[axis] for s in shifts], 1.5)
+        _agree([d.shift[axis] for d in draws], [s[axis] for s in shifts], 3.0)
     for k in range(4):
         _agree([d.jitter[k] for d in draws], [j[k + 1] for j in jitters], 0.03 if k < 3 else 0.015)
     for op in range(4):  # each jitter equally often in each position
