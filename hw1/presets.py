@@ -259,9 +259,12 @@ class FastTrainPreset:
     of the cropped region; the output stays uint8 (C, H, W) and the model normalises it on
     its device (``Classifier.on_after_batch_transfer``).
 
-    The warp resamples bilinearly without the antialiasing of the reference's resize; the
-    draft decode (itself a box filter) leaves at most a 2x reduction to it, and a region
-    twice the output or more (a PNG, no draft) is first reduced by ``Image.reduce``.
+    Filtering differs from the reference's antialiased resize: the draft decode (itself a
+    box filter) leaves at most a 2x reduction to the warp, a region twice the output or
+    more (a PNG, no draft) is first box-reduced by ``Image.reduce``, and the warp samples
+    nearest at twice the output size, then averages 2x2 (bilinear when it enlarges).
+    Same-parameter outputs stay within a few grey levels of the reference's
+    (tests/test_presets.py).
     """
 
     def __init__(
