@@ -2,6 +2,8 @@
 noise hits every contender alike).
 
     python -m hw1.bench tta [--images 96] [--size 64] [--arch resnet18] [--batch-size 32]
+    python -m hw1.bench loader [--images 200] [--workers 0] [--size 224] [--rounds 5]
+    python -m hw1.bench step [--batches 20] [--batch-size 64] [--size 32] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -13,27 +15,46 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import LearningRateMonitor, TQDMProgressBar
+from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
+from torch.utils.data import DataLoader, TensorDataset
+from torchvision.transforms import v2 as T
 
-from hw1.data import UnlabeledImages, view_loader
+from hw1.callbacks import TensorBoardFigures
+from hw1.data import ClassFolders, DraftDecoder, UnlabeledImages, view_loader
 from hw1.model import Classifier
-from hw1.presets import ViewStack, eval_sizes
+from hw1.presets import ViewStack, eval_sizes, train_pipeline
 
 
 def make_photos(folder: Path, n: int, seed: int = 0) -> list[Path]:
-    """JPEGs of varied sizes around 500x375 with smooth, photo-like content."""
+    """JPEGs (quality 90) of varied sizes around 500x375 with photo-like content: smooth
+    colour regions plus finer, weaker detail (JPEG decoding slows with detail)."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in range(n):
         w, h = int(rng.integers(400, 600)), int(rng.integers(300, 450))
-        coarse = rng.integers(0, 256, (h // 32 + 2, w // 32 + 2, 3), dtype=np.uint8)
-        image = Image.fromarray(coarse).resize((w, h), Image.BICUBIC)
+        image = np.zeros((h, w, 3))
+        for cell, weight in ((32, 0.7), (8, 0.2), (2, 0.1)):
+            coarse = rng.integers(0, 256, (h // cell + 2, w // cell + 2, 3), dtype=np.uint8)
+            image += weight * np.asarray(Image.fromarray(coarse).resize((w, h), Image.BICUBIC))
         paths.append(folder / f"img{i:04d}.jpg")
-        image.save(paths[-1], quality=90)
+        Image.fromarray(image.clip(0, 255).astype(np.uint8)).save(paths[-1], quality=90)
     return paths
+
+
+def cached_photos(n: int) -> Path:
+    """``n`` photos in a one-class folder (the layout ClassFolders reads), made once and
+    kept in the temporary directory for later runs."""
+    folder = Path(tempfile.gettempdir()) / f"hw1-bench-photos-{n}"
+    if not (folder / "done").exists():
+        make_photos(folder / "train" / "0", n)
+        (folder / "done").touch()
+    return folder / "train"
 
 
 def per_image_tta(model: Classifier, dataset: UnlabeledImages, stack: ViewStack) -> torch.Tensor:
@@ -50,15 +71,20 @@ def batched(model: Classifier, loader) -> torch.Tensor:
     return torch.cat([model.predict_probs(x) for x, _ in loader])
 
 
-def time_alternating(contenders: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
-    """Median seconds per contender, running them in turn each round."""
+def time_rounds(contenders: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
+    """Seconds of each round per contender, running them in turn each round."""
     times: dict[str, list[float]] = {name: [] for name in contenders}
     for _ in range(rounds):
         for name, run in contenders.items():
             start = time.perf_counter()
             run()
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return times
+
+
+def time_alternating(contenders: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
+    """Median seconds per contender, running them in turn each round."""
+    return {name: statistics.median(t) for name, t in time_rounds(contenders, rounds).items()}
 
 
 def bench_tta(args: argparse.Namespace) -> None:
@@ -101,6 +127,117 @@ def bench_tta(args: argparse.Namespace) -> None:
     print(f"ratio: {speedup:.2f}")
 
 
+def bench_loader(args: argparse.Namespace) -> None:
+    # A DataLoader worker runs torch single-threaded; so does the main process here.
+    torch.set_num_threads(1)
+    sizes = eval_sizes(args.size)
+    root = cached_photos(args.images)
+    datasets = {
+        "reference": ClassFolders(root, ["0"], train_pipeline("reference", sizes)),
+        "fast": ClassFolders(root, ["0"], loader=DraftDecoder(train_pipeline("fast", sizes))),
+        "decode only": ClassFolders(root, ["0"], T.PILToTensor()),
+    }
+    loaders = {
+        # Decoded images differ in size: "decode only" batches are counted, not stacked.
+        name: DataLoader(
+            d,
+            batch_size=32,
+            num_workers=args.workers,
+            collate_fn=len if name == "decode only" else None,
+        )
+        for name, d in datasets.items()
+    }
+    rounds = time_rounds(
+        {n: lambda d=d: sum(1 for _ in d) for n, d in loaders.items()}, args.rounds
+    )
+    workers = max(1, args.workers)
+    print(
+        f"{args.images} JPEGs around 500x375 -> {args.size} px, {args.workers} workers, "
+        f"{args.rounds} alternating rounds; images/s per worker, median (min-max)"
+    )
+    for name, seconds in rounds.items():
+        rates = sorted(args.images / workers / s for s in seconds)
+        print(f"{name:>12}: {statistics.median(rates):8.1f} ({rates[0]:.1f}-{rates[-1]:.1f})")
+    ratios = sorted(r / f for r, f in zip(rounds["reference"], rounds["fast"], strict=True))
+    print(f"fast vs reference per round: {ratios[0]:.2f}-{ratios[-1]:.2f} (goal >= 3.0)")
+    print(f"ratio: {statistics.median(ratios):.2f}")
+
+
+def bench_classifier(arch: str, size: int) -> Classifier:
+    """A fresh model with the default recipe's head, optimiser and schedule, the same
+    initial weights every call."""
+    torch.manual_seed(0)
+    return Classifier(
+        model={"_target_": "hw1.model.Backbone", "arch": arch},
+        head={"_target_": "hw1.model.make_head", "name": "v1"},
+        optim={"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-4},
+        sched={"_target_": "hw1.model.cosine_then_flat", "_partial_": True, "T_max": 80},
+        class_names=[str(i) for i in range(100)],
+        preprocess=eval_sizes(size).to_dict(),
+    )
+
+
+def lightning_fit(loader: DataLoader, args: argparse.Namespace, log_dir: str) -> None:
+    """Trainer.fit as a user's run does it: TensorBoard logging, the metrics, the progress
+    bar and the learning-rate and image callbacks of conf/callbacks/default.yaml (no
+    checkpoint file: the plain loop writes none either)."""
+    model = bench_classifier(args.arch, args.size)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        logger=TensorBoardLogger(log_dir, name="tb", default_hp_metric=False),
+        callbacks=[
+            TQDMProgressBar(refresh_rate=10),
+            LearningRateMonitor(logging_interval="step"),
+            TensorBoardFigures(),
+        ],
+        log_every_n_steps=10,
+        enable_checkpointing=False,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(model, train_dataloaders=loader)
+
+
+def plain_loop(loader: DataLoader, args: argparse.Namespace) -> None:
+    """The same optimiser steps in plain PyTorch: no logging, no metrics, no callbacks."""
+    model = bench_classifier(args.arch, args.size).train()
+    optimizer = model.configure_optimizers()["optimizer"]
+    for x, y in loader:
+        loss = model.criterion(model(model.normalise(x)), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
+def bench_step(args: argparse.Namespace) -> None:
+    torch.manual_seed(0)
+    n = args.batches * args.batch_size
+    images = torch.randint(0, 256, (n, 3, args.size, args.size), dtype=torch.uint8)
+    labels = torch.randint(0, 100, (n,))
+    loader = DataLoader(TensorDataset(images, labels), batch_size=args.batch_size, shuffle=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        rounds = time_rounds(
+            {
+                "Trainer.fit": lambda: lightning_fit(loader, args, tmp),
+                "plain loop": lambda: plain_loop(loader, args),
+            },
+            args.rounds,
+        )
+    print(
+        f"{args.batches} optimizer steps, {args.arch}, {args.size} px, batch {args.batch_size}, "
+        f"{torch.get_num_threads()} threads, {args.rounds} alternating rounds"
+    )
+    for name, seconds in rounds.items():
+        per_batch = sorted(s / args.batches for s in seconds)
+        print(
+            f"{name:>12}: {statistics.median(per_batch):.3f} s per step "
+            f"({per_batch[0]:.3f}-{per_batch[-1]:.3f})"
+        )
+    ratios = sorted(f / p for f, p in zip(rounds["Trainer.fit"], rounds["plain loop"], strict=True))
+    print(f"Trainer.fit vs plain loop per round: {ratios[0]:.2f}-{ratios[-1]:.2f} (goal <= 1.05)")
+    print(f"ratio: {statistics.median(ratios):.2f}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m hw1.bench", description=__doc__)
     sub = parser.add_subparsers(dest="bench", required=True)
@@ -110,8 +247,19 @@ def main(argv: list[str] | None = None) -> None:
     tta.add_argument("--arch", default="resnet18")
     tta.add_argument("--batch-size", type=int, default=32)
     tta.add_argument("--rounds", type=int, default=3)
+    loader = sub.add_parser("loader", help="the fast vs the reference train pipeline")
+    loader.add_argument("--images", type=int, default=200)
+    loader.add_argument("--workers", type=int, default=0, help="0: in the main process")
+    loader.add_argument("--size", type=int, default=224, help="crop size in pixels")
+    loader.add_argument("--rounds", type=int, default=5)
+    step = sub.add_parser("step", help="Trainer.fit vs a plain PyTorch loop, same steps")
+    step.add_argument("--batches", type=int, default=20, help="optimizer steps per run")
+    step.add_argument("--batch-size", type=int, default=64)
+    step.add_argument("--size", type=int, default=32, help="image size in pixels")
+    step.add_argument("--arch", default="resnet18")
+    step.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
-    {"tta": bench_tta}[args.bench](args)
+    {"tta": bench_tta, "loader": bench_loader, "step": bench_step}[args.bench](args)
 
 
 if __name__ == "__main__":

@@ -58,13 +58,16 @@ class TensorBoardFigures(L.Callback):
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         # Runs before the module's own hook, which resets the confusion matrix.
         writer = _tensorboard(trainer)
-        if writer is None or trainer.sanity_checking or not trainer.is_global_zero:
+        if writer is None or trainer.sanity_checking:
             return
         epoch = trainer.current_epoch + 1
         if epoch % self.confusion_every and epoch != trainer.max_epochs and not trainer.should_stop:
             return
-        image = confusion_image(pl_module.val_confusion.compute().cpu(), pl_module.class_names)
-        writer.add_image("val/confusion", hwc(image), trainer.global_step, dataformats="HWC")
+        # compute() gathers the matrix from every DDP process: all of them must call it.
+        confusion = pl_module.val_confusion.compute().cpu()
+        if trainer.is_global_zero:
+            image = confusion_image(confusion, pl_module.class_names)
+            writer.add_image("val/confusion", hwc(image), trainer.global_step, dataformats="HWC")
 
 
 class FreezeBackbone(BaseFinetuning):

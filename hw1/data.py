@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -21,14 +21,21 @@ from typing import Any, NamedTuple
 import lightning as L
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image, ImageOps
 from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension, make_dataset
 
 from hw1 import demo
 from hw1.model import resolve_weights
-from hw1.presets import EvalSizes, ViewStack, eval_preset, eval_sizes, train_preset
+from hw1.presets import (
+    EvalSizes,
+    FastTrainPreset,
+    ViewStack,
+    eval_preset,
+    eval_sizes,
+    train_pipeline,
+)
 
 LAYOUT = """expected layout:
     <root>/train/<class>/<image>   training images, one folder per class
@@ -73,18 +80,58 @@ def is_image_file(path: str | os.PathLike) -> bool:
     return not name.startswith(".") and has_file_allowed_extension(name, IMG_EXTENSIONS)
 
 
-def load_rgb(path: str | os.PathLike | io.BytesIO) -> Image.Image:
+def load_rgb(
+    path: str | os.PathLike | io.BytesIO,
+    draft: Callable[[tuple[int, int]], tuple[int, int]] | None = None,
+) -> Image.Image:
     """Any image file as 8-bit RGB, upright: EXIF orientation applied; grayscale, palette
     and CMYK converted; 16-bit scaled to 8 bits (PIL's convert clips it at 255);
-    transparency laid on white."""
+    transparency laid on white.
+
+    ``draft``: given the upright size, the smallest size the caller needs; a JPEG is then
+    decoded at the largest 1/2, 1/4 or 1/8 scale that is at least that (PIL's draft mode).
+    """
     with Image.open(path) as im:
-        im = ImageOps.exif_transpose(im)
+        if draft is not None:
+            request_draft(im, draft)
+        ImageOps.exif_transpose(im, in_place=True)  # in place: no copy of an upright image
         if im.mode.startswith("I;16") or (im.mode == "I" and im.getextrema()[1] > 255):
             im = Image.fromarray((np.asarray(im, dtype=np.uint32) >> 8).astype(np.uint8))
         if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
             im = im.convert("RGBA")
             im = Image.alpha_composite(Image.new("RGBA", im.size, "white"), im)
-        return im.convert("RGB")
+        im.load()
+        return im if im.mode == "RGB" else im.convert("RGB")  # convert would copy an RGB one
+
+
+# EXIF orientations that turn the image a quarter: the stored width is the upright height.
+_QUARTER_TURNS = (5, 6, 7, 8)
+
+
+def request_draft(im: Image.Image, draft: Callable[[tuple[int, int]], tuple[int, int]]) -> None:
+    turned = im.format == "JPEG" and im.getexif().get(ExifTags.Base.Orientation) in _QUARTER_TURNS
+    upright = im.size[::-1] if turned else im.size
+    need = draft(upright)
+    im.draft("RGB", need[::-1] if turned else need)
+
+
+class DraftDecoder:
+    """The loader of the fast train pipeline (``ClassFolders(loader=...)``): draws the
+    augmentation from the file's header size, decodes a JPEG only as large as its crop
+    needs, then augments. A class, not a closure, so DataLoader workers can pickle it."""
+
+    def __init__(self, preset: FastTrainPreset) -> None:
+        self.preset = preset
+
+    def __call__(self, path: str | os.PathLike) -> torch.Tensor:
+        drawn = {}
+
+        def need(size: tuple[int, int]) -> tuple[int, int]:
+            drawn["size"], drawn["draw"] = size, self.preset.draw(*size)
+            return self.preset.decode_size(drawn["draw"], *size)
+
+        image = load_rgb(path, draft=need)
+        return self.preset.apply(image, drawn["draw"], drawn["size"])
 
 
 class ClassFolders(ImageFolder):
@@ -98,10 +145,11 @@ class ClassFolders(ImageFolder):
         classes: Sequence[str],
         transform=None,
         samples: Sequence[tuple[str, int]] | None = None,
+        loader=load_rgb,
     ):
         self._classes = list(classes)
         self._given = None if samples is None else list(samples)
-        super().__init__(root, transform=transform, loader=load_rgb, is_valid_file=is_image_file)
+        super().__init__(root, transform=transform, loader=loader, is_valid_file=is_image_file)
 
     def find_classes(self, directory: str | os.PathLike) -> tuple[list[str], dict[str, int]]:
         return self._classes, {c: i for i, c in enumerate(self._classes)}
@@ -298,7 +346,10 @@ class FolderDataModule(L.LightningDataModule):
         tta: str = "report",
         seed: int = 0,
         val_split: float | None = None,
+        pipeline: str = "fast",
     ) -> None:
+        """``pipeline``: the train augmentation's implementation, ``fast`` or
+        ``reference`` (``hw1.presets.train_pipeline``)."""
         super().__init__()
         if val_split is not None and not 0 < val_split < 1:
             raise ValueError(f"data.val_split={val_split}: use null or a fraction in (0, 1)")
@@ -313,7 +364,7 @@ class FolderDataModule(L.LightningDataModule):
         self.sizes: EvalSizes = eval_sizes(
             image_size, resolved if not isinstance(resolved, Path) else None
         )
-        self.train_transform = train_preset(self.sizes, **(augment or {}))
+        self.train_transform = train_pipeline(pipeline, self.sizes, **(augment or {}))
         self.eval_transform = eval_preset(self.sizes)
         self._class_names: list[str] | None = None
         self._samples: dict[str, list[tuple[str, int]]] | None = None
@@ -403,7 +454,11 @@ class FolderDataModule(L.LightningDataModule):
         if stage in ("fit", "validate", None) and self.val_set is None:
             train, val = self.samples["train"], self.samples["val"]
             folder = self.root / "train"
-            self.train_set = ClassFolders(folder, self.class_names, self.train_transform, train)
+            if isinstance(self.train_transform, FastTrainPreset):  # it decodes, too
+                decoder = DraftDecoder(self.train_transform)
+                self.train_set = ClassFolders(folder, self.class_names, None, train, decoder)
+            else:
+                self.train_set = ClassFolders(folder, self.class_names, self.train_transform, train)
             val_folder = self.root / "val" if self.has_val_dir else folder
             self.val_set = ClassFolders(val_folder, self.class_names, self.eval_transform, val)
         if stage in ("predict", None) and self.test_set is None and self.test_dir.is_dir():

@@ -20,6 +20,8 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 from torchvision.models import WeightsEnum, get_model, get_model_weights
 
+from hw1.presets import IMAGENET_MEAN, IMAGENET_STD
+
 STAGES = ("layer1", "layer2", "layer3", "layer4")
 STEM = ("conv1", "bn1")
 
@@ -109,7 +111,12 @@ class Backbone(nn.Module):
         arch: str,
         weights: str | os.PathLike | None = None,
         trainable_stages: int | None = None,
+        channels_last: bool = False,
+        compile: bool = False,
     ) -> None:
+        """``channels_last``: NHWC weights and inputs, the layout tensor cores and oneDNN
+        convolve fastest; ``compile``: ``torch.compile`` the network in place (its state
+        dict keeps its keys, so checkpoints load either way)."""
         super().__init__()
         if trainable_stages is not None and not 0 <= trainable_stages <= len(STAGES):
             raise ValueError(f"model.trainable_stages={trainable_stages}: use null or 0..4")
@@ -130,6 +137,11 @@ class Backbone(nn.Module):
         self.trainable_stages = trainable_stages
         self.frozen: tuple[str, ...] = ()
         self.freeze_stages(trainable_stages)
+        self.channels_last = channels_last
+        if channels_last:
+            net.to(memory_format=torch.channels_last)
+        if compile:
+            net.compile()
 
     @staticmethod
     def frozen_by(trainable_stages: int | None) -> tuple[str, ...]:
@@ -163,6 +175,8 @@ class Backbone(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.net(x)
 
 
@@ -268,9 +282,25 @@ class Classifier(L.LightningModule):
         self.val_confusion = MulticlassConfusionMatrix(num_classes)  # drawn by TensorBoardFigures
         self.val_history: list[dict[str, float]] = []  # per epoch, for metrics.json
         self.train_images = 0  # seen by training steps, for the run summary's images/s
+        sizes = preprocess or {}
+        # Not in the state dict: the preprocessing already travels in the hyper-parameters.
+        for name, default in (("mean", IMAGENET_MEAN), ("std", IMAGENET_STD)):
+            value = torch.tensor(sizes.get(name, default)).view(1, -1, 1, 1)
+            self.register_buffer(name, value, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 images (the fast train pipeline's) as normalised floats, on their device;
+        float images come normalised from their preset and pass unchanged."""
+        if x.dtype != torch.uint8:
+            return x
+        return (x.float().div_(255) - self.mean) / self.std
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        x, *rest = batch
+        return self.normalise(x), *rest
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], _: int) -> torch.Tensor:
         x, y = batch
@@ -294,9 +324,10 @@ class Classifier(L.LightningModule):
         logits = self(x)
         self.val_acc.update(logits, y)
         self.val_confusion.update(logits, y)
-        # Plain cross-entropy whatever the training loss, so val/loss compares across runs.
+        # Plain cross-entropy whatever the training loss, so val/loss compares across runs;
+        # sync_dist: under DDP every process sees the same val/loss (EarlyStopping watches it).
         val_loss = nn.functional.cross_entropy(logits, y)
-        self.log("val/loss", val_loss, on_epoch=True, prog_bar=True)
+        self.log("val/loss", val_loss, on_epoch=True, prog_bar=True, sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
         acc = self.val_acc.compute()

@@ -7,10 +7,14 @@ original code's defects). The eval sizes come from the chosen weights' own ``tra
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 import torch
+from PIL import Image, ImageDraw
 from torchvision.models import WeightsEnum
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
@@ -140,3 +144,256 @@ class ViewStack:
                 torch.manual_seed(self.seed * 1_000_003 + index)
                 views = torch.stack([plain, plain.flip(-1), self.rotate(plain), self.crop(image)])
         return F.normalize(views.float().div(255), self.sizes.mean, self.sizes.std)
+
+
+# The fast train pipeline: the same augmentation distribution as ``train_preset``, drawn
+# up front so that decoding and resampling do only the work the crop needs.
+
+# ITU-R 601 luma, as PIL's convert("L") and ImageEnhance (the reference jitter's path).
+_LUMA = np.array([0.299, 0.587, 0.114])
+# The cross-product matrix of the unit grey axis (1, 1, 1) / sqrt(3): the hue jitter turns
+# RGB about it (Rodrigues' formula).
+_GREY_AXIS = np.array([[0, -1, 1], [1, 0, -1], [-1, 1, 0]]) / math.sqrt(3)
+
+
+@dataclass(frozen=True)
+class Draw:
+    """One image's augmentation parameters, in the upright full-size image's pixels."""
+
+    box: tuple[int, int, int, int]  # the RandomResizedCrop box: left, top, width, height
+    flip: bool
+    angle: float  # degrees, counter-clockwise, about the crop's centre
+    shift: tuple[int, int]  # pixels of the output, after the rotation
+    jitter_order: tuple[int, ...]  # 0 brightness, 1 contrast, 2 saturation, 3 hue
+    jitter: tuple[float, float, float, float]  # the four factors (hue: a fraction of a turn)
+
+
+class Uniforms:
+    """Uniform [0, 1) numbers from torch's generator, drawn in one call per image: a
+    torch call per parameter cost more than the rest of the drawing."""
+
+    def __init__(self, n: int = 40) -> None:
+        self.values = iter(torch.rand(n).tolist())
+
+    def __call__(self, low: float = 0.0, high: float = 1.0) -> float:
+        return low + (high - low) * next(self.values)
+
+    def integer(self, n: int) -> int:
+        """One of 0 .. n - 1, each as likely."""
+        return min(int(self(0, n)), n - 1)
+
+
+def crop_box(
+    width: int,
+    height: int,
+    scale: tuple[float, float],
+    ratio=(3 / 4, 4 / 3),
+    uniform: Uniforms | None = None,
+) -> tuple[int, int, int, int]:
+    """RandomResizedCrop's box, drawn as torchvision draws it (ten tries, then the centre
+    crop) but from the image's size alone, so it can be drawn before decoding."""
+    uniform = uniform or Uniforms()
+    area = width * height
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * uniform(*scale)
+        aspect = math.exp(uniform(*log_ratio))
+        w = round(math.sqrt(target * aspect))
+        h = round(math.sqrt(target / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            top = uniform.integer(height - h + 1)
+            left = uniform.integer(width - w + 1)
+            return left, top, w, h
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        w, h = width, round(width / min(ratio))
+    elif in_ratio > max(ratio):
+        w, h = round(height * max(ratio)), height
+    else:
+        w, h = width, height
+    return (width - w) // 2, (height - h) // 2, w, h
+
+
+def colour_matrix(draw: Draw, mean_rgb: Sequence[float]) -> np.ndarray:
+    """The four jitters, in the drawn order, as one affine map of RGB (3x4, 0..255 units).
+
+    Brightness, contrast and saturation are exactly linear as in PIL's ImageEnhance
+    (contrast blends towards the crop's mean grey, carried through the earlier steps).
+    Differences from torchvision's ColorJitter, checked by tests/test_presets.py:
+
+    - hue turns RGB about the grey axis by the same angle instead of shifting H in HSV.
+      No linear map follows HSV's hexagon pixel by pixel: measured on random colour
+      images, this turn lands about 0.7 of the hue jitter's own effect away from HSV's
+      result (a least-squares 3x3 fit does only ~2 % better, a YIQ turn worse), though it
+      moves colours as far and the same way, and the colour statistics over many draws
+      agree;
+    - values are clipped to 0..255 once at the end, not after every step.
+    """
+    b, c, s, h = draw.jitter
+    affine = np.eye(4)
+    for op in draw.jitter_order:
+        step = np.eye(4)
+        if op == 0:
+            step[:3, :3] *= b
+        elif op == 1:
+            grey = _LUMA @ (affine[:3, :3] @ np.asarray(mean_rgb) + affine[:3, 3])
+            step[:3, :3] *= c
+            step[:3, 3] = (1 - c) * grey
+        elif op == 2:
+            step[:3, :3] = s * np.eye(3) + (1 - s) * np.outer(np.ones(3), _LUMA)
+        else:
+            turn = 2 * math.pi * h  # HSV's hue runs red -> green -> blue, as this turn does
+            k = _GREY_AXIS
+            step[:3, :3] = np.eye(3) + math.sin(turn) * k + (1 - math.cos(turn)) * k @ k
+        affine = step @ affine
+    return affine[:3]
+
+
+class FastTrainPreset:
+    """``train_preset``'s augmentation (spec §3) for ``data.pipeline=fast``: the same
+    parameter distribution, applied with one colour matrix and one geometric resample.
+
+    The crop box is drawn from the image's size before decoding (``draw``), so a JPEG is
+    decoded in draft mode at the smallest scale whose crop is still at least the output
+    size (``decode_size``); the crop, resize, flip, rotation and shift are one affine warp
+    of the cropped region; the output stays uint8 (C, H, W) and the model normalises it on
+    its device (``Classifier.on_after_batch_transfer``).
+
+    Filtering differs from the reference's antialiased resize: the draft decode (itself a
+    box filter) leaves at most a 2x reduction to the warp, a region twice the output or
+    more (a PNG, no draft) is first box-reduced by ``Image.reduce``, and the warp samples
+    nearest at twice the output size, then averages 2x2 (bilinear when it enlarges).
+    Same-parameter outputs stay within a few grey levels of the reference's
+    (tests/test_presets.py).
+    """
+
+    def __init__(
+        self,
+        sizes: EvalSizes,
+        scale: tuple[float, float] = (0.08, 1.0),
+        hflip: float = 0.5,
+        jitter: tuple[float, float, float, float] = (0.2, 0.2, 0.2, 0.1),
+        rotation: float = 10,
+        translate: tuple[float, float] = (0.1, 0.1),
+    ) -> None:
+        self.size = sizes.crop
+        self.scale, self.hflip = tuple(scale), hflip
+        self.jitter, self.rotation, self.translate = tuple(jitter), rotation, tuple(translate)
+
+    def draw(self, width: int, height: int) -> Draw:
+        """Parameters for an upright image of this size, drawn from torch's generator as
+        torchvision draws them (seed_everything and DataLoader workers seed it)."""
+        uniform = Uniforms()
+        box = crop_box(width, height, self.scale, uniform=uniform)
+        flip = self.hflip > 0 and uniform() < self.hflip
+        angle = uniform(-self.rotation, self.rotation) if self.rotation else 0.0
+        shift = tuple(
+            round(uniform(-t * self.size, t * self.size)) if t else 0 for t in self.translate
+        )
+        b, c, s, h = self.jitter
+        # The order of the four jitters: a uniformly random permutation, like randperm(4).
+        keys = [uniform() for _ in range(4)]
+        order = tuple(sorted(range(4), key=keys.__getitem__)) if any(self.jitter) else ()
+        factors = (
+            uniform(1 - b, 1 + b) if b else 1.0,
+            uniform(1 - c, 1 + c) if c else 1.0,
+            uniform(1 - s, 1 + s) if s else 1.0,
+            uniform(-h, h) if h else 0.0,
+        )
+        return Draw(box, flip, angle, shift, order, factors)
+
+    def decode_size(self, draw: Draw, width: int, height: int) -> tuple[int, int]:
+        """The smallest decoded image size whose crop box still covers the output in both
+        directions (PIL's ``draft`` picks the largest JPEG scale that is at least this)."""
+        _, _, w, h = draw.box
+        return (
+            math.ceil(width * min(1.0, self.size / w)),
+            math.ceil(height * min(1.0, self.size / h)),
+        )
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        """An already decoded RGB image (e.g. for ``hw1.preview``), augmented."""
+        return self.apply(image, self.draw(*image.size), image.size)
+
+    def apply(self, image: Image.Image, draw: Draw, full_size: tuple[int, int]) -> torch.Tensor:
+        """Augment ``image``, a decode of an upright ``full_size`` image, possibly
+        reduced in draft mode; ``draw`` is in ``full_size`` pixels."""
+        kx, ky = image.width / full_size[0], image.height / full_size[1]
+        left, top, w, h = draw.box
+        x0, y0 = left * kx, top * ky
+        x1, y1 = min(image.width, (left + w) * kx), min(image.height, (top + h) * ky)
+        # Only the crop box: outside it the rotation and the shift fill black, as the
+        # reference's RandomRotation and RandomAffine do after the crop.
+        bounds = (math.floor(x0), math.floor(y0), math.ceil(x1), math.ceil(y1))
+        region = image.crop(bounds)
+        sx, sy = (x1 - x0) / self.size, (y1 - y0) / self.size
+        factor = int(min(sx, sy))
+        if factor >= 2:
+            region = region.reduce(factor)
+        rx, ry = region.width / (bounds[2] - bounds[0]), region.height / (bounds[3] - bounds[1])
+        # Output pixel -> region pixel: undo the shift, the rotation, the flip, the resize.
+        s = self.size
+        c = s / 2
+        turn = -math.radians(draw.angle)  # PIL's rotate, which the reference uses
+        unshift = _affine(1, 0, -draw.shift[0], 0, 1, -draw.shift[1])
+        unrotate = (
+            _affine(1, 0, c, 0, 1, c)
+            @ _affine(math.cos(turn), math.sin(turn), 0, -math.sin(turn), math.cos(turn), 0)
+            @ _affine(1, 0, -c, 0, 1, -c)
+        )
+        unflip = _affine(-1, 0, s, 0, 1, 0) if draw.flip else np.eye(3)
+        to_region = _affine(sx * rx, 0, (x0 - bounds[0]) * rx, 0, sy * ry, (y0 - bounds[1]) * ry)
+        inverse = to_region @ unflip @ unrotate @ unshift
+        if min(sx * rx, sy * ry) >= 1:
+            # Reducing: nearest-neighbour at twice the size, then 2x2 box averaging. PIL's
+            # bilinear affine costs ~15x its nearest one; this costs ~4x and filters
+            # better than bilinear sampling when reducing.
+            inverse = inverse @ _affine(0.5, 0, 0, 0, 0.5, 0)
+            out = region.transform(
+                (2 * s, 2 * s), Image.AFFINE, tuple(inverse[:2].ravel()), Image.NEAREST
+            ).reduce(2)
+        else:  # enlarging a small crop: nearest would show its blocks
+            out = region.transform((s, s), Image.AFFINE, tuple(inverse[:2].ravel()), Image.BILINEAR)
+        if draw.jitter_order:
+            out = self._colour(out, draw, np.linalg.inv(inverse), region.size)
+        out = F.pil_to_tensor(out)
+        # The reference shifts the rotated image inside its frame: what the rotation moved
+        # out of the frame does not come back, the shift brings in black bands.
+        for dim, t in ((2, draw.shift[0]), (1, draw.shift[1])):
+            if t:
+                out.narrow(dim, 0 if t > 0 else s + t, abs(t)).zero_()
+        return out
+
+    def _colour(
+        self, out: Image.Image, draw: Draw, forward: np.ndarray, region: tuple[int, int]
+    ) -> Image.Image:
+        """The jitter on the warped output (the fewest pixels). The reference jitters
+        before it rotates, so its fill stays black and its contrast mean covers the crop
+        only: the crop's outline in the output (``forward`` maps region pixels there)
+        gives both."""
+        w, h = region
+        corners = forward @ np.array([[0, w, w, 0], [0, 0, h, h], [1, 1, 1, 1]])
+        fill = Image.new("L", out.size, 255)
+        ImageDraw.Draw(fill).polygon([tuple(p) for p in corners[:2].T], fill=0)
+        # The mean colour of the crop from 4x box-reduced copies: a sixteenth of the pixels.
+        share = 1 - np.asarray(fill.reduce(4), dtype=np.float32).mean() / 255
+        mean = np.asarray(out.reduce(4), dtype=np.float32).mean(axis=(0, 1)) / max(share, 1e-3)
+        matrix = colour_matrix(draw, mean)
+        coloured = out.convert("RGB", tuple(matrix.ravel()))
+        if matrix[:, 3].max() >= 0.5:  # a contrast below 1 lifts black: keep the fill black
+            coloured.paste((0, 0, 0), mask=fill)
+        return coloured
+
+
+def _affine(a: float, b: float, c: float, d: float, e: float, f: float) -> np.ndarray:
+    return np.array([[a, b, c], [d, e, f], [0.0, 0.0, 1.0]])
+
+
+def train_pipeline(name: str, sizes: EvalSizes, **augment: Any):
+    """``data.pipeline``: ``fast`` (uint8 out, normalised on the device) or ``reference``
+    (torchvision's transforms, normalised float out; the yardstick)."""
+    if name == "fast":
+        return FastTrainPreset(sizes, **augment)
+    if name == "reference":
+        return train_preset(sizes, **augment)
+    raise ValueError(f"data.pipeline={name}: use fast or reference")

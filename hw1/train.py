@@ -39,7 +39,18 @@ def predict_folder(
         model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True
     )
     names, probs = collect(predictions)
+    if trainer.world_size > 1:  # DDP: each process predicted its own share of the folder
+        names, probs = gather_rows(names, probs)
     return submission_rows(names, probs, model.class_names)
+
+
+def gather_rows(names: list[str], probs: torch.Tensor) -> tuple[list[str], torch.Tensor]:
+    """Every process's (names, probs), on every process. all_gather_object because names
+    are strings, and the shares may differ in length (Lightning's predict sampler repeats
+    no image to even them out)."""
+    shares: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(shares, (names, probs.cpu()))
+    return [n for share, _ in shares for n in share], torch.cat([p for _, p in shares])
 
 
 def resume_point(cfg: DictConfig, trainer: L.Trainer) -> str | None:
@@ -176,7 +187,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "best_ckpt": best_ckpt,
         "last_ckpt": ckpt.last_model_path if ckpt is not None and ckpt.last_model_path else None,
         "tta": cfg.tta,
-        "train_images_per_s": round(model.train_images / fit_seconds, 1),
+        # train_images counts this process's batches; under DDP each process has its own.
+        "train_images_per_s": round(model.train_images * trainer.world_size / fit_seconds, 1),
         "val_history": history,
     }
 

@@ -30,7 +30,7 @@ def test_the_groups_have_every_option_the_spec_names():
     for group, options in {
         "data": ["demo", "hw1"], "optim": ["adamw"], "sched": ["constant", "cosine"],
         "loss": ["cross_entropy"], "callbacks": ["default", "ema", "freeze_backbone"],
-        "trainer": ["cpu", "default", "gpu"],
+        "trainer": ["cpu", "ddp", "default", "gpu"],
         "experiment": sorted(["demo", *FAMILIES]),
         "recipe": sorted(REFERENCE),
     }.items():  # fmt: skip
@@ -224,3 +224,17 @@ def test_an_unknown_key_is_named():
     with pytest.raises(ConfigCompositionException, match=r"override 'data\.val_fraction'") as e:
         compose_cfg(["data.val_fraction=0.1"])
     assert "Key 'val_fraction' is not in struct" in str(e.value.__cause__)
+
+
+def test_ddp_trainer_config_is_lightnings_ddp_on_gpus():
+    cfg = compose_cfg(["trainer=ddp", "trainer.num_nodes=2", "trainer.sync_batchnorm=true"])
+    assert (cfg.trainer.strategy, cfg.trainer.accelerator) == ("ddp", "gpu")
+    assert (cfg.trainer.num_nodes, cfg.trainer.sync_batchnorm) == (2, True)
+    assert cfg.trainer.precision == "bf16-mixed"
+
+
+def test_device_side_model_options_reach_the_backbone():
+    cfg = compose_cfg(["model=resnet18", "model.weights=null", "model.channels_last=true"])
+    backbone = instantiate(cfg.model)
+    assert backbone.channels_last and cfg.model.compile is False
+    assert backbone.net.conv1.weight.is_contiguous(memory_format=torch.channels_last)

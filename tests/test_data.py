@@ -59,13 +59,18 @@ def test_test_images_are_every_image_sorted_with_stems(int_classes_root):
     assert image.mode == "RGB" and stem == sorted(answers)[0]
 
 
-def test_datamodule_batches_have_the_crop_size_and_labels(int_classes_root):
+@pytest.mark.parametrize(
+    ("pipeline", "dtype"), [("fast", torch.uint8), ("reference", torch.float32)]
+)
+def test_datamodule_batches_have_the_crop_size_and_labels(int_classes_root, pipeline, dtype):
+    """The fast pipeline's batches stay uint8 (the model normalises them on its device);
+    the reference's come normalised."""
     root, _ = int_classes_root
-    dm = datamodule(root)
+    dm = datamodule(root, pipeline=pipeline)
     dm.prepare_data()
     dm.setup("fit")
     x, y = next(iter(dm.train_dataloader()))
-    assert x.shape == (4, 3, 32, 32) and x.dtype == torch.float32
+    assert x.shape == (4, 3, 32, 32) and x.dtype == dtype
     assert y.dtype == torch.int64 and y.min() >= 0 and y.max() < 12
     xv, _ = next(iter(dm.val_dataloader()))
     assert xv.shape == (4, 3, 32, 32)
@@ -257,7 +262,9 @@ def test_val_split_holds_out_a_stratified_seeded_part_of_train(tmp_path):
     assert all(Path(p).parent.name == dm.class_names[c] for p, c in train + val)
     assert _split(tmp_path, seed=1).val_set.samples == val  # the same seed, the same split
     assert _split(tmp_path, seed=2).val_set.samples != val
-    assert dm.val_set.transform is dm.eval_transform and dm.train_set.transform is not None
+    assert dm.val_set.transform is dm.eval_transform
+    # The fast train pipeline decodes as it augments: it is the train set's loader.
+    assert dm.train_set.loader.preset is dm.train_transform
 
 
 def test_stratified_split_gives_every_class_of_two_a_val_image():

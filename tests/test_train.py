@@ -215,3 +215,27 @@ def test_a_non_finite_loss_stops_at_its_step_and_keeps_the_last_good_checkpoint(
         torch.isfinite(t).all() for t in last["state_dict"].values() if t.is_floating_point()
     )
     assert not (run_dir / "metrics.json").exists()
+
+
+@pytest.mark.slow
+def test_ddp_on_two_cpu_processes_writes_one_metrics_file_and_the_whole_csv(tmp_path):
+    """Lightning's DDP (gloo) relaunches the Hydra command per process: one process
+    writes, and the prediction gathers every process's share of the test folder."""
+    root = tmp_path / "data"
+    answers = make_hw1_folder(root, [str(i) for i in range(4)], train=8, val=2, test=3)
+    run_dir = tmp_path / "run"
+    proc = run_train(
+        root,
+        run_dir,
+        "trainer.strategy=ddp",
+        "trainer.devices=2",
+        "trainer.max_epochs=1",
+        "data.batch_size=4",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [p.relative_to(run_dir) for p in run_dir.rglob("metrics.json")] == [Path("metrics.json")]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["epochs"] == 1 and metrics["prediction_csv"]
+    rows = read_prediction(run_dir / "prediction.csv")
+    assert [r[0] for r in rows[1:]] == sorted(answers)  # 12 images, not one process's 6
+    assert proc.stdout.count("hw1 run") == 1  # one summary
