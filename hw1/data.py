@@ -286,15 +286,40 @@ def stratified_split(
     ``fraction`` of them (at least one) to val and keeps at least one. Hand-written because
     torch's random_split is not stratified and scikit-learn is not a dependency."""
     rng = random.Random(seed)
-    by_class: dict[int, list[int]] = {}
-    for i, (_, c) in enumerate(samples):
-        by_class.setdefault(c, []).append(i)
     to_val: set[int] = set()
-    for c in sorted(by_class):
-        indices = by_class[c]
+    for indices in _by_class(samples):
         n = len(indices)
         k = min(n - 1, max(1, round(fraction * n)))
         to_val.update(rng.sample(indices, k))
+    return _part(samples, to_val)
+
+
+def fold_split(
+    samples: Sequence[tuple[str, int]], folds: int, fold: int, seed: int
+) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """(train, val) of fold ``fold`` of ``folds``: each class's images, shuffled with
+    ``seed``, are dealt round the folds, continuing where the previous class stopped, so
+    folds are disjoint, stratified, cover every image once and differ in size by at most
+    one image."""
+    rng = random.Random(seed)
+    to_val: set[int] = set()
+    dealt = 0
+    for indices in _by_class(samples):
+        shuffled = rng.sample(indices, len(indices))
+        to_val.update(i for j, i in enumerate(shuffled) if (dealt + j) % folds == fold)
+        dealt += len(indices)
+    return _part(samples, to_val)
+
+
+def _by_class(samples: Sequence[tuple[str, int]]) -> list[list[int]]:
+    """The sample indices of each class, classes in index order."""
+    by_class: dict[int, list[int]] = {}
+    for i, (_, c) in enumerate(samples):
+        by_class.setdefault(c, []).append(i)
+    return [by_class[c] for c in sorted(by_class)]
+
+
+def _part(samples: Sequence[tuple[str, int]], to_val: set[int]) -> tuple[list, list]:
     train = [s for i, s in enumerate(samples) if i not in to_val]
     return train, [s for i, s in enumerate(samples) if i in to_val]
 
@@ -347,12 +372,21 @@ class FolderDataModule(L.LightningDataModule):
         seed: int = 0,
         val_split: float | None = None,
         pipeline: str = "fast",
+        folds: int | None = None,
+        fold: int = 0,
     ) -> None:
         """``pipeline``: the train augmentation's implementation, ``fast`` or
-        ``reference`` (``hw1.presets.train_pipeline``)."""
+        ``reference`` (``hw1.presets.train_pipeline``). ``folds=K``: cross-validation,
+        train and val pooled and dealt into K stratified, seeded folds; ``fold`` is the one
+        validated on."""
         super().__init__()
         if val_split is not None and not 0 < val_split < 1:
             raise ValueError(f"data.val_split={val_split}: use null or a fraction in (0, 1)")
+        if folds is not None and not (folds >= 2 and 0 <= fold < folds):
+            raise ValueError(
+                f"data.folds={folds} data.fold={fold}: use folds >= 2, 0 <= fold < folds"
+            )
+        self.folds, self.fold = folds, fold
         self.tta = tta
         self.seed = seed
         self.val_split = val_split
@@ -390,7 +424,7 @@ class FolderDataModule(L.LightningDataModule):
             raise FileNotFoundError(f"data.root={self.root}: no such folder.\n{LAYOUT}")
         if not (self.root / "train").is_dir():
             raise FileNotFoundError(f"data.root={self.root} has no train/ folder.\n{LAYOUT}")
-        if not self.has_val_dir and self.val_split is None:
+        if not self.has_val_dir and self.val_split is None and self.folds is None:
             raise FileNotFoundError(
                 f"data.root={self.root} has no val/ folder: add one, or hold out a seeded, "
                 f"stratified part of train with data.val_split=0.1.\n{LAYOUT}"
@@ -443,7 +477,10 @@ class FolderDataModule(L.LightningDataModule):
                     "class folders without a readable image: " + ", ".join(empty) + ". Add "
                     "images or remove the folder (from train/ and val/ alike)."
                 )
-            if not self.has_val_dir:
+            if self.folds is not None:
+                pooled = kept["train"] + kept.get("val", [])
+                kept["train"], kept["val"] = fold_split(pooled, self.folds, self.fold, self.seed)
+            elif not self.has_val_dir:
                 kept["train"], kept["val"] = stratified_split(
                     kept["train"], self.val_split, self.seed
                 )

@@ -180,6 +180,7 @@ def summarise(runs: list[dict[str, Any]], refs: dict[str, dict[str, str]]) -> li
             "report_val": float(ref["val"]) if ref.get("val") else None,
             "report_test": float(ref["test"]) if ref.get("test") else None,
         }
+        row.update(out_of_fold(ms))
         row["delta_val"] = _minus(val, row["report_val"])
         row["delta_test"] = _minus(test, row["report_test"])
         rows.append(row)
@@ -190,6 +191,19 @@ def summarise(runs: list[dict[str, Any]], refs: dict[str, dict[str, str]]) -> li
     return rows
 
 
+def out_of_fold(ms: list[dict[str, Any]]) -> dict[str, Any]:
+    """Cross-validation runs (data.folds=K): the out-of-fold accuracy, every image of
+    train + val predicted once by the model that did not train on it, pooled over the
+    folds (and averaged over seeds: its images are those of one seed's folds)."""
+    runs = [m for m in ms if m.get("folds") and m.get("val_images")]
+    if not runs:
+        return {"folds": None, "oof_acc": None, "oof_images": None, "oof_ci": None}
+    images = sum(m["val_images"] for m in runs)
+    acc = sum(m["best_val_acc"] * m["val_images"] for m in runs) / images
+    n = round(images / len({m.get("seed") for m in runs}))
+    return {"folds": runs[0]["folds"], "oof_acc": acc, "oof_images": n, "oof_ci": wilson(acc, n)}
+
+
 def _minus(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else a - b
 
@@ -197,17 +211,24 @@ def _minus(a: float | None, b: float | None) -> float | None:
 def mark_noise(rows: list[dict]) -> None:
     """``vs_best``: best, within noise (the 95 % interval of the difference from the
     family's best contains 0), or below."""
-    scored = [r for r in rows if r["val_acc"] is not None and r["val_images"]]
+
+    def measured(r: dict) -> tuple[float, int] | None:
+        # Cross-validated rows compare by their out-of-fold accuracy: all the images.
+        if r.get("oof_acc") is not None:
+            return r["oof_acc"], r["oof_images"]
+        if r["val_acc"] is not None and r["val_images"]:
+            return r["val_acc"], r["val_images"]
+        return None
+
+    scored = [r for r in rows if measured(r)]
     if not scored:
         return
-    best = max(scored, key=lambda r: r["val_acc"])
+    best = max(scored, key=lambda r: measured(r)[0])
     for r in scored:
         if r is best:
             r["vs_best"] = "best"
             continue
-        lo, hi = difference_interval(
-            best["val_acc"], best["val_images"], r["val_acc"], r["val_images"]
-        )
+        lo, hi = difference_interval(*measured(best), *measured(r))
         r["vs_best"] = "within noise" if lo <= 0 <= hi else "below"
 
 
@@ -234,8 +255,10 @@ def markdown(rows: list[dict]) -> str:
         "",
         "Accuracies are the best validation accuracy of each run (test: the best checkpoint on",
         "the test labels, when the data has them), with a 95 % Wilson interval from the number",
-        "of images it was measured on; several seeds: mean ± std. *vs best*: whether the 95 %",
-        "interval of the difference from the family's best contains zero (within noise).",
+        "of images it was measured on; several seeds (or folds): mean ± std. Cross-validated",
+        "runs also give the out-of-fold accuracy over all their images, which *vs best* then",
+        "uses. *vs best*: whether the 95 % interval of the difference from the family's best",
+        "contains zero (within noise).",
         "",
     ]
     header = (
@@ -250,9 +273,12 @@ def markdown(rows: list[dict]) -> str:
             if r["report_test"] is not None:
                 ref += f" ({r['report_test']:.2f})"
             delta = "-" if r["delta_val"] is None else f"{r['delta_val']:+.3f}"
+            val = _acc(r["val_acc"], r["val_acc_std"], r["runs"], r["val_ci"])
+            if r.get("oof_acc") is not None:
+                lo, hi = r["oof_ci"]
+                val += f"; {r['folds']}-fold out-of-fold {r['oof_acc']:.3f} [{lo:.3f}, {hi:.3f}]"
             out.append(
-                f"| {r['id']} | {_settings_text(r)} | {params} | {r['runs']} "
-                f"| {_acc(r['val_acc'], r['val_acc_std'], r['runs'], r['val_ci'])} "
+                f"| {r['id']} | {_settings_text(r)} | {params} | {r['runs']} | {val} "
                 f"| {r['best_epoch']:.1f} | {r['epochs']:.1f} | {r['wall_time_s']:.0f} "
                 f"| {_acc(r['test_acc'], r['test_acc_std'], r['runs'], r['test_ci'])} "
                 f"| {ref} | {delta} | {r.get('vs_best', '-')} |"
@@ -266,7 +292,8 @@ CSV_FIELDS = [
     "head", "dropout", "lr", "sched", "tta", "params", "over_limit", "val_acc", "val_acc_std",
     "val_ci_low", "val_ci_high", "val_images", "best_epoch", "epochs", "wall_time_s",
     "test_acc", "test_acc_std", "test_ci_low", "test_ci_high", "test_images", "report_val",
-    "report_test", "delta_val", "delta_test", "vs_best",
+    "report_test", "delta_val", "delta_test", "folds", "oof_acc", "oof_ci_low", "oof_ci_high",
+    "oof_images", "vs_best",
 ]  # fmt: skip
 
 
@@ -276,7 +303,7 @@ def csv_report(rows: list[dict]) -> str:
     writer.writeheader()
     for r in rows:
         flat = dict(r)
-        for key in ("val", "test"):
+        for key in ("val", "test", "oof"):
             ci = r[f"{key}_ci"] or (None, None)
             flat[f"{key}_ci_low"], flat[f"{key}_ci_high"] = ci
         writer.writerow(flat)

@@ -179,6 +179,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "family": cfg.family,
         "seed": cfg.seed,
         "val_images": len(datamodule.val_set),  # for the confidence intervals of hw1.report
+        "folds": datamodule.folds,  # cross-validation: hw1.report pools the folds
+        "fold": datamodule.fold if datamodule.folds else None,
         "best_val_acc": best["val_acc"] if best else None,
         "best_epoch": best["epoch"] if best else None,
         "epochs": trainer.current_epoch,

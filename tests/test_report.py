@@ -135,3 +135,24 @@ def test_a_real_multirun_of_two_recipes_then_the_report(tmp_path):
     from hw1.report import val_curve
 
     assert [epoch for epoch, _ in val_curve(sweep / "0_D0.25")] == [1, 2]
+
+
+def test_cross_validated_runs_report_the_out_of_fold_accuracy(tmp_path):
+    sweep = tmp_path / "cv"
+    for fold, (val, n) in enumerate(((0.80, 100), (0.90, 100), (0.70, 50))):
+        fake_run(sweep / f"{fold}_W2", "W2", 1, val)
+        metrics = json.loads((sweep / f"{fold}_W2" / "metrics.json").read_text())
+        metrics.update(folds=3, fold=fold, val_images=n)
+        (sweep / f"{fold}_W2" / "metrics.json").write_text(json.dumps(metrics))
+    main([str(sweep)])
+    with open(sweep / "report.csv", newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    assert (row["folds"], row["runs"], row["oof_images"]) == ("3", "3", "250")
+    assert float(row["oof_acc"]) == pytest.approx((80 + 90 + 35) / 250)  # pooled, not averaged
+    assert float(row["val_acc"]) == pytest.approx(0.8)  # the mean over the folds
+    lo, hi = wilson((80 + 90 + 35) / 250, 250)
+    assert (float(row["oof_ci_low"]), float(row["oof_ci_high"])) == (
+        pytest.approx(lo),
+        pytest.approx(hi),
+    )
+    assert "3-fold out-of-fold 0.820" in (sweep / "report.md").read_text()
