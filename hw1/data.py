@@ -374,11 +374,13 @@ class FolderDataModule(L.LightningDataModule):
         pipeline: str = "fast",
         folds: int | None = None,
         fold: int = 0,
+        eval_size: int | None = None,
     ) -> None:
         """``pipeline``: the train augmentation's implementation, ``fast`` or
         ``reference`` (``hw1.presets.train_pipeline``). ``folds=K``: cross-validation,
         train and val pooled and dealt into K stratified, seeded folds; ``fold`` is the one
-        validated on."""
+        validated on. ``eval_size``: evaluate (val, TTA, predict) at another size than
+        ``image_size`` trains at, e.g. train at 224 and test at 288."""
         super().__init__()
         if val_split is not None and not 0 < val_split < 1:
             raise ValueError(f"data.val_split={val_split}: use null or a fraction in (0, 1)")
@@ -395,10 +397,10 @@ class FolderDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         resolved = resolve_weights(arch, weights)
         # A local state-dict file says nothing about its preprocessing: ImageNet defaults.
-        self.sizes: EvalSizes = eval_sizes(
-            image_size, resolved if not isinstance(resolved, Path) else None
-        )
-        self.train_transform = train_pipeline(pipeline, self.sizes, **(augment or {}))
+        known = resolved if not isinstance(resolved, Path) else None
+        self.sizes: EvalSizes = eval_sizes(eval_size or image_size, known)
+        train_sizes = eval_sizes(image_size, known) if eval_size else self.sizes
+        self.train_transform = train_pipeline(pipeline, train_sizes, **(augment or {}))
         self.eval_transform = eval_preset(self.sizes)
         self._class_names: list[str] | None = None
         self._samples: dict[str, list[tuple[str, int]]] | None = None

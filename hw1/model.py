@@ -19,6 +19,7 @@ from hydra.utils import instantiate
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 from torchvision.models import WeightsEnum, get_model, get_model_weights
+from torchvision.transforms import v2
 
 from hw1.presets import IMAGENET_MEAN, IMAGENET_STD
 
@@ -248,6 +249,32 @@ def cosine_then_flat(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, curve)
 
 
+class BatchMix:
+    """MixUp and/or CutMix on a training batch (torchvision's ``v2.MixUp`` / ``v2.CutMix``):
+    with probability ``prob`` one of those with a non-zero alpha mixes the batch, and the
+    targets become class probabilities. Both alphas 0 (the default): the batch as it is."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
+        prob: float = 1.0,
+    ) -> None:
+        mixes = [
+            mix(alpha=alpha, num_classes=num_classes)
+            for mix, alpha in ((v2.MixUp, mixup_alpha), (v2.CutMix, cutmix_alpha))
+            if alpha > 0
+        ]
+        self.mix = v2.RandomChoice(mixes) if mixes else None
+        self.prob = prob
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.mix is None or torch.rand(()) >= self.prob:
+            return x, y
+        return self.mix(x, y)
+
+
 class Classifier(L.LightningModule):
     """Backbone + head, trained with cross-entropy.
 
@@ -264,10 +291,12 @@ class Classifier(L.LightningModule):
         class_names: Sequence[str],
         preprocess: dict[str, Any] | None = None,
         loss: dict[str, Any] | None = None,
+        mix: dict[str, Any] | None = None,
     ) -> None:
         """``preprocess``: the eval sizes and normalisation (``EvalSizes.to_dict()``), kept
         so that prediction from a checkpoint needs no training overrides. ``loss``: the
-        criterion's config (default: plain cross-entropy)."""
+        criterion's config (default: plain cross-entropy). ``mix``: ``BatchMix``'s config
+        (default: none)."""
         super().__init__()
         self.save_hyperparameters()
         self.class_names = list(class_names)
@@ -276,6 +305,7 @@ class Classifier(L.LightningModule):
             head, in_features=self.backbone.num_features, num_classes=len(self.class_names)
         )
         self.criterion: nn.Module = instantiate(loss) if loss else nn.CrossEntropyLoss()
+        self.mix = instantiate(mix, num_classes=len(self.class_names)) if mix else None
         num_classes = len(self.class_names)
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -304,9 +334,12 @@ class Classifier(L.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], _: int) -> torch.Tensor:
         x, y = batch
+        if self.mix is not None:
+            x, y = self.mix(x, y)
         logits = self(x)
         loss = self.criterion(logits, y)
-        self.train_acc(logits, y)
+        # Mixed targets are probabilities: accuracy against the larger share.
+        self.train_acc(logits, y if y.ndim == 1 else y.argmax(dim=1))
         self.train_images += len(y)
         # Two names rather than Lightning's automatic _step/_epoch suffixes: train/loss is the
         # epoch curve that sits beside val/loss in TensorBoard.

@@ -77,8 +77,11 @@ def train_preset(
     jitter: tuple[float, float, float, float] = (0.2, 0.2, 0.2, 0.1),
     rotation: float = 10,
     translate: tuple[float, float] = (0.1, 0.1),
+    policy: str | None = None,
+    erasing: float = 0.0,
 ) -> T.Compose:
-    """The report's training augmentation (spec §3), each part switchable by its number."""
+    """The report's training augmentation (spec §3), each part switchable by its number;
+    optionally an automatic augmentation ``policy`` and RandomErasing (off in the report)."""
     steps: list[T.Transform] = [
         T.RandomResizedCrop(sizes.crop, scale=tuple(scale), interpolation=sizes.interpolation)
     ]
@@ -91,7 +94,23 @@ def train_preset(
         steps.append(T.RandomRotation(rotation, interpolation=sizes.interpolation))
     if any(translate):
         steps.append(T.RandomAffine(degrees=0, translate=tuple(translate)))
-    return T.Compose(steps + _to_normalised_tensor(sizes))
+    steps += _policy(policy) + _to_normalised_tensor(sizes)
+    if erasing:
+        # After normalisation, as torchvision's reference: the erased box is the mean colour.
+        steps.append(T.RandomErasing(erasing, value=0))
+    return T.Compose(steps)
+
+
+POLICIES = {"trivial": T.TrivialAugmentWide, "randaugment": T.RandAugment}
+
+
+def _policy(policy: str | None) -> list[T.Transform]:
+    """``augment.policy``: null, ``trivial`` (TrivialAugmentWide) or ``randaugment``."""
+    if policy is None:
+        return []
+    if policy not in POLICIES:
+        raise ValueError(f"data.augment.policy={policy}: use null, {', '.join(POLICIES)}")
+    return [POLICIES[policy]()]
 
 
 def _resize_crop(sizes: EvalSizes) -> list[T.Transform]:
@@ -275,10 +294,17 @@ class FastTrainPreset:
         jitter: tuple[float, float, float, float] = (0.2, 0.2, 0.2, 0.1),
         rotation: float = 10,
         translate: tuple[float, float] = (0.1, 0.1),
+        policy: str | None = None,
+        erasing: float = 0.0,
     ) -> None:
         self.size = sizes.crop
         self.scale, self.hflip = tuple(scale), hflip
         self.jitter, self.rotation, self.translate = tuple(jitter), rotation, tuple(translate)
+        # The options beyond the report run on the uint8 output; the erased box is filled
+        # with the mean colour, what the reference's 0 after normalisation is.
+        mean = [round(255 * m) for m in sizes.mean]
+        after = _policy(policy) + ([T.RandomErasing(erasing, value=mean)] if erasing else [])
+        self.after = T.Compose(after) if after else None
 
     def draw(self, width: int, height: int) -> Draw:
         """Parameters for an upright image of this size, drawn from torch's generator as
@@ -362,7 +388,7 @@ class FastTrainPreset:
         for dim, t in ((2, draw.shift[0]), (1, draw.shift[1])):
             if t:
                 out.narrow(dim, 0 if t > 0 else s + t, abs(t)).zero_()
-        return out
+        return self.after(out) if self.after is not None else out
 
     def _colour(
         self, out: Image.Image, draw: Draw, forward: np.ndarray, region: tuple[int, int]

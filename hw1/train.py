@@ -90,6 +90,7 @@ HPARAM_GROUPS = (
     "optim",
     "sched",
     "loss",
+    "mix",
     "trainer",
 )
 
@@ -158,6 +159,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         class_names=datamodule.class_names,
         preprocess=datamodule.sizes.to_dict(),
         loss=container["loss"],
+        mix=container["mix"],
     )
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     loggers = [instantiate(lg) for lg in cfg.logger.values() if lg is not None]

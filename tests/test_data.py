@@ -301,3 +301,14 @@ def test_cross_validation_pools_train_and_val(tmp_path):
     assert len(seen) == len(set(seen)) == 27 and any("/val/" in p for p in seen)
     with pytest.raises(ValueError, match="data.folds=3 data.fold=3"):
         datamodule(tmp_path, folds=3, fold=3)
+
+
+def test_eval_size_evaluates_larger_than_training_crops(tmp_path):
+    make_hw1_folder(tmp_path, ["a", "b"], train=2, val=1, test=1)
+    dm = datamodule(tmp_path, image_size=32, eval_size=48)
+    dm.prepare_data()
+    dm.setup("fit")
+    assert dm.sizes.crop == 48 and dm.val_set[0][0].shape[-1] == 48  # val, TTA, predict
+    assert dm.train_set[0][0].shape[-1] == 32
+    same = datamodule(tmp_path, image_size=32)
+    assert same.sizes.crop == 32 and same.sizes == datamodule(tmp_path, eval_size=None).sizes

@@ -360,3 +360,25 @@ def test_compile_wires_through_and_keeps_the_state_dict_keys(monkeypatch):
     model = classifier(compile=True)
     assert compiled == [model.backbone.net]
     assert set(model.state_dict()) == set(classifier().state_dict())
+
+
+@pytest.mark.parametrize(("mixup", "cutmix"), [(0.2, 0.0), (0.0, 1.0), (0.2, 1.0)])
+def test_mixup_and_cutmix_train_on_soft_targets(mixup, cutmix):
+    mix = cfg("hw1.model.BatchMix", mixup_alpha=mixup, cutmix_alpha=cutmix, prob=1.0)
+    model = Classifier(**{**classifier().hparams, "mix": mix})
+    seen = {}
+    model.criterion.register_forward_hook(lambda m, args, out: seen.setdefault("y", args[1]))
+    model.log = lambda *a, **k: None
+    x, y = torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    model.training_step((x, y), 0)
+    soft = seen["y"]
+    assert soft.shape == (4, 10) and torch.allclose(soft.sum(dim=1), torch.ones(4))
+    assert (soft.max(dim=1).values < 1).any()  # mixed: no longer one-hot
+
+
+def test_without_mixing_the_targets_stay_class_indices():
+    model = classifier()
+    assert model.mix is None
+    off = Classifier(**{**classifier().hparams, "mix": cfg("hw1.model.BatchMix")})
+    x, y = torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    assert off.mix(x, y)[1] is y

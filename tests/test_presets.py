@@ -17,6 +17,7 @@ from hw1.data import DraftDecoder, load_rgb
 from hw1.figures import to_uint8
 from hw1.presets import (
     IMAGENET_MEAN,
+    POLICIES,
     Draw,
     FastTrainPreset,
     eval_preset,
@@ -257,3 +258,35 @@ def test_fast_pipeline_repeats_under_the_same_seed(tmp_path):
     first = decode(path)
     torch.manual_seed(3)
     assert torch.equal(decode(path), first)
+
+
+@pytest.mark.parametrize("policy", ["trivial", "randaugment"])
+def test_an_augmentation_policy_and_erasing_join_both_train_pipelines(policy):
+    sizes = eval_sizes(32)
+    reference = train_preset(sizes, policy=policy, erasing=0.25)
+    kinds = [type(t) for t in reference.transforms]
+    assert kinds.index(POLICIES[policy]) < kinds.index(T.Normalize) < kinds.index(T.RandomErasing)
+    fast = FastTrainPreset(sizes, policy=policy, erasing=0.25)
+    assert [type(t) for t in fast.after.transforms] == [POLICIES[policy], T.RandomErasing]
+    out = fast(Image.new("RGB", (48, 40), "red"))
+    assert out.dtype == torch.uint8 and out.shape == (3, 32, 32)
+    with pytest.raises(ValueError, match="data.augment.policy=autoaugment"):
+        train_preset(sizes, policy="autoaugment")
+
+
+def test_with_the_options_off_the_pipelines_are_the_reports():
+    sizes = eval_sizes(32)
+    assert repr(train_preset(sizes, policy=None, erasing=0.0)) == repr(train_preset(sizes))
+    kinds = [type(t) for t in train_preset(sizes).transforms]
+    assert not {T.TrivialAugmentWide, T.RandAugment, T.RandomErasing} & set(kinds)
+    assert FastTrainPreset(sizes).after is None
+
+
+def test_erasing_on_the_fast_pipeline_fills_with_the_mean_colour():
+    torch.manual_seed(0)
+    fast = FastTrainPreset(eval_sizes(32), scale=(1, 1), jitter=(0, 0, 0, 0), rotation=0,
+                           translate=(0, 0), hflip=0, erasing=1.0)  # fmt: skip
+    out = fast(Image.new("RGB", (32, 32), (255, 255, 255)))
+    erased = (out != 255).all(dim=0)
+    assert erased.any()
+    assert out[:, erased].unique(dim=1).T.tolist() == [[124, 116, 104]]  # ImageNet's mean
