@@ -121,9 +121,22 @@ def val_curve(run_dir: Path) -> list[tuple[int, float]]:
     return sorted(curve.items())
 
 
+# Overrides that repeat one setting rather than change it: the report pools their runs.
+REPEATS = ("seed=", "data.fold=")
+
+
+def run_name(run_dir: Path) -> str:
+    """A run without a report ID is named by its command-line overrides, less the seed and
+    the fold, so that the seeds and folds of one setting share a row."""
+    path = run_dir / ".hydra" / "overrides.yaml"
+    overrides = OmegaConf.load(path) if path.exists() else []
+    kept = [str(o) for o in overrides if not str(o).startswith(REPEATS)]
+    return " ".join(kept) or run_dir.name
+
+
 def load_run(run_dir: Path, refs: dict[str, dict[str, str]]) -> dict[str, Any]:
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    run_id = metrics.get("id") or run_dir.name
+    run_id = metrics.get("id") or run_name(run_dir)
     family = metrics.get("family") or refs.get(run_id, {}).get("family") or "runs"
     return {
         "dir": run_dir,

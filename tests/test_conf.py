@@ -29,7 +29,8 @@ def test_the_groups_have_every_option_the_spec_names():
     assert HEADS == ["v0", "v1", "v2", "v3", "v4"]
     for group, options in {
         "data": ["demo", "hw1"], "optim": ["adamw"], "sched": ["constant", "cosine"],
-        "loss": ["cross_entropy"], "mix": ["default"], "callbacks": ["default", "ema", "freeze_backbone"],
+        "loss": ["cross_entropy"], "mix": ["default"],
+        "callbacks": ["default", "ema", "freeze_backbone"],
         "trainer": ["cpu", "ddp", "default", "gpu"],
         "experiment": sorted(["demo", *FAMILIES]),
         "recipe": sorted(REFERENCE),

@@ -156,3 +156,20 @@ def test_cross_validated_runs_report_the_out_of_fold_accuracy(tmp_path):
         pytest.approx(hi),
     )
     assert "3-fold out-of-fold 0.820" in (sweep / "report.md").read_text()
+
+
+def test_runs_without_an_id_are_named_by_their_overrides_less_seed_and_fold(tmp_path):
+    sweep = tmp_path / "sweep"
+    for k, (smoothing, seed) in enumerate(((0.0, 1), (0.0, 2), (0.1, 1), (0.1, 2))):
+        fake_run(sweep / str(k), None, seed, 0.8 + smoothing)
+        overrides = [f"seed={seed}", f"loss.label_smoothing={smoothing}", "data.fold=0"]
+        (sweep / str(k) / ".hydra").mkdir()
+        (sweep / str(k) / ".hydra" / "overrides.yaml").write_text(json.dumps(overrides))
+    main([str(sweep)])
+    with open(sweep / "report.csv", newline="") as f:
+        rows = {r["id"]: r for r in csv.DictReader(f)}
+    assert sorted(rows) == ["loss.label_smoothing=0.0", "loss.label_smoothing=0.1"]
+    assert (
+        rows["loss.label_smoothing=0.1"]["runs"] == "2"
+        and rows["loss.label_smoothing=0.1"]["seeds"] == "1 2"
+    )
