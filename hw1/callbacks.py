@@ -90,9 +90,8 @@ class FreezeBackbone(BaseFinetuning):
             pl_module.backbone.freeze_stages(0)
 
     def finetune_function(self, pl_module: L.LightningModule, epoch: int, optimizer) -> None:
-        if epoch >= self.epochs and pl_module.backbone.frozen != pl_module.backbone.frozen_by(
-            pl_module.backbone.trainable_stages
-        ):
+        # From epoch N on, not only at it: a run resumed later is frozen again by setup.
+        if epoch >= self.epochs:
             pl_module.backbone.freeze_stages(pl_module.backbone.trainable_stages)
 
 

@@ -351,8 +351,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("dirs", nargs="+", type=Path, help="multirun or run directories")
     parser.add_argument("--out", type=Path, help="where to write (default: the first DIR)")
     args = parser.parse_args(argv)
-    rows = report(args.dirs, args.out or args.dirs[0])
     out = args.out or args.dirs[0]
+    rows = report(args.dirs, out)
     print(f"{len(rows)} IDs from {sum(r['runs'] for r in rows)} runs")
     for name in ("report.md", "report.csv", "curves.png"):
         print(f"  {out / name}")
