@@ -25,7 +25,7 @@ import hw1  # noqa: F401  (registers the config resolvers)
 from hw1.callbacks import last_checkpoint
 from hw1.data import FolderDataModule
 from hw1.demo import TEST_LABELS
-from hw1.model import Classifier
+from hw1.model import Classifier, safe_load
 from hw1.predict import collect, csv_text, submission_rows, write_atomically
 
 log = logging.getLogger(__name__)
@@ -34,10 +34,14 @@ log = logging.getLogger(__name__)
 def predict_folder(
     trainer: L.Trainer, model: Classifier, datamodule: FolderDataModule, ckpt_path: str | None
 ) -> list[tuple[str, str]]:
-    """(image name, class folder name) for every test image, sorted by name."""
-    predictions = trainer.predict(
-        model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True
-    )
+    """(image name, class folder name) for every test image, sorted by name, predicted
+    with the weights in ``ckpt_path`` (the model's own without one)."""
+    if ckpt_path:
+        # Loaded here rather than by trainer.predict(ckpt_path=...): that also hands the
+        # checkpoint to EMAWeightAveraging, which puts the raw weights back in place of
+        # the averaged ones its state_dict holds, the ones that were validated.
+        model.load_state_dict(safe_load(ckpt_path)["state_dict"])
+    predictions = trainer.predict(model, datamodule=datamodule)
     names, probs = collect(predictions)
     if trainer.world_size > 1:  # DDP: each process predicted its own share of the folder
         names, probs = gather_rows(names, probs)

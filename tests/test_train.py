@@ -14,6 +14,7 @@ import torch
 from conftest import compose_cfg, make_hw1_folder, run_train, train_command
 
 from hw1.eval import evaluate
+from hw1.predict import predict
 
 
 def read_prediction(path: Path) -> list[list[str]]:
@@ -132,6 +133,22 @@ def test_ema_weights_are_the_ones_validated_and_checkpointed(int_classes_root, t
         config_name="eval",
     )  # fmt: skip
     assert evaluate(cfg)["acc"] == pytest.approx(metrics["best_val_acc"], abs=1e-6)
+
+    # The run's own test prediction is made with the same (EMA) weights as hw1.predict's.
+    def predicted(ckpt_path, name):
+        cfg = compose_cfg(
+            [f"ckpt_path={ckpt_path}", f"data.root={root}", "trainer=cpu",
+             f"output={tmp_path / name}", "data.num_workers=0"],
+            config_name="predict",
+        )  # fmt: skip
+        return predict(cfg).read_text()
+
+    run_prediction = (run_dir / "prediction.csv").read_text()
+    assert predicted(metrics["best_ckpt"], "ema.csv") == run_prediction
+    # ... and not with the raw weights, which predict otherwise on this data
+    ckpt["state_dict"] = raw
+    torch.save(ckpt, tmp_path / "raw.ckpt")
+    assert predicted(tmp_path / "raw.ckpt", "raw.csv") != run_prediction
 
 
 def signal_in_second_epoch(cmd: list[str], sig: signal.Signals) -> tuple[int, str]:
