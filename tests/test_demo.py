@@ -1,6 +1,11 @@
 from __future__ import annotations
 
 import csv
+import gzip
+
+import numpy as np
+import pytest
+from PIL import Image
 
 from hw1 import demo
 from hw1.data import UnlabeledImages, class_names
@@ -30,3 +35,49 @@ def test_extract_is_a_no_op_the_second_time(tmp_path):
     demo.extract(root)
     assert marker.exists()
     assert [p.name for p in tmp_path.iterdir()] == ["demo"]  # no temporary folder left
+
+
+def _write_idx(path, array):
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def _fake_fashion_mnist(folder, n_train=60, n_t10k=40):
+    """Fashion-MNIST's four IDX files, each image filled with its own index (mod 256)."""
+    folder.mkdir()
+    for name, n in (("train", n_train), ("t10k", n_t10k)):
+        images = np.broadcast_to((np.arange(n) % 256)[:, None, None], (n, 28, 28))
+        _write_idx(folder / f"{name}-images-idx3-ubyte.gz", images)
+        _write_idx(folder / f"{name}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+    return folder
+
+
+def test_subset_leaves_out_every_demo_image_and_is_written_in_the_hw1_layout(tmp_path):
+    source = _fake_fashion_mnist(tmp_path / "fmnist")
+    small = {"train": 2, "val": 1, "test": 1}
+    demo_arrays = demo.draw(source, 0, small)
+    np.savez(tmp_path / "small.npz", classes=np.array(demo.CLASSES), **demo_arrays)
+    root = demo.make_subset(tmp_path / "second", 1, small, source, tmp_path / "small.npz")
+
+    names = {p.name for p in (root / "train").rglob("*.png")} | {
+        p.name for p in (root / "val").rglob("*.png")
+    }
+    demo_names = {
+        f"fmnist-train-{i:05d}.png" for i in (*demo_arrays["train_idx"], *demo_arrays["val_idx"])
+    }
+    assert len(names) == 10 * 3 and not names & demo_names
+    test_names = {p.stem for p in (root / "test").glob("*.png")}
+    assert len(test_names) == 10 and not test_names & {
+        f"fmnist-t10k-{i:05d}" for i in demo_arrays["test_idx"]
+    }
+    # each image keeps its label: the fake images hold their index, labels are index mod 10
+    for path in (root / "train").rglob("*.png"):
+        index = int(path.stem.rsplit("-", 1)[1])
+        assert path.parent.name == demo.CLASSES[index % 10]
+        assert np.asarray(Image.open(path))[16, 16] == index % 256
+    with pytest.raises(FileExistsError, match="already holds"):
+        demo.make_subset(root, 1, small, source, tmp_path / "small.npz")
+    # 6 images per class in the fake training set, 3 taken by the demo
+    with pytest.raises(ValueError, match="too few free images"):
+        demo.make_subset(tmp_path / "big", 1, {**small, "train": 3}, source, tmp_path / "small.npz")
