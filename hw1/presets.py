@@ -312,20 +312,23 @@ def colour_map(draw: Draw) -> np.ndarray:
 
 class FastTrainPreset:
     """``train_preset``'s augmentation (spec §3) for ``data.pipeline=fast``: the same
-    parameter distribution, applied with one colour matrix and one geometric resample.
+    parameter distribution, applied with one geometric resample in the DataLoader worker
+    and one colour matrix on the model's device.
 
     The crop box is drawn from the image's size before decoding (``draw``), so a JPEG is
     decoded in draft mode at the smallest scale whose crop is still at least the output
     size (``decode_size``); the crop, resize, flip, rotation and shift are one affine warp
-    of the cropped region; the output stays uint8 (C, H, W) and the model normalises it on
-    its device (``Classifier.on_after_batch_transfer``).
+    of the cropped region. With a colour jitter the sample is ``Jittered``: the uint8 warp
+    with a band saying where the crop covers it, and the jitter's map; the model applies
+    the map and normalises, batched, on its device (``Classifier.on_after_batch_transfer``).
+    Without one the sample is the uint8 (C, H, W) image, normalised there too.
 
     Filtering differs from the reference's antialiased resize: the draft decode (itself a
     box filter) leaves at most a 2x reduction to the warp, a region twice the output or
-    more (a PNG, no draft) is first box-reduced by ``Image.reduce``, and the warp samples
-    nearest at twice the output size, then averages 2x2 (bilinear when it enlarges).
-    Same-parameter outputs stay within a few grey levels of the reference's
-    (tests/test_presets.py).
+    more (a PNG, no draft) is first box-reduced by ``Image.reduce``, one smaller than the
+    output enlarged bilinearly (torch's uint8 resize), and the warp samples nearest at
+    twice the output size, then averages 2x2. Same-parameter outputs stay within a few
+    grey levels of the reference's (tests/test_presets.py).
     """
 
     def __init__(
