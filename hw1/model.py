@@ -21,7 +21,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 from torchvision.models import WeightsEnum, get_model, get_model_weights
 from torchvision.transforms import v2
 
-from hw1.presets import IMAGENET_MEAN, IMAGENET_STD
+from hw1.presets import IMAGENET_MEAN, IMAGENET_STD, Jittered
 
 STAGES = ("layer1", "layer2", "layer3", "layer4")
 STEM = ("conv1", "bn1")
@@ -321,12 +321,17 @@ class Classifier(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
 
-    def normalise(self, x: torch.Tensor) -> torch.Tensor:
-        """uint8 images (the fast train pipeline's) as normalised floats, on their device;
-        float images come normalised from their preset and pass unchanged."""
-        if x.dtype != torch.uint8:
+    def normalise(self, x: torch.Tensor | Jittered) -> torch.Tensor:
+        """The fast train pipeline's batches as normalised floats, on their device: uint8
+        images, or ``Jittered`` ones whose colour jitter is applied here first, batched.
+        Float images come normalised from their preset and pass unchanged."""
+        if isinstance(x, Jittered):
+            x = x.rgb()
+        elif x.dtype == torch.uint8:
+            x = x.float()
+        else:
             return x
-        return (x.float().div_(255) - self.mean) / self.std
+        return x.div_(255).sub_(self.mean).div_(self.std)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         x, *rest = batch

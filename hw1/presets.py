@@ -8,13 +8,12 @@ original code's defects). The eval sizes come from the chosen weights' own ``tra
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 from torchvision.models import WeightsEnum
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
@@ -233,12 +232,54 @@ def crop_box(
     return (width - w) // 2, (height - h) // 2, w, h
 
 
-def colour_matrix(draw: Draw, mean_rgb: Sequence[float]) -> np.ndarray:
-    """The four jitters, in the drawn order, as one affine map of RGB (3x4, 0..255 units).
+class Jittered(NamedTuple):
+    """A fast-pipeline sample whose colour jitter is still to apply, or a batch of them
+    (the DataLoader collates each field). The model applies it, batched, on its device
+    (``Classifier.on_after_batch_transfer``), where a 3x4 matrix per image costs next to
+    nothing; on the worker's CPU it cost a third of the pipeline. ``finish`` applies it at
+    once, for the few callers that want the final image.
+
+    ``image``: uint8 (..., 4, H, W), the warped RGB (black outside the crop) and how much
+    of each pixel the crop covers, 0..255 (partial at its edges): the jitter keeps the
+    fill black, and the crop's mean colour for contrast is taken over the crop alone, as
+    the reference jitters before it rotates and shifts.
+    ``colour``: float32 (..., 3, 7), the jitter as ``[A | t | T]`` (``colour_map``): a
+    crop pixel ``x`` becomes ``A x + t + T m``, ``m`` the crop's mean colour.
+    """
+
+    image: torch.Tensor
+    colour: torch.Tensor
+
+    def rgb(self) -> torch.Tensor:
+        """The jittered images as float RGB in 0..255, (..., 3, H, W)."""
+        *batch, _, h, w = self.image.shape
+        x = self.image.reshape(-1, 4, h * w).float()
+        colour = self.colour.reshape(-1, 3, 7).to(x.dtype)
+        # RGB is premultiplied by the cover (the warp averaged the fill's black in).
+        covered = x[:, 3].sum(dim=1, keepdim=True).div_(255).clamp_min(1)  # pixels
+        mean = x[:, :3].sum(dim=2) / covered  # (B, 3), in 0..255
+        offset = colour[:, :, 3] + (colour[:, :, 4:] @ mean[:, :, None])[:, :, 0]
+        # One matrix product per image: A on RGB, the offset scaled by the cover channel,
+        # so the fill stays black and edge pixels blend with it as the reference's do.
+        matrix = torch.cat([colour[:, :, :3], offset[:, :, None] / 255], dim=2)
+        return torch.bmm(matrix, x).clamp_(0, 255).reshape(*batch, 3, h, w)
+
+
+def finish(sample: torch.Tensor | Jittered) -> torch.Tensor:
+    """A fast-pipeline sample as its final uint8 (C, H, W) image."""
+    if isinstance(sample, Jittered):
+        return sample.rgb().round_().to(torch.uint8)
+    return sample
+
+
+def colour_map(draw: Draw) -> np.ndarray:
+    """The four jitters, in the drawn order, as one affine map of RGB (0..255 units) whose
+    offset depends on the crop's mean colour ``m``: ``[A | t | T]`` (3x7), a pixel ``x``
+    becomes ``A x + t + T m``. The mean is left to the device (``Jittered.rgb``).
 
     Brightness, contrast and saturation are exactly linear as in PIL's ImageEnhance
-    (contrast blends towards the crop's mean grey, carried through the earlier steps).
-    Differences from torchvision's ColorJitter, checked by tests/test_presets.py:
+    (contrast blends towards the crop's mean grey, carried through the earlier steps, hence
+    ``T``). Differences from torchvision's ColorJitter, checked by tests/test_presets.py:
 
     - hue turns RGB about the grey axis by the same angle instead of shifting H in HSV.
       No linear map follows HSV's hexagon pixel by pixel: measured on random colour
@@ -249,41 +290,45 @@ def colour_matrix(draw: Draw, mean_rgb: Sequence[float]) -> np.ndarray:
     - values are clipped to 0..255 once at the end, not after every step.
     """
     b, c, s, h = draw.jitter
-    affine = np.eye(4)
+    m = np.zeros((3, 7))
+    m[:, :3] = np.eye(3)
     for op in draw.jitter_order:
-        step = np.eye(4)
         if op == 0:
-            step[:3, :3] *= b
+            m *= b
         elif op == 1:
-            grey = _LUMA @ (affine[:3, :3] @ np.asarray(mean_rgb) + affine[:3, 3])
-            step[:3, :3] *= c
-            step[:3, 3] = (1 - c) * grey
+            # The grey of the mean so far: luma . (A m + t + T m).
+            w = _LUMA @ m
+            m *= c
+            m[:, 3] += (1 - c) * w[3]
+            m[:, 4:] += (1 - c) * (w[:3] + w[4:])
         elif op == 2:
-            step[:3, :3] = s * np.eye(3) + (1 - s) * np.outer(np.ones(3), _LUMA)
+            m = (s * np.eye(3) + (1 - s) * np.outer(np.ones(3), _LUMA)) @ m
         else:
             turn = 2 * math.pi * h  # HSV's hue runs red -> green -> blue, as this turn does
             k = _GREY_AXIS
-            step[:3, :3] = np.eye(3) + math.sin(turn) * k + (1 - math.cos(turn)) * k @ k
-        affine = step @ affine
-    return affine[:3]
+            m = (np.eye(3) + math.sin(turn) * k + (1 - math.cos(turn)) * k @ k) @ m
+    return m
 
 
 class FastTrainPreset:
     """``train_preset``'s augmentation (spec §3) for ``data.pipeline=fast``: the same
-    parameter distribution, applied with one colour matrix and one geometric resample.
+    parameter distribution, applied with one geometric resample in the DataLoader worker
+    and one colour matrix on the model's device.
 
     The crop box is drawn from the image's size before decoding (``draw``), so a JPEG is
     decoded in draft mode at the smallest scale whose crop is still at least the output
     size (``decode_size``); the crop, resize, flip, rotation and shift are one affine warp
-    of the cropped region; the output stays uint8 (C, H, W) and the model normalises it on
-    its device (``Classifier.on_after_batch_transfer``).
+    of the cropped region. With a colour jitter the sample is ``Jittered``: the uint8 warp
+    with a band saying where the crop covers it, and the jitter's map; the model applies
+    the map and normalises, batched, on its device (``Classifier.on_after_batch_transfer``).
+    Without one the sample is the uint8 (C, H, W) image, normalised there too.
 
     Filtering differs from the reference's antialiased resize: the draft decode (itself a
     box filter) leaves at most a 2x reduction to the warp, a region twice the output or
-    more (a PNG, no draft) is first box-reduced by ``Image.reduce``, and the warp samples
-    nearest at twice the output size, then averages 2x2 (bilinear when it enlarges).
-    Same-parameter outputs stay within a few grey levels of the reference's
-    (tests/test_presets.py).
+    more (a PNG, no draft) is first box-reduced by ``Image.reduce``, one smaller than the
+    output enlarged bilinearly (torch's uint8 resize), and the warp samples nearest at
+    twice the output size, then averages 2x2. Same-parameter outputs stay within a few
+    grey levels of the reference's (tests/test_presets.py).
     """
 
     def __init__(
@@ -338,12 +383,16 @@ class FastTrainPreset:
         )
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        """An already decoded RGB image (e.g. for ``hw1.preview``), augmented."""
-        return self.apply(image, self.draw(*image.size), image.size)
+        """An already decoded RGB image (e.g. for ``hw1.preview``), augmented, uint8."""
+        return finish(self.apply(image, self.draw(*image.size), image.size))
 
-    def apply(self, image: Image.Image, draw: Draw, full_size: tuple[int, int]) -> torch.Tensor:
+    def apply(
+        self, image: Image.Image, draw: Draw, full_size: tuple[int, int]
+    ) -> torch.Tensor | Jittered:
         """Augment ``image``, a decode of an upright ``full_size`` image, possibly
-        reduced in draft mode; ``draw`` is in ``full_size`` pixels."""
+        reduced in draft mode; ``draw`` is in ``full_size`` pixels. With a colour jitter
+        the result is ``Jittered``, the jitter left to the model's device; without one, or
+        when a policy or erasing must see the final colours, a uint8 (C, H, W) image."""
         kx, ky = image.width / full_size[0], image.height / full_size[1]
         left, top, w, h = draw.box
         x0, y0 = left * kx, top * ky
@@ -352,10 +401,19 @@ class FastTrainPreset:
         # reference's RandomRotation and RandomAffine do after the crop.
         bounds = (math.floor(x0), math.floor(y0), math.ceil(x1), math.ceil(y1))
         region = image.crop(bounds)
+        # The warp below reduces by 1 to 2: a region of twice the output or more is first
+        # box-reduced, one smaller than the output (a small crop) enlarged bilinearly.
         sx, sy = (x1 - x0) / self.size, (y1 - y0) / self.size
         factor = int(min(sx, sy))
         if factor >= 2:
             region = region.reduce(factor)
+        elif min(sx, sy) < 1:
+            region = _enlarge(region, max(1.0, 1 / sx), max(1.0, 1 / sy))
+        if draw.jitter_order:
+            # A fourth band of 255 that the warp fills with 0 like the RGB: after the 2x2
+            # reduction it is how much of each pixel the crop covers (Jittered). RGBX, not
+            # RGBA: PIL's reduce premultiplies RGBA, which costs 4x the reduction.
+            region = region.convert("RGBX")
         rx, ry = region.width / (bounds[2] - bounds[0]), region.height / (bounds[3] - bounds[1])
         # Output pixel -> region pixel: undo the shift, the rotation, the flip, the resize.
         s = self.size
@@ -369,46 +427,41 @@ class FastTrainPreset:
         )
         unflip = _affine(-1, 0, s, 0, 1, 0) if draw.flip else np.eye(3)
         to_region = _affine(sx * rx, 0, (x0 - bounds[0]) * rx, 0, sy * ry, (y0 - bounds[1]) * ry)
-        inverse = to_region @ unflip @ unrotate @ unshift
-        if min(sx * rx, sy * ry) >= 1:
-            # Reducing: nearest-neighbour at twice the size, then 2x2 box averaging. PIL's
-            # bilinear affine costs ~15x its nearest one; this costs ~4x and filters
-            # better than bilinear sampling when reducing.
-            inverse = inverse @ _affine(0.5, 0, 0, 0, 0.5, 0)
-            out = region.transform(
-                (2 * s, 2 * s), Image.AFFINE, tuple(inverse[:2].ravel()), Image.NEAREST
-            ).reduce(2)
-        else:  # enlarging a small crop: nearest would show its blocks
-            out = region.transform((s, s), Image.AFFINE, tuple(inverse[:2].ravel()), Image.BILINEAR)
-        if draw.jitter_order:
-            out = self._colour(out, draw, np.linalg.inv(inverse), region.size)
-        out = F.pil_to_tensor(out)
+        # Nearest-neighbour at twice the size, then 2x2 box averaging. PIL's bilinear affine
+        # costs ~15x its nearest one; this costs ~4x and filters better than bilinear
+        # sampling when reducing.
+        inverse = to_region @ unflip @ unrotate @ unshift @ _affine(0.5, 0, 0, 0, 0.5, 0)
+        out = region.transform(
+            (2 * s, 2 * s), Image.AFFINE, tuple(inverse[:2].ravel()), Image.NEAREST
+        ).reduce(2)
+        out = _planar(out)
         # The reference shifts the rotated image inside its frame: what the rotation moved
         # out of the frame does not come back, the shift brings in black bands.
         for dim, t in ((2, draw.shift[0]), (1, draw.shift[1])):
             if t:
                 out.narrow(dim, 0 if t > 0 else s + t, abs(t)).zero_()
+        if draw.jitter_order:
+            out = Jittered(out, torch.from_numpy(colour_map(draw).astype(np.float32)))
+            if self.after is not None:
+                out = finish(out)
         return self.after(out) if self.after is not None else out
 
-    def _colour(
-        self, out: Image.Image, draw: Draw, forward: np.ndarray, region: tuple[int, int]
-    ) -> Image.Image:
-        """The jitter on the warped output (the fewest pixels). The reference jitters
-        before it rotates, so its fill stays black and its contrast mean covers the crop
-        only: the crop's outline in the output (``forward`` maps region pixels there)
-        gives both."""
-        w, h = region
-        corners = forward @ np.array([[0, w, w, 0], [0, 0, h, h], [1, 1, 1, 1]])
-        fill = Image.new("L", out.size, 255)
-        ImageDraw.Draw(fill).polygon([tuple(p) for p in corners[:2].T], fill=0)
-        # The mean colour of the crop from 4x box-reduced copies: a sixteenth of the pixels.
-        share = 1 - np.asarray(fill.reduce(4), dtype=np.float32).mean() / 255
-        mean = np.asarray(out.reduce(4), dtype=np.float32).mean(axis=(0, 1)) / max(share, 1e-3)
-        matrix = colour_matrix(draw, mean)
-        coloured = out.convert("RGB", tuple(matrix.ravel()))
-        if matrix[:, 3].max() >= 0.5:  # a contrast below 1 lifts black: keep the fill black
-            coloured.paste((0, 0, 0), mask=fill)
-        return coloured
+
+def _enlarge(region: Image.Image, kx: float, ky: float) -> Image.Image:
+    """``region`` enlarged bilinearly by at least ``kx``, ``ky``: torch's uint8 resize, a
+    sixth of the time of PIL's bilinear affine at the output size (which this replaced;
+    PIL's own resize is no faster)."""
+    size = [math.ceil(region.height * ky), math.ceil(region.width * kx)]
+    return F.to_pil_image(F.resize(F.pil_to_tensor(region), size, antialias=False))
+
+
+def _planar(image: Image.Image) -> torch.Tensor:
+    """``image`` as a contiguous uint8 (C, H, W) tensor, packed band by band by PIL.
+    ``pil_to_tensor`` gives a (C, H, W) view of an (H, W, C) array, which the DataLoader's
+    collate then transposes: that cost three times this."""
+    bands = image.getbands()
+    data = bytearray().join(image.tobytes("raw", band) for band in bands)
+    return torch.frombuffer(data, dtype=torch.uint8).view(len(bands), image.height, image.width)
 
 
 def _affine(a: float, b: float, c: float, d: float, e: float, f: float) -> np.ndarray:

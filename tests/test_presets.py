@@ -20,8 +20,11 @@ from hw1.presets import (
     POLICIES,
     Draw,
     FastTrainPreset,
+    Jittered,
+    colour_map,
     eval_preset,
     eval_sizes,
+    finish,
     train_pipeline,
     train_preset,
 )
@@ -133,31 +136,80 @@ def test_unknown_pipeline_is_a_clear_error():
         Draw((5, 5, 30, 20), False, 5.0, (-2, 2), (), (1, 1, 1, 0)),  # enlarged
         Draw((0, 0, 160, 120), False, 0.0, (0, 0), (3, 1, 0, 2), (0.8, 1.2, 1.15, 0.0)),
         Draw((0, 0, 160, 120), False, 0.0, (0, 0), (1, 0), (1.2, 0.8, 1.0, 0.0)),
+        # contrast below 1 lifts black: the fill must stay black, the mean be the crop's
+        Draw((20, 10, 100, 80), True, 9.0, (5, -3), (2, 1, 0), (0.85, 0.8, 1.2, 0.0)),
     ],
 )
 def test_fast_warp_and_jitter_match_the_reference_for_the_same_parameters(draw):
     """Crop, resize, flip, rotation, shift (black bands and corners included) and the
     brightness/contrast/saturation matrix: within a few grey levels of the reference's
     separate steps (the resampling filters differ)."""
-    fast = FastTrainPreset(eval_sizes(48)).apply(photo(), draw, (160, 120)).float()
+    fast = finish(FastTrainPreset(eval_sizes(48)).apply(photo(), draw, (160, 120))).float()
     reference = reference_apply(photo(), draw, 48).float()
     assert (fast - reference).abs().mean() < 4
 
 
 def test_hue_turn_moves_colours_as_far_and_the_same_way_as_hsv():
-    """Hue: a turn about the grey axis instead of HSV's shift (hw1.presets.colour_matrix).
+    """Hue: a turn about the grey axis instead of HSV's shift (hw1.presets.colour_map).
     No linear map follows HSV's hexagon pixel by pixel; the turn must move colours about
     as far as the reference does, towards it (turning the wrong way lands ~2x the jitter's
     own effect away)."""
     image = photo(seed=1)
     for hue in (0.1, -0.1):
         draw = Draw((0, 0, 160, 120), False, 0.0, (0, 0), (3,), (1.0, 1.0, 1.0, hue))
-        fast = FastTrainPreset(eval_sizes(48)).apply(image, draw, (160, 120)).float()
+        fast = finish(FastTrainPreset(eval_sizes(48)).apply(image, draw, (160, 120))).float()
         reference = reference_apply(image, draw, 48).float()
         unchanged = reference_apply(image, replace(draw, jitter_order=()), 48).float()
         effect = (unchanged - reference).abs().mean()
         assert 0.7 < (fast - unchanged).abs().mean() / effect < 1.3
         assert (fast - reference).abs().mean() < 0.8 * effect
+
+
+def test_the_deferred_jitter_is_pils_colour_matrix_with_the_crops_mean():
+    """The jitter the model applies on its device (Jittered.rgb) gives PIL's
+    convert("RGB", matrix) of the unjittered warp, the matrix's offset taken at the crop's
+    mean colour, within a grey level; with contrast below 1 the fill stays black."""
+    fast = FastTrainPreset(eval_sizes(48))
+    for draw in (
+        Draw((0, 0, 160, 120), False, 0.0, (0, 0), (1, 3, 0, 2), (1.15, 0.8, 1.2, 0.07)),
+        Draw((20, 10, 100, 80), True, 9.0, (5, -3), (2, 1), (1.0, 0.8, 0.85, 0.0)),
+    ):
+        deferred = fast.apply(photo(), draw, (160, 120))
+        assert isinstance(deferred, Jittered) and deferred.image.shape == (4, 48, 48)
+        plain = finish(fast.apply(photo(), replace(draw, jitter_order=()), (160, 120)))
+        covered = deferred.image[3] == 255
+        assert torch.equal(deferred.image[:3], plain)  # the same warp, one more band
+        m = colour_map(draw)
+        mean = plain[:, covered].double().mean(dim=1).numpy()
+        matrix = np.concatenate([m[:, :3], (m[:, 3] + m[:, 4:] @ mean)[:, None]], axis=1)
+        expected = F.pil_to_tensor(F.to_pil_image(plain).convert("RGB", tuple(matrix.ravel())))
+        got = finish(deferred)
+        assert (got.int() - expected.int())[:, covered].abs().max() <= 1
+        assert (got[:, deferred.image[3] == 0] == 0).all()  # outside the crop: black
+        assert (got[:, ~covered] != plain[:, ~covered]).any() == bool(draw.angle)
+
+
+def test_without_jitter_the_deferred_image_is_unchanged_batched_or_not():
+    """The identity map leaves every pixel as it is, partly covered edges included, and a
+    collated batch gives each sample's own result."""
+    g = torch.Generator().manual_seed(0)
+    cover = torch.randint(0, 256, (3, 1, 8, 8), dtype=torch.uint8, generator=g)
+    rgb = (torch.rand(3, 3, 8, 8, generator=g) * cover).to(torch.uint8)  # premultiplied
+    identity = torch.from_numpy(colour_map(Draw((0, 0, 8, 8), False, 0, (0, 0), (), (1, 1, 1, 0))))
+    batch = Jittered(torch.cat([rgb, cover], dim=1), identity.float().expand(3, 3, 7))
+    assert torch.equal(batch.rgb(), rgb.float())
+    draws = [
+        Draw((0, 0, 8, 8), False, 0, (0, 0), (1, 0, 3, 2), (1.1, 0.85, 0.9, -0.05)),
+        Draw((0, 0, 8, 8), False, 0, (0, 0), (2, 3, 1, 0), (0.8, 1.2, 1.1, 0.08)),
+        Draw((0, 0, 8, 8), False, 0, (0, 0), (), (1, 1, 1, 0)),
+    ]
+    samples = [
+        Jittered(torch.cat([rgb[i], cover[i]]), torch.from_numpy(colour_map(d)).float())
+        for i, d in enumerate(draws)
+    ]
+    collated = torch.utils.data.default_collate(samples)
+    assert isinstance(collated, Jittered)
+    assert torch.allclose(collated.rgb(), torch.stack([s.rgb() for s in samples]), atol=1e-4)
 
 
 def _agree(fast: list[float], reference: list[float], mean_tol: float, std_rel: float = 0.15):
@@ -255,9 +307,9 @@ def test_fast_pipeline_repeats_under_the_same_seed(tmp_path):
     photo().save(path, quality=90)
     decode = DraftDecoder(FastTrainPreset(eval_sizes(32)))
     torch.manual_seed(3)
-    first = decode(path)
+    first = finish(decode(path))
     torch.manual_seed(3)
-    assert torch.equal(decode(path), first)
+    assert torch.equal(finish(decode(path)), first)
 
 
 @pytest.mark.parametrize("policy", ["trivial", "randaugment"])
