@@ -101,7 +101,12 @@ def report(cfg: DictConfig) -> tuple[str, list[str]]:
     names = class_names(root / "train")
     shown = ", ".join(names[:30]) + (", ..." if len(names) > 30 else "")
     lines = [f"dataset {root}", f"classes: {len(names)} ({shown})"]
-    if not datamodule.has_val_dir:
+    if datamodule.folds:
+        lines.append(
+            f"val: cross-validation, train and val pooled into data.folds={datamodule.folds},"
+            f" fold {datamodule.fold} validated on"
+        )
+    elif not datamodule.has_val_dir:
         lines.append(f"val: no val/ folder; data.val_split={datamodule.val_split} of train")
     lines += table(root, found, info)
     bad = [p for files in found.values() for p, _ in files if not info[p].readable]

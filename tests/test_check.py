@@ -67,3 +67,8 @@ def test_check_reports_a_missing_root_and_takes_val_split(tmp_path):
     cfg = compose_cfg([f"data.root={root}", "data.val_split=0.25"], config_name="check")
     text, problems = report(cfg)
     assert problems == [] and "val: no val/ folder; data.val_split=0.25 of train" in text
+    # with cross-validation the val/ folder or its absence does not matter: folds are said
+    cfg = compose_cfg([f"data.root={root}", "data.folds=2", "data.fold=1"], config_name="check")
+    text, problems = report(cfg)
+    assert problems == [] and "data.folds=2, fold 1 validated on" in text
+    assert "val_split" not in text
