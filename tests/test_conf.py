@@ -33,7 +33,8 @@ def test_the_groups_have_every_option_the_spec_names():
         "callbacks": ["default", "ema", "freeze_backbone"],
         "trainer": ["cpu", "ddp", "default", "gpu"],
         "experiment": sorted(["demo", *FAMILIES]),
-        "recipe": sorted(REFERENCE),
+        "recipe": sorted([*REFERENCE, "strong"]),
+        "tricks": ["strong"],
     }.items():  # fmt: skip
         assert sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml")) == options
 
@@ -192,6 +193,39 @@ def test_a_family_sweeps_its_recipes_into_directories_named_by_id(family):
 def test_the_head_family_skips_x50_v4_as_the_report_did():
     swept = compose_cfg(["experiment=head"], return_hydra_config=True).hydra.sweeper.params
     assert "X50_32_V4" not in swept.recipe and swept.recipe.count("_V") == 14
+
+
+def flat(cfg) -> dict[str, object]:
+    """Every leaf of a config as {"a.b.c": value}."""
+    out: dict[str, object] = {}
+
+    def walk(node, prefix):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{prefix}{k}.")
+        else:
+            out[prefix[:-1]] = node
+
+    walk(OmegaConf.to_container(cfg, resolve=False), "")
+    return out
+
+
+def changed(a, b) -> set[str]:
+    fa, fb = flat(a), flat(b)
+    return {k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k)}
+
+
+def test_tricks_strong_adds_its_options_and_nothing_else():
+    tricks = flat(OmegaConf.load(Path(CONF_DIR) / "tricks" / "strong.yaml"))
+    assert tricks  # it sets something
+    on_demo = changed(
+        compose_cfg(["experiment=demo"]), compose_cfg(["experiment=demo", "tricks=strong"])
+    )
+    assert on_demo == set(tricks)
+    # recipe=strong: the report's best, X101_V1, with the same options (and its own ID)
+    strong, best = compose_cfg(["recipe=strong"]), compose_cfg(["recipe=X101_V1"])
+    assert changed(best, strong) == {*tricks, "id"} and strong.id == "strong"
+    assert all(flat(strong)[k] == v for k, v in tricks.items())
 
 
 def test_overrides_apply_on_top_of_a_recipe():
