@@ -99,21 +99,22 @@ HPARAM_GROUPS = (
 )
 
 
+def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    """The leaves of nested dicts as ``{"group.key": value}``."""
+    if not isinstance(node, dict):
+        return {prefix: node}
+    flat: dict[str, Any] = {}
+    for key, value in node.items():
+        flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
 def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
     """The run's settings as flat ``group.key`` scalars, which TensorBoard's HPARAMS tab
     can show and compare across the runs of a sweep."""
-    flat: dict[str, Any] = {}
-
-    def walk(prefix: str, node: Any) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                walk(f"{prefix}.{key}" if prefix else str(key), value)
-        else:
-            flat[prefix] = node if isinstance(node, (int, float, str, bool)) else str(node)
-
     container = OmegaConf.to_container(cfg, resolve=True)
-    walk("", {k: container[k] for k in HPARAM_GROUPS if k in container})
-    return flat
+    flat = flatten({k: container[k] for k in HPARAM_GROUPS if k in container})
+    return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flat.items()}
 
 
 def summary_text(metrics: dict[str, Any], run_dir: Path) -> str:

@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 from hw1.data import DemoDataModule, FolderDataModule
 from hw1.model import Backbone, Classifier, resolve_weights
 from hw1.report import reference
+from hw1.train import flatten
 
 REFERENCE = reference()
 FAMILIES = ["depth", "weights", "head", "lr", "other", "resnext101"]
@@ -196,18 +197,7 @@ def test_the_head_family_skips_x50_v4_as_the_report_did():
 
 
 def flat(cfg) -> dict[str, object]:
-    """Every leaf of a config as {"a.b.c": value}."""
-    out: dict[str, object] = {}
-
-    def walk(node, prefix):
-        if isinstance(node, dict):
-            for k, v in node.items():
-                walk(v, f"{prefix}{k}.")
-        else:
-            out[prefix[:-1]] = node
-
-    walk(OmegaConf.to_container(cfg, resolve=False), "")
-    return out
+    return flatten(OmegaConf.to_container(cfg, resolve=False))
 
 
 def changed(a, b) -> set[str]:
