@@ -218,6 +218,29 @@ def test_tricks_strong_adds_its_options_and_nothing_else():
     assert all(flat(strong)[k] == v for k, v in tricks.items())
 
 
+@pytest.mark.parametrize(
+    "group_name",
+    [f"recipe/{p.stem}" for p in sorted((Path(CONF_DIR) / "recipe").glob("*.yaml"))]
+    + ["experiment/demo"],
+)
+def test_a_config_sets_only_what_differs_from_what_it_builds_on(group_name):
+    """What it inherits (the recipes in its defaults list) composed alone: each group override
+    must choose another option, each of its own keys must change something, and nothing else
+    may change. No restated defaults."""
+    own = OmegaConf.load(Path(CONF_DIR) / f"{group_name}.yaml")
+    entries = list(own.pop("defaults", []))  # "W2" or {"override /head": "v2"}
+    parents = [f"recipe={e}" for e in entries if isinstance(e, str)]
+    overrides = {
+        k.split("/")[-1]: v for e in entries if not isinstance(e, str) for k, v in e.items()
+    }
+    if overrides:
+        inherited = compose_cfg(parents, return_hydra_config=True).hydra.runtime.choices
+        assert [f"{g}: {v}" for g, v in overrides.items() if inherited[g] == v] == []
+    group, name = group_name.split("/")
+    base = compose_cfg(parents + [f"{g}={v}" for g, v in overrides.items()])
+    assert changed(base, compose_cfg([f"{group}={name}"])) == set(flat(own))
+
+
 def test_overrides_apply_on_top_of_a_recipe():
     cfg = compose_cfg(["recipe=R101_64_l2", "model.arch=resnet18", "data.batch_size=8"])
     assert (cfg.model.arch, cfg.data.batch_size, cfg.model.trainable_stages) == ("resnet18", 8, 2)
