@@ -27,6 +27,7 @@ from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension, make_dataset
 
 from hw1 import demo
+from hw1.io import write_atomically
 from hw1.model import resolve_weights
 from hw1.presets import (
     EvalSizes,
@@ -47,18 +48,6 @@ log = logging.getLogger(__name__)
 
 # The image check's results, kept in the data root so the next run does not decode again.
 SCAN_CACHE = ".hw1-images.json"
-
-
-def write_atomically(path: Path, data: str | bytes) -> None:
-    """Write through a temporary file in the same folder, then rename it into place: an
-    interrupted run leaves the old file or none, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def class_names(folder: str | os.PathLike) -> list[str]:

@@ -20,6 +20,7 @@ from torchmetrics.functional.classification import multiclass_confusion_matrix
 import hw1  # noqa: F401  (registers the config resolvers)
 from hw1.data import ClassFolders, class_names, labelled_files, readable_samples
 from hw1.figures import confusion_image, png_bytes
+from hw1.io import write_atomically
 from hw1.predict import (
     checkpoint_paths,
     ensemble_probs,
@@ -27,7 +28,6 @@ from hw1.predict import (
     load_ensemble,
     output_path,
     save_probs,
-    write_atomically,
 )
 
 

@@ -6,7 +6,6 @@ averages the softmax of several checkpoints (each with its own test-time views).
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 from collections.abc import Sequence
@@ -23,15 +22,10 @@ from omegaconf import DictConfig, ListConfig
 from torch.utils.data import Dataset
 
 import hw1  # noqa: F401  (registers the config resolvers)
-from hw1.data import UnlabeledImages, check_test_images, view_loader, write_atomically
+from hw1.data import UnlabeledImages, check_test_images, view_loader
+from hw1.io import csv_text, write_atomically
 from hw1.model import Classifier
 from hw1.presets import EvalSizes
-
-
-def csv_text(rows: Sequence[Sequence[Any]]) -> str:
-    out = io.StringIO()
-    csv.writer(out, lineterminator="\n").writerows(rows)
-    return out.getvalue()
 
 
 def checkpoint_paths(ckpt_path: str | Sequence[str] | None) -> list[Path]:

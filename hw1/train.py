@@ -25,8 +25,9 @@ import hw1  # noqa: F401  (registers the config resolvers)
 from hw1.callbacks import last_checkpoint
 from hw1.data import FolderDataModule
 from hw1.demo import TEST_LABELS
+from hw1.io import csv_text, write_atomically
 from hw1.model import Classifier, safe_load
-from hw1.predict import collect, csv_text, submission_rows, write_atomically
+from hw1.predict import collect, submission_rows
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from conftest import TINY, make_hw1_folder
 from PIL import Image
 
 from hw1.demo import TEST_LABELS
-from hw1.predict import csv_text
+from hw1.io import csv_text
 from hw1.report import difference_interval, main, reference, wilson
 
 
