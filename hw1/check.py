@@ -17,8 +17,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 import hw1  # noqa: F401  (registers the config resolvers)
-from hw1.data import (
-    FolderDataModule,
+from hw1.data import FolderDataModule
+from hw1.scan import (
     ImageInfo,
     check_test_images,
     class_names,

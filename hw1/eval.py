@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 from torchmetrics.functional.classification import multiclass_confusion_matrix
 
 import hw1  # noqa: F401  (registers the config resolvers)
-from hw1.data import ClassFolders, class_names, labelled_files, readable_samples
+from hw1.data import ClassFolders
 from hw1.figures import confusion_image, png_bytes
 from hw1.io import write_atomically
 from hw1.predict import (
@@ -29,6 +29,7 @@ from hw1.predict import (
     output_path,
     save_probs,
 )
+from hw1.scan import class_names, labelled_files, readable_samples
 
 
 def confusion_report(confusion: torch.Tensor, names: list[str], top: int = 10) -> dict[str, Any]:

@@ -22,10 +22,11 @@ from omegaconf import DictConfig, ListConfig
 from torch.utils.data import Dataset
 
 import hw1  # noqa: F401  (registers the config resolvers)
-from hw1.data import UnlabeledImages, check_test_images, view_loader
+from hw1.data import UnlabeledImages, view_loader
 from hw1.io import csv_text, write_atomically
 from hw1.model import Classifier
 from hw1.presets import EvalSizes
+from hw1.scan import check_test_images
 
 
 def checkpoint_paths(ckpt_path: str | Sequence[str] | None) -> list[Path]:

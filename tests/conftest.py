@@ -11,6 +11,7 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 
 import hw1  # noqa: F401  (registers the config resolvers)
+from hw1.data import FolderDataModule
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
@@ -102,3 +103,9 @@ def trained_run(tmp_path_factory) -> tuple[Path, dict[str, str], Path]:
     assert proc.returncode == 0, proc.stderr[-3000:]
     (base / "train.stdout").write_text(proc.stdout)  # for the run-summary test
     return root, answers, run_dir
+
+
+def datamodule(root, **kw) -> FolderDataModule:
+    """A FolderDataModule sized for the CPU: 32 px crops, batches of 4, resnet18's spec."""
+    kw = {"image_size": 32, "batch_size": 4, "num_workers": 0, "arch": "resnet18", **kw}
+    return FolderDataModule(root=root, **kw)

@@ -13,7 +13,7 @@ from torchvision.transforms import InterpolationMode as IM
 from torchvision.transforms import v2 as T
 from torchvision.transforms.v2 import functional as F
 
-from hw1.data import DraftDecoder, load_rgb
+from hw1.data import DraftDecoder
 from hw1.figures import to_uint8
 from hw1.presets import (
     IMAGENET_MEAN,
@@ -28,6 +28,7 @@ from hw1.presets import (
     train_pipeline,
     train_preset,
 )
+from hw1.scan import load_rgb
 
 
 @pytest.mark.parametrize(
