@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import itertools
 import shutil
 from pathlib import Path
 
@@ -8,7 +7,7 @@ import pytest
 import torch
 from conftest import datamodule, make_hw1_folder
 
-from hw1.data import ClassFolders, UnlabeledImages, fold_split, stratified_split
+from hw1.data import ClassFolders, UnlabeledImages
 from hw1.presets import Jittered, finish
 from hw1.scan import class_names
 
@@ -135,26 +134,6 @@ def test_val_split_holds_out_a_stratified_seeded_part_of_train(tmp_path):
     assert dm.val_set.transform is dm.eval_transform
     # The fast train pipeline decodes as it augments: it is the train set's loader.
     assert dm.train_set.loader.preset is dm.train_transform
-
-
-def test_stratified_split_gives_every_class_of_two_a_val_image():
-    samples = [(f"{c}/{i}", c) for c in range(3) for i in range(c + 1)]  # 1, 2, 3 images
-    train, val = stratified_split(samples, 0.01, seed=0)
-    assert sorted(c for _, c in val) == [1, 2] and len(train) == 4
-
-
-def test_folds_are_disjoint_stratified_seeded_and_cover_the_data():
-    samples = [(f"{c}/{i}", c) for c in range(4) for i in range(7 + c)]  # 7, 8, 9, 10 a class
-    vals = [fold_split(samples, 3, k, seed=5)[1] for k in range(3)]
-    assert sorted(x for v in vals for x in v) == sorted(samples)  # every image once
-    assert all(not set(a) & set(b) for a, b in itertools.combinations(vals, 2))
-    for v in vals:
-        per_class = [sum(c == k for _, c in v) for k in range(4)]
-        assert all(abs(n - (7 + k) / 3) < 1 for k, n in enumerate(per_class))  # stratified
-    assert max(map(len, vals)) - min(map(len, vals)) <= 1
-    train, val = fold_split(samples, 3, 1, seed=5)
-    assert sorted(train + val) == sorted(samples) and val == vals[1]
-    assert fold_split(samples, 3, 1, seed=6)[1] != val
 
 
 def test_cross_validation_pools_train_and_val(tmp_path):
