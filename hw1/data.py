@@ -19,7 +19,6 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets import ImageFolder
 
 from hw1 import demo
-from hw1.model import resolve_weights
 from hw1.presets import (
     EvalSizes,
     FastTrainPreset,
@@ -38,6 +37,7 @@ from hw1.scan import (
     readable_samples,
 )
 from hw1.splits import fold_split, stratified_split
+from hw1.weights import resolve_weights
 
 LAYOUT = """expected layout:
     <root>/train/<class>/<image>   training images, one folder per class

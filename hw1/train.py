@@ -26,8 +26,9 @@ from hw1.callbacks import last_checkpoint
 from hw1.data import FolderDataModule
 from hw1.demo import TEST_LABELS
 from hw1.io import csv_text, write_atomically
-from hw1.model import Classifier, safe_load
+from hw1.model import Classifier
 from hw1.predict import collect, submission_rows
+from hw1.weights import safe_load
 
 log = logging.getLogger(__name__)
 
