@@ -25,9 +25,10 @@ from torch.utils.data import DataLoader, TensorDataset
 from torchvision.transforms import v2 as T
 
 from hw1.callbacks import TensorBoardFigures
-from hw1.data import ClassFolders, DraftDecoder, UnlabeledImages, view_loader
+from hw1.data import ClassFolders, UnlabeledImages, train_pipeline, view_loader
+from hw1.fast_pipeline import DraftDecoder
 from hw1.model import Classifier
-from hw1.presets import ViewStack, eval_sizes, train_pipeline
+from hw1.presets import ViewStack, eval_sizes
 
 
 def make_photos(folder: Path, n: int, seed: int = 0) -> list[Path]:

@@ -19,14 +19,8 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets import ImageFolder
 
 from hw1 import demo
-from hw1.presets import (
-    EvalSizes,
-    FastTrainPreset,
-    ViewStack,
-    eval_preset,
-    eval_sizes,
-    train_pipeline,
-)
+from hw1.fast_pipeline import DraftDecoder, FastTrainPreset
+from hw1.presets import EvalSizes, ViewStack, eval_preset, eval_sizes, train_preset
 from hw1.scan import (
     check_test_images,
     class_names,
@@ -44,25 +38,6 @@ LAYOUT = """expected layout:
     <root>/val/<class>/<image>     validation images, the same class folders
     <root>/test/<image>            unlabeled test images (optional)
 Set data.root=PATH, or try the embedded demo: python -m hw1.train experiment=demo"""
-
-
-class DraftDecoder:
-    """The loader of the fast train pipeline (``ClassFolders(loader=...)``): draws the
-    augmentation from the file's header size, decodes a JPEG only as large as its crop
-    needs, then augments. A class, not a closure, so DataLoader workers can pickle it."""
-
-    def __init__(self, preset: FastTrainPreset) -> None:
-        self.preset = preset
-
-    def __call__(self, path: str | os.PathLike) -> torch.Tensor:
-        drawn = {}
-
-        def need(size: tuple[int, int]) -> tuple[int, int]:
-            drawn["size"], drawn["draw"] = size, self.preset.draw(*size)
-            return self.preset.decode_size(drawn["draw"], *size)
-
-        image = load_rgb(path, draft=need)
-        return self.preset.apply(image, drawn["draw"], drawn["size"])
 
 
 class ClassFolders(ImageFolder):
@@ -133,6 +108,16 @@ def view_loader(
     )
 
 
+def train_pipeline(name: str, sizes: EvalSizes, **augment: Any):
+    """``data.pipeline``: ``fast`` (uint8 out, normalised on the device) or ``reference``
+    (torchvision's transforms, normalised float out; the yardstick)."""
+    if name == "fast":
+        return FastTrainPreset(sizes, **augment)
+    if name == "reference":
+        return train_preset(sizes, **augment)
+    raise ValueError(f"data.pipeline={name}: use fast or reference")
+
+
 class FolderDataModule(L.LightningDataModule):
     """Train/val/test folders in the HW1 layout with the report's augmentation.
 
@@ -158,7 +143,7 @@ class FolderDataModule(L.LightningDataModule):
         eval_size: int | None = None,
     ) -> None:
         """``pipeline``: the train augmentation's implementation, ``fast`` or
-        ``reference`` (``hw1.presets.train_pipeline``). ``folds=K``: cross-validation,
+        ``reference`` (``train_pipeline``). ``folds=K``: cross-validation,
         train and val pooled and dealt into K stratified, seeded folds; ``fold`` is the one
         validated on. ``eval_size``: evaluate (val, TTA, predict) at another size than
         ``image_size`` trains at, e.g. train at 224 and test at 288."""

@@ -19,7 +19,8 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 from torchvision.models import WeightsEnum, get_model
 from torchvision.transforms import v2
 
-from hw1.presets import IMAGENET_MEAN, IMAGENET_STD, Jittered
+from hw1.fast_pipeline import Jittered
+from hw1.presets import IMAGENET_MEAN, IMAGENET_STD
 from hw1.weights import check_fits, download_hint, resolve_weights, safe_load
 
 STAGES = ("layer1", "layer2", "layer3", "layer4")

@@ -33,6 +33,14 @@ def colour_image(colour, size: int, rng: np.random.Generator) -> Image.Image:
     return Image.fromarray(np.clip(np.array(colour) + noise, 0, 255).astype(np.uint8))
 
 
+def photo(width: int = 160, height: int = 120, seed: int = 0) -> Image.Image:
+    """Smooth, moderately saturated colour regions, like a photograph."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, (6, 8, 3)).astype(float)
+    coarse = coarse.mean(-1, keepdims=True) + 0.5 * (coarse - coarse.mean(-1, keepdims=True))
+    return Image.fromarray(coarse.astype(np.uint8)).resize((width, height), Image.BICUBIC)
+
+
 def make_hw1_folder(
     root: Path, classes: list[str], train: int = 10, val: int = 3, test: int = 2, size: int = 40
 ) -> dict[str, str]:

@@ -5,10 +5,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import datamodule, make_hw1_folder
+from conftest import datamodule, make_hw1_folder, photo
 
-from hw1.data import ClassFolders, UnlabeledImages
-from hw1.presets import Jittered, finish
+from hw1.data import ClassFolders, UnlabeledImages, train_pipeline
+from hw1.fast_pipeline import Jittered, finish
+from hw1.presets import eval_sizes
 from hw1.scan import class_names
 
 
@@ -53,6 +54,24 @@ def test_datamodule_batches_have_the_crop_size_and_labels(int_classes_root, pipe
     xp, names = next(iter(dm.predict_dataloader()))
     assert xp.shape == (4, 4, 3, 32, 32)  # the four report TTA views of each image
     assert all(isinstance(n, str) for n in names)
+
+
+@pytest.mark.parametrize(("name", "dtype"), [("fast", torch.uint8), ("reference", torch.float32)])
+def test_both_pipelines_give_the_crop_size_dtype_and_value_range(name, dtype):
+    sizes = eval_sizes(48)
+    out = train_pipeline(name, sizes)(photo())
+    assert out.shape == (3, 48, 48) and out.dtype == dtype
+    if name == "reference":  # normalised: black..white through Normalize
+        low = (0 - torch.tensor(sizes.mean)) / torch.tensor(sizes.std)
+        high = (1 - torch.tensor(sizes.mean)) / torch.tensor(sizes.std)
+        assert (out >= low.view(3, 1, 1) - 1e-5).all() and (out <= high.view(3, 1, 1) + 1e-5).all()
+    else:
+        assert out.float().std() > 5  # an image, not a blank
+
+
+def test_unknown_pipeline_is_a_clear_error():
+    with pytest.raises(ValueError, match="data.pipeline=slow: use fast or reference"):
+        train_pipeline("slow", eval_sizes(32))
 
 
 def test_eval_sizes_follow_the_weights():

@@ -7,15 +7,9 @@ import torch
 from torch import nn
 from torchvision.transforms.v2.functional import to_pil_image
 
+from hw1.fast_pipeline import FastTrainPreset, Jittered, finish
 from hw1.model import Backbone, Classifier, cosine_then_flat, make_head
-from hw1.presets import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    FastTrainPreset,
-    Jittered,
-    eval_sizes,
-    finish,
-)
+from hw1.presets import IMAGENET_MEAN, IMAGENET_STD, eval_sizes
 
 SPEC_HEADS = {
     "v0": [nn.Dropout, nn.Linear],
