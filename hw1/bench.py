@@ -28,11 +28,11 @@ from hw1.callbacks import TensorBoardFigures
 from hw1.data import ClassFolders, UnlabeledImages, train_pipeline, view_loader
 from hw1.fast_pipeline import DraftDecoder
 from hw1.model import Classifier
-from hw1.presets import ViewStack, eval_sizes
+from hw1.presets import ViewStack, eval_spec
 
 
 def make_photos(folder: Path, n: int, seed: int = 0) -> list[Path]:
-    """JPEGs (quality 90) of varied sizes around 500x375 with photo-like content: smooth
+    """JPEGs (quality 90) of varied spec around 500x375 with photo-like content: smooth
     colour regions plus finer, weaker detail (JPEG decoding slows with detail)."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
@@ -90,21 +90,21 @@ def time_alternating(contenders: dict[str, Callable[[], object]], rounds: int) -
 
 def bench_tta(args: argparse.Namespace) -> None:
     torch.manual_seed(0)
-    sizes = eval_sizes(args.size)
+    spec = eval_spec(args.size)
     model = Classifier(
         model={"_target_": "hw1.model.Backbone", "arch": args.arch},
         head={"_target_": "hw1.model.make_head", "name": "v1"},
         optim={},
         sched={},
         class_names=[str(i) for i in range(100)],
-        preprocess=sizes.to_dict(),
+        preprocess=spec.to_dict(),
     ).eval()
     with tempfile.TemporaryDirectory() as tmp:
         make_photos(Path(tmp), args.images)
         dataset = UnlabeledImages(tmp)
-        stack = ViewStack(sizes, "report", seed=0)
-        tta_loader = view_loader(dataset, sizes, "report", 0, args.batch_size, 0)
-        plain_loader = view_loader(dataset, sizes, "none", 0, args.batch_size, 0)
+        stack = ViewStack(spec, "report", seed=0)
+        tta_loader = view_loader(dataset, spec, "report", 0, args.batch_size, 0)
+        plain_loader = view_loader(dataset, spec, "none", 0, args.batch_size, 0)
         with torch.inference_mode():
             same = torch.allclose(
                 per_image_tta(model, dataset, stack), batched(model, tta_loader), atol=1e-5
@@ -131,11 +131,11 @@ def bench_tta(args: argparse.Namespace) -> None:
 def bench_loader(args: argparse.Namespace) -> None:
     # A DataLoader worker runs torch single-threaded; so does the main process here.
     torch.set_num_threads(1)
-    sizes = eval_sizes(args.size)
+    spec = eval_spec(args.size)
     root = cached_photos(args.images)
     datasets = {
-        "reference": ClassFolders(root, ["0"], train_pipeline("reference", sizes)),
-        "fast": ClassFolders(root, ["0"], loader=DraftDecoder(train_pipeline("fast", sizes))),
+        "reference": ClassFolders(root, ["0"], train_pipeline("reference", spec)),
+        "fast": ClassFolders(root, ["0"], loader=DraftDecoder(train_pipeline("fast", spec))),
         "decode only": ClassFolders(root, ["0"], T.PILToTensor()),
     }
     loaders = {
@@ -182,7 +182,7 @@ def bench_classifier(arch: str, size: int) -> Classifier:
         optim={"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-4},
         sched={"_target_": "hw1.model.cosine_then_flat", "_partial_": True, "T_max": 80},
         class_names=[str(i) for i in range(100)],
-        preprocess=eval_sizes(size).to_dict(),
+        preprocess=eval_spec(size).to_dict(),
     )
 
 

@@ -20,7 +20,7 @@ from torchvision.datasets import ImageFolder
 
 from hw1 import demo
 from hw1.fast_pipeline import DraftDecoder, FastTrainPreset
-from hw1.presets import EvalSizes, ViewStack, eval_preset, eval_sizes, train_preset
+from hw1.presets import EvalSpec, ViewStack, eval_preset, eval_spec, train_preset
 from hw1.scan import (
     check_test_images,
     class_names,
@@ -97,24 +97,24 @@ class Views(Dataset):
 
 
 def view_loader(
-    dataset: Dataset, sizes: EvalSizes, tta: str, seed: int, batch_size: int, num_workers: int
+    dataset: Dataset, spec: EvalSpec, tta: str, seed: int, batch_size: int, num_workers: int
 ) -> DataLoader:
     """Batches of (B, views, C, H, W) for prediction with test-time augmentation."""
     return DataLoader(
-        Views(dataset, ViewStack(sizes, tta, seed)),
+        Views(dataset, ViewStack(spec, tta, seed)),
         batch_size=batch_size,
         num_workers=num_workers,
         pin_memory=torch.cuda.is_available(),
     )
 
 
-def train_pipeline(name: str, sizes: EvalSizes, **augment: Any):
+def train_pipeline(name: str, spec: EvalSpec, **augment: Any):
     """``data.pipeline``: ``fast`` (uint8 out, normalised on the device) or ``reference``
     (torchvision's transforms, normalised float out; the yardstick)."""
     if name == "fast":
-        return FastTrainPreset(sizes, **augment)
+        return FastTrainPreset(spec, **augment)
     if name == "reference":
-        return train_preset(sizes, **augment)
+        return train_preset(spec, **augment)
     raise ValueError(f"data.pipeline={name}: use fast or reference")
 
 
@@ -164,10 +164,10 @@ class FolderDataModule(L.LightningDataModule):
         resolved = resolve_weights(arch, weights)
         # A local state-dict file says nothing about its preprocessing: ImageNet defaults.
         known = resolved if not isinstance(resolved, Path) else None
-        self.sizes: EvalSizes = eval_sizes(eval_size or image_size, known)
-        train_sizes = eval_sizes(image_size, known) if eval_size else self.sizes
-        self.train_transform = train_pipeline(pipeline, train_sizes, **(augment or {}))
-        self.eval_transform = eval_preset(self.sizes)
+        self.eval_spec: EvalSpec = eval_spec(eval_size or image_size, known)
+        train_spec = eval_spec(image_size, known) if eval_size else self.eval_spec
+        self.train_transform = train_pipeline(pipeline, train_spec, **(augment or {}))
+        self.eval_transform = eval_preset(self.eval_spec)
         self._class_names: list[str] | None = None
         self._samples: dict[str, list[tuple[str, int]]] | None = None
         self._prepared = False
@@ -292,7 +292,7 @@ class FolderDataModule(L.LightningDataModule):
         if self.test_set is None:
             raise FileNotFoundError(f"{self.test_dir}: no test folder to predict")
         return view_loader(
-            self.test_set, self.sizes, self.tta, self.seed, self.batch_size, self.num_workers
+            self.test_set, self.eval_spec, self.tta, self.seed, self.batch_size, self.num_workers
         )
 
 

@@ -17,7 +17,7 @@ from PIL import Image
 from torchvision.transforms import v2 as T
 from torchvision.transforms.v2 import functional as F
 
-from hw1.presets import EvalSizes, policy_transforms
+from hw1.presets import EvalSpec, policy_transforms
 from hw1.scan import load_rgb
 
 # ITU-R 601 luma, as PIL's convert("L") and ImageEnhance (the reference jitter's path).
@@ -186,7 +186,7 @@ class FastTrainPreset:
 
     def __init__(
         self,
-        sizes: EvalSizes,
+        spec: EvalSpec,
         scale: tuple[float, float] = (0.08, 1.0),
         hflip: float = 0.5,
         jitter: tuple[float, float, float, float] = (0.2, 0.2, 0.2, 0.1),
@@ -195,12 +195,12 @@ class FastTrainPreset:
         policy: str | None = None,
         erasing: float = 0.0,
     ) -> None:
-        self.size = sizes.crop
+        self.size = spec.crop
         self.scale, self.hflip = tuple(scale), hflip
         self.jitter, self.rotation, self.translate = tuple(jitter), rotation, tuple(translate)
         # The options beyond the report run on the uint8 output; the erased box is filled
         # with the mean colour, what the reference's 0 after normalisation is.
-        mean = [round(255 * m) for m in sizes.mean]
+        mean = [round(255 * m) for m in spec.mean]
         after = policy_transforms(policy) + (
             [T.RandomErasing(erasing, value=mean)] if erasing else []
         )

@@ -220,7 +220,7 @@ class Classifier(L.LightningModule):
         loss: dict[str, Any] | None = None,
         mix: dict[str, Any] | None = None,
     ) -> None:
-        """``preprocess``: the eval sizes and normalisation (``EvalSizes.to_dict()``), kept
+        """``preprocess``: the eval spec (``EvalSpec.to_dict()``), kept
         so that prediction from a checkpoint needs no training overrides. ``loss``: the
         criterion's config (default: plain cross-entropy). ``mix``: ``BatchMix``'s config
         (default: none)."""
@@ -239,10 +239,10 @@ class Classifier(L.LightningModule):
         self.val_confusion = MulticlassConfusionMatrix(num_classes)  # drawn by TensorBoardFigures
         self.val_history: list[dict[str, float]] = []  # per epoch, for metrics.json
         self.train_images = 0  # seen by training steps, for the run summary's images/s
-        sizes = preprocess or {}
+        spec = preprocess or {}
         # Not in the state dict: the preprocessing already travels in the hyper-parameters.
         for name, default in (("mean", IMAGENET_MEAN), ("std", IMAGENET_STD)):
-            value = torch.tensor(sizes.get(name, default)).view(1, -1, 1, 1)
+            value = torch.tensor(spec.get(name, default)).view(1, -1, 1, 1)
             self.register_buffer(name, value, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

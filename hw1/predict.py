@@ -25,7 +25,7 @@ import hw1  # noqa: F401  (registers the config resolvers)
 from hw1.data import UnlabeledImages, view_loader
 from hw1.io import csv_text, write_atomically
 from hw1.model import Classifier
-from hw1.presets import EvalSizes
+from hw1.presets import EvalSpec
 from hw1.scan import check_test_images
 
 
@@ -60,8 +60,8 @@ def ensemble_probs(
     keys: list[Any] = []
     total = None
     for model in models:
-        sizes = EvalSizes.from_dict(model.hparams.preprocess)
-        loader = view_loader(dataset, sizes, tta, seed, batch_size, num_workers)
+        spec = EvalSpec.from_dict(model.hparams.preprocess)
+        loader = view_loader(dataset, spec, tta, seed, batch_size, num_workers)
         keys, probs = collect(trainer.predict(model, loader))
         total = probs if total is None else total + probs
     return keys, total / len(models)

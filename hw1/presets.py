@@ -1,8 +1,9 @@
-"""Transform presets, after torchvision's classification reference (``presets.py``).
+"""Transform presets, after torchvision's classification reference (``presets.py``): a
+train and an eval preset built from numbers, and the test-time views.
 
-Every pipeline works on PIL images and augments before it normalises: rotating or shifting
-a normalised tensor fills with 0, which is not black once the mean is subtracted (one of the
-original code's defects). The eval sizes come from the chosen weights' own ``transforms()``.
+Every preset works on PIL images and augments before it normalises: rotating or shifting a
+normalised tensor fills with 0, which is not black once the mean is subtracted. The eval
+spec (sizes, interpolation, normalisation) comes from the chosen weights' ``transforms()``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,10 @@ DEFAULT_RESIZE_RATIO = 256 / 224
 
 
 @dataclass(frozen=True)
-class EvalSizes:
+class EvalSpec:
+    """How images become a model's inputs at evaluation: the resize and centre crop, the
+    interpolation and the normalisation. A checkpoint keeps it as ``preprocess``."""
+
     crop: int
     resize: int
     mean: tuple[float, ...] = IMAGENET_MEAN
@@ -36,7 +40,7 @@ class EvalSizes:
         return {**asdict(self), "interpolation": self.interpolation.value}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> EvalSizes:
+    def from_dict(cls, d: dict[str, Any]) -> EvalSpec:
         return cls(
             crop=d["crop"],
             resize=d["resize"],
@@ -46,14 +50,14 @@ class EvalSizes:
         )
 
 
-def eval_sizes(image_size: int, weights: WeightsEnum | None = None) -> EvalSizes:
+def eval_spec(image_size: int, weights: WeightsEnum | None = None) -> EvalSpec:
     """Eval crop = ``image_size``; the resize keeps the weights' resize/crop ratio
     (232/224 for IMAGENET1K_V2, 256/224 for V1)."""
     if weights is None:
-        return EvalSizes(crop=image_size, resize=round(image_size * DEFAULT_RESIZE_RATIO))
+        return EvalSpec(crop=image_size, resize=round(image_size * DEFAULT_RESIZE_RATIO))
     t = weights.transforms()
     ratio = t.resize_size[0] / t.crop_size[0]
-    return EvalSizes(
+    return EvalSpec(
         crop=image_size,
         resize=round(image_size * ratio),
         mean=tuple(t.mean),
@@ -62,12 +66,12 @@ def eval_sizes(image_size: int, weights: WeightsEnum | None = None) -> EvalSizes
     )
 
 
-def _to_normalised_tensor(sizes: EvalSizes) -> list[T.Transform]:
-    return [T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(sizes.mean, sizes.std)]
+def _to_normalised_tensor(spec: EvalSpec) -> list[T.Transform]:
+    return [T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(spec.mean, spec.std)]
 
 
 def train_preset(
-    sizes: EvalSizes,
+    spec: EvalSpec,
     scale: tuple[float, float] = (0.08, 1.0),
     hflip: float = 0.5,
     jitter: tuple[float, float, float, float] = (0.2, 0.2, 0.2, 0.1),
@@ -79,7 +83,7 @@ def train_preset(
     """The report's training augmentation (spec §3), each part switchable by its number;
     optionally an automatic augmentation ``policy`` and RandomErasing (off in the report)."""
     steps: list[T.Transform] = [
-        T.RandomResizedCrop(sizes.crop, scale=tuple(scale), interpolation=sizes.interpolation)
+        T.RandomResizedCrop(spec.crop, scale=tuple(scale), interpolation=spec.interpolation)
     ]
     if hflip > 0:
         steps.append(T.RandomHorizontalFlip(hflip))
@@ -87,10 +91,10 @@ def train_preset(
         b, c, s, h = jitter
         steps.append(T.ColorJitter(brightness=b, contrast=c, saturation=s, hue=h))
     if rotation:
-        steps.append(T.RandomRotation(rotation, interpolation=sizes.interpolation))
+        steps.append(T.RandomRotation(rotation, interpolation=spec.interpolation))
     if any(translate):
         steps.append(T.RandomAffine(degrees=0, translate=tuple(translate)))
-    steps += policy_transforms(policy) + _to_normalised_tensor(sizes)
+    steps += policy_transforms(policy) + _to_normalised_tensor(spec)
     if erasing:
         # After normalisation, as torchvision's reference: the erased box is the mean colour.
         steps.append(T.RandomErasing(erasing, value=0))
@@ -109,12 +113,12 @@ def policy_transforms(policy: str | None) -> list[T.Transform]:
     return [POLICIES[policy]()]
 
 
-def _resize_crop(sizes: EvalSizes) -> list[T.Transform]:
-    return [T.Resize(sizes.resize, interpolation=sizes.interpolation), T.CenterCrop(sizes.crop)]
+def _resize_crop(spec: EvalSpec) -> list[T.Transform]:
+    return [T.Resize(spec.resize, interpolation=spec.interpolation), T.CenterCrop(spec.crop)]
 
 
-def eval_preset(sizes: EvalSizes) -> T.Compose:
-    return T.Compose([*_resize_crop(sizes), *_to_normalised_tensor(sizes)])
+def eval_preset(spec: EvalSpec) -> T.Compose:
+    return T.Compose([*_resize_crop(spec), *_to_normalised_tensor(spec)])
 
 
 class ViewStack:
@@ -133,17 +137,15 @@ class ViewStack:
 
     REPORT_VIEWS = ("plain", "flip", "rotate", "crop")  # the order __call__ stacks them in
 
-    def __init__(self, sizes: EvalSizes, tta: str = "report", seed: int = 0) -> None:
+    def __init__(self, spec: EvalSpec, tta: str = "report", seed: int = 0) -> None:
         if tta not in ("report", "none"):
             raise ValueError(f"tta={tta}: use report or none")
-        self.tta, self.seed, self.sizes = tta, seed, sizes
-        self.plain = T.Compose([*_resize_crop(sizes), T.PILToTensor()])
-        self.rotate = T.RandomRotation(10, interpolation=sizes.interpolation)
+        self.tta, self.seed, self.spec = tta, seed, spec
+        self.plain = T.Compose([*_resize_crop(spec), T.PILToTensor()])
+        self.rotate = T.RandomRotation(10, interpolation=spec.interpolation)
         self.crop = T.Compose(
             [
-                T.RandomResizedCrop(
-                    sizes.crop, scale=(0.8, 1.0), interpolation=sizes.interpolation
-                ),
+                T.RandomResizedCrop(spec.crop, scale=(0.8, 1.0), interpolation=spec.interpolation),
                 T.PILToTensor(),
             ]
         )
@@ -158,4 +160,4 @@ class ViewStack:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self.seed * 1_000_003 + index)
                 views = torch.stack([plain, plain.flip(-1), self.rotate(plain), self.crop(image)])
-        return F.normalize(views.float().div(255), self.sizes.mean, self.sizes.std)
+        return F.normalize(views.float().div(255), self.spec.mean, self.spec.std)

@@ -40,18 +40,18 @@ def preview(cfg: DictConfig) -> Path:
         )
     if not len(dataset):
         raise FileNotFoundError(f"{folder}: no images to preview")
-    sizes = datamodule.sizes
+    spec = datamodule.eval_spec
     picked = sorted(random.Random(cfg.seed).sample(range(len(dataset)), min(cfg.n, len(dataset))))
     torch.manual_seed(cfg.seed)
-    stack = ViewStack(sizes, "report", cfg.seed)
+    stack = ViewStack(spec, "report", cfg.seed)
     to_tensor = T.PILToTensor()
     tiles, labels = [], []
     for i in picked:
         image, key = dataset[i]
         name = key if cfg.split == "test" else datamodule.class_names[key]
-        tiles.append(to_tensor(ImageOps.pad(image, (sizes.crop, sizes.crop))))
+        tiles.append(to_tensor(ImageOps.pad(image, (spec.crop, spec.crop))))
         augmented = torch.stack([datamodule.train_transform(image) for _ in range(cfg.views)])
-        tiles += [*to_uint8(augmented, sizes), *to_uint8(stack(image, i), sizes)]
+        tiles += [*to_uint8(augmented, spec), *to_uint8(stack(image, i), spec)]
         labels += [
             str(name),
             *[f"train aug {k + 1}" for k in range(cfg.views)],
@@ -61,7 +61,7 @@ def preview(cfg: DictConfig) -> Path:
         torch.stack(tiles),
         ncol=1 + cfg.views + len(ViewStack.REPORT_VIEWS),
         labels=labels,
-        tile=preview_tile(sizes.crop),
+        tile=preview_tile(spec.crop),
     )
     write_atomically(output, png_bytes(grid))
     print(output)

@@ -164,7 +164,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         optim=container["optim"],
         sched=container["sched"],
         class_names=datamodule.class_names,
-        preprocess=datamodule.sizes.to_dict(),
+        preprocess=datamodule.eval_spec.to_dict(),
         loss=container["loss"],
         mix=container["mix"],
     )

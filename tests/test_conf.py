@@ -91,7 +91,7 @@ def test_every_head_config_composes_and_instantiates(name):
 def test_data_config_instantiates_the_datamodule():
     dm = instantiate(compose_cfg(["data.root=/some/where"]).data)
     assert isinstance(dm, FolderDataModule) and str(dm.root) == "/some/where"
-    assert (dm.sizes.crop, dm.sizes.resize) == (224, 232)  # resnext101's IMAGENET1K_V2
+    assert (dm.eval_spec.crop, dm.eval_spec.resize) == (224, 232)  # resnext101's IMAGENET1K_V2
 
 
 def test_demo_experiment_composes():

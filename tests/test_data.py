@@ -9,7 +9,7 @@ from conftest import datamodule, make_hw1_folder, photo
 
 from hw1.data import ClassFolders, UnlabeledImages, train_pipeline
 from hw1.fast_pipeline import Jittered, finish
-from hw1.presets import eval_sizes
+from hw1.presets import eval_spec
 from hw1.scan import class_names
 
 
@@ -58,12 +58,12 @@ def test_datamodule_batches_have_the_crop_size_and_labels(int_classes_root, pipe
 
 @pytest.mark.parametrize(("name", "dtype"), [("fast", torch.uint8), ("reference", torch.float32)])
 def test_both_pipelines_give_the_crop_size_dtype_and_value_range(name, dtype):
-    sizes = eval_sizes(48)
-    out = train_pipeline(name, sizes)(photo())
+    spec = eval_spec(48)
+    out = train_pipeline(name, spec)(photo())
     assert out.shape == (3, 48, 48) and out.dtype == dtype
     if name == "reference":  # normalised: black..white through Normalize
-        low = (0 - torch.tensor(sizes.mean)) / torch.tensor(sizes.std)
-        high = (1 - torch.tensor(sizes.mean)) / torch.tensor(sizes.std)
+        low = (0 - torch.tensor(spec.mean)) / torch.tensor(spec.std)
+        high = (1 - torch.tensor(spec.mean)) / torch.tensor(spec.std)
         assert (out >= low.view(3, 1, 1) - 1e-5).all() and (out <= high.view(3, 1, 1) + 1e-5).all()
     else:
         assert out.float().std() > 5  # an image, not a blank
@@ -71,19 +71,19 @@ def test_both_pipelines_give_the_crop_size_dtype_and_value_range(name, dtype):
 
 def test_unknown_pipeline_is_a_clear_error():
     with pytest.raises(ValueError, match="data.pipeline=slow: use fast or reference"):
-        train_pipeline("slow", eval_sizes(32))
+        train_pipeline("slow", eval_spec(32))
 
 
-def test_eval_sizes_follow_the_weights():
+def test_eval_spec_follows_the_weights():
     assert (
-        datamodule("x", image_size=224, arch="resnet50", weights="IMAGENET1K_V2").sizes.resize
+        datamodule("x", image_size=224, arch="resnet50", weights="IMAGENET1K_V2").eval_spec.resize
         == 232
     )
     assert (
-        datamodule("x", image_size=224, arch="resnet50", weights="IMAGENET1K_V1").sizes.resize
+        datamodule("x", image_size=224, arch="resnet50", weights="IMAGENET1K_V1").eval_spec.resize
         == 256
     )
-    assert datamodule("x", image_size=224, weights=None).sizes.resize == 256
+    assert datamodule("x", image_size=224, weights=None).eval_spec.resize == 256
 
 
 def test_missing_root_says_where_it_looked_and_how_to_run_the_demo(tmp_path):
@@ -174,7 +174,10 @@ def test_eval_size_evaluates_larger_than_training_crops(tmp_path):
     dm = datamodule(tmp_path, image_size=32, eval_size=48)
     dm.prepare_data()
     dm.setup("fit")
-    assert dm.sizes.crop == 48 and dm.val_set[0][0].shape[-1] == 48  # val, TTA, predict
+    assert dm.eval_spec.crop == 48 and dm.val_set[0][0].shape[-1] == 48  # val, TTA, predict
     assert finish(dm.train_set[0][0]).shape[-1] == 32
     same = datamodule(tmp_path, image_size=32)
-    assert same.sizes.crop == 32 and same.sizes == datamodule(tmp_path, eval_size=None).sizes
+    assert (
+        same.eval_spec.crop == 32
+        and same.eval_spec == datamodule(tmp_path, eval_size=None).eval_spec
+    )

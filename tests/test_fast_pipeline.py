@@ -17,7 +17,7 @@ from torchvision.transforms.v2 import functional as F
 from hw1.data import train_pipeline
 from hw1.fast_pipeline import DraftDecoder, Draw, FastTrainPreset, Jittered, colour_map, finish
 from hw1.figures import to_uint8
-from hw1.presets import eval_sizes
+from hw1.presets import eval_spec
 from hw1.scan import load_rgb
 
 
@@ -56,7 +56,7 @@ def test_fast_warp_and_jitter_match_the_reference_for_the_same_parameters(draw):
     """Crop, resize, flip, rotation, shift (black bands and corners included) and the
     brightness/contrast/saturation matrix: within a few grey levels of the reference's
     separate steps (the resampling filters differ)."""
-    fast = finish(FastTrainPreset(eval_sizes(48)).apply(photo(), draw, (160, 120))).float()
+    fast = finish(FastTrainPreset(eval_spec(48)).apply(photo(), draw, (160, 120))).float()
     reference = reference_apply(photo(), draw, 48).float()
     assert (fast - reference).abs().mean() < 4
 
@@ -69,7 +69,7 @@ def test_hue_turn_moves_colours_as_far_and_the_same_way_as_hsv():
     image = photo(seed=1)
     for hue in (0.1, -0.1):
         draw = Draw((0, 0, 160, 120), False, 0.0, (0, 0), (3,), (1.0, 1.0, 1.0, hue))
-        fast = finish(FastTrainPreset(eval_sizes(48)).apply(image, draw, (160, 120))).float()
+        fast = finish(FastTrainPreset(eval_spec(48)).apply(image, draw, (160, 120))).float()
         reference = reference_apply(image, draw, 48).float()
         unchanged = reference_apply(image, replace(draw, jitter_order=()), 48).float()
         effect = (unchanged - reference).abs().mean()
@@ -81,7 +81,7 @@ def test_the_deferred_jitter_is_pils_colour_matrix_with_the_crops_mean():
     """The jitter the model applies on its device (Jittered.rgb) gives PIL's
     convert("RGB", matrix) of the unjittered warp, the matrix's offset taken at the crop's
     mean colour, within a grey level; with contrast below 1 the fill stays black."""
-    fast = FastTrainPreset(eval_sizes(48))
+    fast = FastTrainPreset(eval_spec(48))
     for draw in (
         Draw((0, 0, 160, 120), False, 0.0, (0, 0), (1, 3, 0, 2), (1.15, 0.8, 1.2, 0.07)),
         Draw((20, 10, 100, 80), True, 9.0, (5, -3), (2, 1), (1.0, 0.8, 0.85, 0.0)),
@@ -135,7 +135,7 @@ def test_fast_draws_the_reference_parameter_distribution():
     factors agree with torchvision's own get_params (means within ~3 standard errors,
     spreads within 15 %)."""
     n, (width, height), size = 400, (500, 375), 224
-    fast = FastTrainPreset(eval_sizes(size))
+    fast = FastTrainPreset(eval_spec(size))
     torch.manual_seed(0)
     draws = [fast.draw(width, height) for _ in range(n)]
     torch.manual_seed(1)
@@ -170,13 +170,13 @@ def test_fast_draws_the_reference_parameter_distribution():
 def test_fast_colour_statistics_agree_with_the_reference():
     """Jitter only (no geometry), 200 outputs of each pipeline on a photo-like image: the
     mean colour, how far the jitter spreads it, and the contrast agree."""
-    sizes = eval_sizes(32)
+    spec = eval_spec(32)
     kw = {"scale": (1.0, 1.0), "hflip": 0, "rotation": 0, "translate": (0, 0)}
-    fast, reference = train_pipeline("fast", sizes, **kw), train_pipeline("reference", sizes, **kw)
+    fast, reference = train_pipeline("fast", spec, **kw), train_pipeline("reference", spec, **kw)
     image = photo(128, 96, seed=2)
     torch.manual_seed(0)
     f = torch.stack([fast(image) for _ in range(200)]).float()
-    r = to_uint8(torch.stack([reference(image) for _ in range(200)]), sizes).float()
+    r = to_uint8(torch.stack([reference(image) for _ in range(200)]), spec).float()
     for c in range(3):
         _agree(f[:, c].mean(dim=(1, 2)), r[:, c].mean(dim=(1, 2)), 3.0, 0.2)
     _agree(f.std(dim=(1, 2, 3)), r.std(dim=(1, 2, 3)), 3.0, 0.2)
@@ -187,7 +187,7 @@ def test_draft_decoding_never_gives_a_crop_smaller_than_the_output(tmp_path):
     output size (or the whole box, when the box itself is smaller), and draft mode does
     reduce the decode when the crop allows it."""
     size = 48
-    fast = FastTrainPreset(eval_sizes(size))
+    fast = FastTrainPreset(eval_spec(size))
     upright = tmp_path / "upright.jpg"
     photo(640, 480).save(upright, quality=90)
     turned = tmp_path / "turned.jpg"
@@ -217,7 +217,7 @@ def test_draft_decoding_never_gives_a_crop_smaller_than_the_output(tmp_path):
 def test_fast_pipeline_repeats_under_the_same_seed(tmp_path):
     path = tmp_path / "a.jpg"
     photo().save(path, quality=90)
-    decode = DraftDecoder(FastTrainPreset(eval_sizes(32)))
+    decode = DraftDecoder(FastTrainPreset(eval_spec(32)))
     torch.manual_seed(3)
     first = finish(decode(path))
     torch.manual_seed(3)
@@ -226,7 +226,7 @@ def test_fast_pipeline_repeats_under_the_same_seed(tmp_path):
 
 def test_erasing_on_the_fast_pipeline_fills_with_the_mean_colour():
     torch.manual_seed(0)
-    fast = FastTrainPreset(eval_sizes(32), scale=(1, 1), jitter=(0, 0, 0, 0), rotation=0,
+    fast = FastTrainPreset(eval_spec(32), scale=(1, 1), jitter=(0, 0, 0, 0), rotation=0,
                            translate=(0, 0), hflip=0, erasing=1.0)  # fmt: skip
     out = fast(Image.new("RGB", (32, 32), (255, 255, 255)))
     erased = (out != 255).all(dim=0)

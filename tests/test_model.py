@@ -9,7 +9,7 @@ from torchvision.transforms.v2.functional import to_pil_image
 
 from hw1.fast_pipeline import FastTrainPreset, Jittered, finish
 from hw1.model import Backbone, Classifier, cosine_then_flat, make_head
-from hw1.presets import IMAGENET_MEAN, IMAGENET_STD, eval_sizes
+from hw1.presets import IMAGENET_MEAN, IMAGENET_STD, eval_spec
 
 SPEC_HEADS = {
     "v0": [nn.Dropout, nn.Linear],
@@ -223,7 +223,7 @@ def _jittered_samples(n: int = 4, size: int = 32) -> list:
     g = torch.Generator().manual_seed(1)
     coarse = torch.randint(0, 256, (3, 4, 4), dtype=torch.uint8, generator=g)
     image = to_pil_image(nn.functional.interpolate(coarse[None].float(), size=48)[0].byte())
-    fast = FastTrainPreset(eval_sizes(size))
+    fast = FastTrainPreset(eval_spec(size))
     torch.manual_seed(0)
     return [(fast.apply(image, fast.draw(48, 48), (48, 48)), k) for k in range(n)]
 

@@ -7,7 +7,7 @@ from torchvision.models import ResNet50_Weights
 from torchvision.transforms import v2 as T
 
 from hw1.fast_pipeline import FastTrainPreset
-from hw1.presets import IMAGENET_MEAN, POLICIES, eval_preset, eval_sizes, train_preset
+from hw1.presets import IMAGENET_MEAN, POLICIES, eval_preset, eval_spec, train_preset
 
 
 @pytest.mark.parametrize(
@@ -21,13 +21,13 @@ from hw1.presets import IMAGENET_MEAN, POLICIES, eval_preset, eval_sizes, train_
     ],
 )
 def test_eval_resize_keeps_the_weights_ratio(weights, size, resize):
-    sizes = eval_sizes(size, weights)
-    assert (sizes.crop, sizes.resize) == (size, resize)
-    assert sizes.mean == IMAGENET_MEAN
+    spec = eval_spec(size, weights)
+    assert (spec.crop, spec.resize) == (size, resize)
+    assert spec.mean == IMAGENET_MEAN
 
 
 def test_train_preset_is_the_reports_augmentation_then_normalize():
-    steps = train_preset(eval_sizes(224)).transforms
+    steps = train_preset(eval_spec(224)).transforms
     kinds = [type(t) for t in steps]
     assert kinds == [
         T.RandomResizedCrop, T.RandomHorizontalFlip, T.ColorJitter, T.RandomRotation,
@@ -39,44 +39,44 @@ def test_train_preset_is_the_reports_augmentation_then_normalize():
 
 
 def test_zero_switches_an_augmentation_off():
-    steps = train_preset(eval_sizes(32), hflip=0, jitter=(0, 0, 0, 0), rotation=0, translate=(0, 0))
+    steps = train_preset(eval_spec(32), hflip=0, jitter=(0, 0, 0, 0), rotation=0, translate=(0, 0))
     assert [type(t) for t in steps.transforms][:2] == [T.RandomResizedCrop, T.ToImage]
 
 
 def test_rotation_fills_black_before_normalising():
     """The original rotated normalised tensors: its fill (0) was not black. Here a black
     fill must come out of Normalize as the normalised value of black."""
-    sizes = eval_sizes(32)
+    spec = eval_spec(32)
     preset = train_preset(
-        sizes, scale=(1.0, 1.0), hflip=0, jitter=(0, 0, 0, 0), rotation=(45, 45), translate=(0, 0)
+        spec, scale=(1.0, 1.0), hflip=0, jitter=(0, 0, 0, 0), rotation=(45, 45), translate=(0, 0)
     )
     out = preset(Image.new("RGB", (32, 32), (255, 255, 255)))
-    black = (torch.zeros(3) - torch.tensor(sizes.mean)) / torch.tensor(sizes.std)
+    black = (torch.zeros(3) - torch.tensor(spec.mean)) / torch.tensor(spec.std)
     assert torch.allclose(out[:, 0, 0], black, atol=1e-5)  # a corner rotated out of the image
 
 
 def test_eval_preset_resizes_then_centre_crops():
-    out = eval_preset(eval_sizes(32))(Image.new("RGB", (80, 40), (10, 20, 30)))
+    out = eval_preset(eval_spec(32))(Image.new("RGB", (80, 40), (10, 20, 30)))
     assert out.shape == (3, 32, 32)
 
 
 @pytest.mark.parametrize("policy", ["trivial", "randaugment"])
 def test_an_augmentation_policy_and_erasing_join_both_train_pipelines(policy):
-    sizes = eval_sizes(32)
-    reference = train_preset(sizes, policy=policy, erasing=0.25)
+    spec = eval_spec(32)
+    reference = train_preset(spec, policy=policy, erasing=0.25)
     kinds = [type(t) for t in reference.transforms]
     assert kinds.index(POLICIES[policy]) < kinds.index(T.Normalize) < kinds.index(T.RandomErasing)
-    fast = FastTrainPreset(sizes, policy=policy, erasing=0.25)
+    fast = FastTrainPreset(spec, policy=policy, erasing=0.25)
     assert [type(t) for t in fast.after.transforms] == [POLICIES[policy], T.RandomErasing]
     out = fast(Image.new("RGB", (48, 40), "red"))
     assert out.dtype == torch.uint8 and out.shape == (3, 32, 32)
     with pytest.raises(ValueError, match="data.augment.policy=autoaugment"):
-        train_preset(sizes, policy="autoaugment")
+        train_preset(spec, policy="autoaugment")
 
 
 def test_with_the_options_off_the_pipelines_are_the_reports():
-    sizes = eval_sizes(32)
-    assert repr(train_preset(sizes, policy=None, erasing=0.0)) == repr(train_preset(sizes))
-    kinds = [type(t) for t in train_preset(sizes).transforms]
+    spec = eval_spec(32)
+    assert repr(train_preset(spec, policy=None, erasing=0.0)) == repr(train_preset(spec))
+    kinds = [type(t) for t in train_preset(spec).transforms]
     assert not {T.TrivialAugmentWide, T.RandAugment, T.RandomErasing} & set(kinds)
-    assert FastTrainPreset(sizes).after is None
+    assert FastTrainPreset(spec).after is None
