@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets import ImageFolder
 
 from hw1 import demo
-from hw1.fast_pipeline import DraftDecoder, FastTrainPreset
+from hw1.fast_pipeline import DraftDecoder, FastTrainPreset, Jittered
 from hw1.presets import EvalSpec, ViewStack, eval_preset, eval_spec, train_preset
 from hw1.scan import (
     check_test_images,
@@ -118,7 +118,56 @@ def train_pipeline(name: str, spec: EvalSpec, **augment: Any):
     raise ValueError(f"data.pipeline={name}: use fast or reference")
 
 
-class FolderDataModule(L.LightningDataModule):
+class Normalise:
+    """The last steps of the fast train pipeline, batched on the batch's device: the
+    deferred colour jitter of ``Jittered`` batches, then uint8 to normalised floats. Float
+    batches come normalised from their preset (the reference pipeline, eval, TTA views) and
+    are only cast to ``dtype``."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        self.mean = torch.tensor(mean).view(1, -1, 1, 1)
+        self.std = torch.tensor(std).view(1, -1, 1, 1)
+
+    def __call__(
+        self, x: torch.Tensor | Jittered, dtype: torch.dtype = torch.float32
+    ) -> torch.Tensor:
+        if isinstance(x, Jittered):
+            x = x.rgb()
+        elif x.dtype == torch.uint8:
+            x = x.float()
+        else:
+            return x.to(dtype)
+        if self.mean.device != x.device:
+            self.mean, self.std = self.mean.to(x.device), self.std.to(x.device)
+        return x.div_(255).sub_(self.mean).div_(self.std).to(dtype)
+
+
+class DeviceBatches(L.LightningDataModule):
+    """A data module that finishes its batches on the device, after the transfer and
+    before the model's step and its autocast, as timm's PrefetchLoader normalises on the
+    GPU: the model gets normalised floats whatever pipeline made them."""
+
+    normalise: Normalise
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        x, *rest = batch
+        return self.normalise(x), *rest
+
+
+class LoaderDataModule(DeviceBatches):
+    """A ready training DataLoader as a data module, so that ``Trainer.fit`` finishes its
+    batches as it does FolderDataModule's (benchmarks, tests)."""
+
+    def __init__(self, spec: EvalSpec, train: DataLoader) -> None:
+        super().__init__()
+        self.normalise = Normalise(spec.mean, spec.std)
+        self.train = train
+
+    def train_dataloader(self) -> DataLoader:
+        return self.train
+
+
+class FolderDataModule(DeviceBatches):
     """Train/val/test folders in the HW1 layout with the report's augmentation.
 
     ``arch`` and ``weights`` are the model's (conf/data interpolates them): the eval resize
@@ -168,6 +217,7 @@ class FolderDataModule(L.LightningDataModule):
         train_spec = eval_spec(image_size, known) if eval_size else self.eval_spec
         self.train_transform = train_pipeline(pipeline, train_spec, **(augment or {}))
         self.eval_transform = eval_preset(self.eval_spec)
+        self.normalise = Normalise(self.eval_spec.mean, self.eval_spec.std)
         self._class_names: list[str] | None = None
         self._samples: dict[str, list[tuple[str, int]]] | None = None
         self._prepared = False

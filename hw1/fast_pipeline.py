@@ -87,8 +87,8 @@ def crop_box(
 
 class Jittered(NamedTuple):
     """A fast-pipeline sample whose colour jitter is still to apply, or a batch of them
-    (the DataLoader collates each field). The model applies it, batched, on its device
-    (``Classifier.on_after_batch_transfer``), where a 3x4 matrix per image costs next to
+    (the DataLoader collates each field). The data module applies it, batched, on the
+    device (``hw1.data.Normalise``), where a 3x4 matrix per image costs next to
     nothing; on the worker's CPU it cost a third of the pipeline. ``finish`` applies it at
     once, for the few callers that want the final image.
 
@@ -166,14 +166,14 @@ def colour_map(draw: Draw) -> np.ndarray:
 class FastTrainPreset:
     """``train_preset``'s augmentation (spec §3) for ``data.pipeline=fast``: the same
     parameter distribution, applied with one geometric resample in the DataLoader worker
-    and one colour matrix on the model's device.
+    and one colour matrix on the device.
 
     The crop box is drawn from the image's size before decoding (``draw``), so a JPEG is
     decoded in draft mode at the smallest scale whose crop is still at least the output
     size (``decode_size``); the crop, resize, flip, rotation and shift are one affine warp
     of the cropped region. With a colour jitter the sample is ``Jittered``: the uint8 warp
-    with a band saying where the crop covers it, and the jitter's map; the model applies
-    the map and normalises, batched, on its device (``Classifier.on_after_batch_transfer``).
+    with a band saying where the crop covers it, and the jitter's map; the data module
+    applies the map and normalises, batched, on the device (``hw1.data.Normalise``).
     Without one the sample is the uint8 (C, H, W) image, normalised there too.
 
     Filtering differs from the reference's antialiased resize: the draft decode (itself a
@@ -246,7 +246,7 @@ class FastTrainPreset:
     ) -> torch.Tensor | Jittered:
         """Augment ``image``, a decode of an upright ``full_size`` image, possibly
         reduced in draft mode; ``draw`` is in ``full_size`` pixels. With a colour jitter
-        the result is ``Jittered``, the jitter left to the model's device; without one, or
+        the result is ``Jittered``, the jitter left to the device; without one, or
         when a policy or erasing must see the final colours, a uint8 (C, H, W) image."""
         kx, ky = image.width / full_size[0], image.height / full_size[1]
         left, top, w, h = draw.box

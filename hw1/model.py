@@ -19,8 +19,6 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 from torchvision.models import WeightsEnum, get_model
 from torchvision.transforms import v2
 
-from hw1.fast_pipeline import Jittered
-from hw1.presets import IMAGENET_MEAN, IMAGENET_STD
 from hw1.weights import check_fits, download_hint, resolve_weights, safe_load
 
 STAGES = ("layer1", "layer2", "layer3", "layer4")
@@ -203,7 +201,8 @@ class BatchMix:
 
 
 class Classifier(L.LightningModule):
-    """Backbone + head, trained with cross-entropy.
+    """Backbone + head, trained with cross-entropy, on normalised float images (the data
+    module finishes its batches on the device: ``hw1.data.DeviceBatches``).
 
     It takes the configs (plain dicts with ``_target_``) rather than built objects, so a
     checkpoint's hyper-parameters rebuild the very same model: ``load_from_checkpoint``.
@@ -239,30 +238,9 @@ class Classifier(L.LightningModule):
         self.val_confusion = MulticlassConfusionMatrix(num_classes)  # drawn by TensorBoardFigures
         self.val_history: list[dict[str, float]] = []  # per epoch, for metrics.json
         self.train_images = 0  # seen by training steps, for the run summary's images/s
-        spec = preprocess or {}
-        # Not in the state dict: the preprocessing already travels in the hyper-parameters.
-        for name, default in (("mean", IMAGENET_MEAN), ("std", IMAGENET_STD)):
-            value = torch.tensor(spec.get(name, default)).view(1, -1, 1, 1)
-            self.register_buffer(name, value, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
-
-    def normalise(self, x: torch.Tensor | Jittered) -> torch.Tensor:
-        """The fast train pipeline's batches as normalised floats, on their device: uint8
-        images, or ``Jittered`` ones whose colour jitter is applied here first, batched.
-        Float images come normalised from their preset and pass unchanged."""
-        if isinstance(x, Jittered):
-            x = x.rgb()
-        elif x.dtype == torch.uint8:
-            x = x.float()
-        else:
-            return x
-        return x.div_(255).sub_(self.mean).div_(self.std)
-
-    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        x, *rest = batch
-        return self.normalise(x), *rest
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], _: int) -> torch.Tensor:
         x, y = batch

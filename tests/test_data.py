@@ -3,13 +3,17 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from conftest import datamodule, make_hw1_folder, photo
+from test_model import classifier
+from torch import nn
+from torchvision.transforms.v2.functional import to_pil_image
 
-from hw1.data import ClassFolders, UnlabeledImages, train_pipeline
-from hw1.fast_pipeline import Jittered, finish
-from hw1.presets import eval_spec
+from hw1.data import ClassFolders, LoaderDataModule, Normalise, UnlabeledImages, train_pipeline
+from hw1.fast_pipeline import FastTrainPreset, Jittered, finish
+from hw1.presets import IMAGENET_MEAN, IMAGENET_STD, eval_spec
 from hw1.scan import class_names
 
 
@@ -36,7 +40,7 @@ def test_test_images_are_every_image_sorted_with_stems(int_classes_root):
 @pytest.mark.parametrize("pipeline", ["fast", "reference"])
 def test_datamodule_batches_have_the_crop_size_and_labels(int_classes_root, pipeline):
     """The fast pipeline's batches stay uint8 with their colour jitter still to apply
-    (the model does both on its device); the reference's come normalised."""
+    (the data module does both on the device); the reference's come normalised."""
     root, _ = int_classes_root
     dm = datamodule(root, pipeline=pipeline)
     dm.prepare_data()
@@ -181,3 +185,76 @@ def test_eval_size_evaluates_larger_than_training_crops(tmp_path):
         same.eval_spec.crop == 32
         and same.eval_spec == datamodule(tmp_path, eval_size=None).eval_spec
     )
+
+
+# The data layer's last step, on the device: the fast pipeline's batches become normalised
+# floats there, before the model sees them.
+
+
+def _empty_loader() -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader([])
+
+
+def imagenet_normalise(x):
+    return Normalise(IMAGENET_MEAN, IMAGENET_STD)(x)
+
+
+def test_uint8_batches_are_normalised_on_the_device_floats_pass_unchanged():
+    model, data = classifier(), LoaderDataModule(eval_spec(8), _empty_loader())
+    x = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    expected = (x.float() / 255 - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / (
+        torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    )
+    out, y = data.on_after_batch_transfer((x, torch.tensor([1, 2])), 0)
+    assert torch.allclose(out, expected, atol=1e-6) and y.tolist() == [1, 2]
+    views = torch.randn(2, 4, 3, 8, 8)  # a TTA batch from ViewStack: already normalised
+    assert data.on_after_batch_transfer((views, ["a", "b"]), 0)[0] is views
+    assert "mean" not in model.state_dict()  # checkpoints keep their keys
+
+
+def _jittered_samples(n: int = 4, size: int = 32) -> list:
+    """Fast-pipeline samples of a smooth colour image, their jitter still to apply."""
+    g = torch.Generator().manual_seed(1)
+    coarse = torch.randint(0, 256, (3, 4, 4), dtype=torch.uint8, generator=g)
+    image = to_pil_image(nn.functional.interpolate(coarse[None].float(), size=48)[0].byte())
+    fast = FastTrainPreset(eval_spec(size))
+    torch.manual_seed(0)
+    return [(fast.apply(image, fast.draw(48, 48), (48, 48)), k) for k in range(n)]
+
+
+def test_jittered_batches_get_their_colour_jitter_and_normalisation_on_the_device():
+    """A collated batch of the fast pipeline's samples: normalised as each sample's own
+    finished image would be (within the rounding of that image to uint8)."""
+    samples = _jittered_samples()
+    x, y = torch.utils.data.default_collate(samples)
+    assert isinstance(x, Jittered) and not (x.colour[:, :, :3] == torch.eye(3)).all()
+    data = LoaderDataModule(eval_spec(32), _empty_loader())
+    out, labels = data.on_after_batch_transfer((x, y), 0)
+    mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
+    expected = torch.stack([finish(s) for s, _ in samples]).float() / 255
+    expected = (expected - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+    assert out.dtype == torch.float32 and out.shape == (4, 3, 32, 32)
+    assert (out - expected).abs().max() < 0.51 / 255 / min(IMAGENET_STD)
+    assert not torch.allclose(out, imagenet_normalise(x.image[:, :3]), atol=0.05)
+    assert labels.tolist() == [0, 1, 2, 3]
+
+
+def test_a_fit_on_jittered_batches_shows_callbacks_the_jittered_normalised_batch():
+    """Lightning moves the Jittered batch to the device as it is (a named tuple), and what
+    callbacks see (TensorBoardFigures' augmented samples) is the finished batch."""
+    seen = []
+
+    class Spy(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.append(batch[0])
+
+    model = classifier()
+    trainer = L.Trainer(
+        accelerator="cpu", fast_dev_run=True, logger=False, callbacks=[Spy()],
+        enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    samples = _jittered_samples()
+    loader = torch.utils.data.DataLoader(samples, batch_size=4)
+    trainer.fit(model, datamodule=LoaderDataModule(eval_spec(32), loader))
+    x = torch.utils.data.default_collate(samples)[0]
+    assert torch.allclose(seen[0], imagenet_normalise(x), atol=1e-5)

@@ -5,11 +5,10 @@ import math
 import pytest
 import torch
 from torch import nn
-from torchvision.transforms.v2.functional import to_pil_image
 
-from hw1.fast_pipeline import FastTrainPreset, Jittered, finish
+from hw1.data import LoaderDataModule
 from hw1.model import Backbone, Classifier, cosine_then_flat, make_head
-from hw1.presets import IMAGENET_MEAN, IMAGENET_STD, eval_spec
+from hw1.presets import eval_spec
 
 SPEC_HEADS = {
     "v0": [nn.Dropout, nn.Linear],
@@ -205,67 +204,6 @@ def _uint8_batches(n: int = 2, batch: int = 4, size: int = 32):
     )
 
 
-def test_uint8_batches_are_normalised_on_the_device_floats_pass_unchanged():
-    model = classifier()
-    x = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
-    expected = (x.float() / 255 - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / (
-        torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-    )
-    out, y = model.on_after_batch_transfer((x, torch.tensor([1, 2])), 0)
-    assert torch.allclose(out, expected, atol=1e-6) and y.tolist() == [1, 2]
-    views = torch.randn(2, 4, 3, 8, 8)  # a TTA batch from ViewStack: already normalised
-    assert model.on_after_batch_transfer((views, ["a", "b"]), 0)[0] is views
-    assert "mean" not in model.state_dict()  # checkpoints keep their keys
-
-
-def _jittered_samples(n: int = 4, size: int = 32) -> list:
-    """Fast-pipeline samples of a smooth colour image, their jitter still to apply."""
-    g = torch.Generator().manual_seed(1)
-    coarse = torch.randint(0, 256, (3, 4, 4), dtype=torch.uint8, generator=g)
-    image = to_pil_image(nn.functional.interpolate(coarse[None].float(), size=48)[0].byte())
-    fast = FastTrainPreset(eval_spec(size))
-    torch.manual_seed(0)
-    return [(fast.apply(image, fast.draw(48, 48), (48, 48)), k) for k in range(n)]
-
-
-def test_jittered_batches_get_their_colour_jitter_and_normalisation_on_the_device():
-    """A collated batch of the fast pipeline's samples: normalised as each sample's own
-    finished image would be (within the rounding of that image to uint8)."""
-    samples = _jittered_samples()
-    x, y = torch.utils.data.default_collate(samples)
-    assert isinstance(x, Jittered) and not (x.colour[:, :, :3] == torch.eye(3)).all()
-    out, labels = classifier().on_after_batch_transfer((x, y), 0)
-    mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
-    expected = torch.stack([finish(s) for s, _ in samples]).float() / 255
-    expected = (expected - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
-    assert out.dtype == torch.float32 and out.shape == (4, 3, 32, 32)
-    assert (out - expected).abs().max() < 0.51 / 255 / min(IMAGENET_STD)
-    assert not torch.allclose(out, classifier().normalise(x.image[:, :3]), atol=0.05)
-    assert labels.tolist() == [0, 1, 2, 3]
-
-
-def test_a_fit_on_jittered_batches_shows_callbacks_the_jittered_normalised_batch():
-    """Lightning moves the Jittered batch to the device as it is (a named tuple), and what
-    callbacks see (TensorBoardFigures' augmented samples) is the finished batch."""
-    import lightning as L
-
-    seen = []
-
-    class Spy(L.Callback):
-        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            seen.append(batch[0])
-
-    model = classifier()
-    trainer = L.Trainer(
-        accelerator="cpu", fast_dev_run=True, logger=False, callbacks=[Spy()],
-        enable_progress_bar=False, enable_model_summary=False,
-    )  # fmt: skip
-    samples = _jittered_samples()
-    trainer.fit(model, train_dataloaders=torch.utils.data.DataLoader(samples, batch_size=4))
-    x = torch.utils.data.default_collate(samples)[0]
-    assert torch.allclose(seen[0], model.normalise(x), atol=1e-5)
-
-
 @pytest.mark.parametrize(
     ("precision", "channels_last"), [("bf16-mixed", False), ("32-true", True), ("bf16-mixed", True)]
 )
@@ -278,7 +216,7 @@ def test_bf16_and_channels_last_training_steps_run_on_the_cpu(precision, channel
         accelerator="cpu", precision=precision, fast_dev_run=True, logger=False,
         enable_progress_bar=False, enable_model_summary=False,
     )  # fmt: skip
-    trainer.fit(model, train_dataloaders=_uint8_batches())
+    trainer.fit(model, datamodule=LoaderDataModule(eval_spec(32), _uint8_batches()))
     assert not torch.equal(model.head[0].weight, before)  # an optimizer step happened
     if channels_last:
         assert model.backbone.net.conv1.weight.is_contiguous(memory_format=torch.channels_last)
