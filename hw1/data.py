@@ -171,7 +171,8 @@ class FolderDataModule(DeviceBatches):
     """Train/val/test folders in the HW1 layout with the report's augmentation.
 
     ``arch`` and ``weights`` are the model's (conf/data interpolates them): the eval resize
-    and normalisation come from the weights' own transforms.
+    and normalisation come from the weights' own transforms. Nothing is read from disk
+    until ``validate`` (or ``setup``, which validates if no one has).
     """
 
     def __init__(
@@ -203,13 +204,11 @@ class FolderDataModule(DeviceBatches):
             raise ValueError(
                 f"data.folds={folds} data.fold={fold}: use folds >= 2, 0 <= fold < folds"
             )
-        self.folds, self.fold = folds, fold
-        self.tta = tta
-        self.seed = seed
-        self.val_split = val_split
+        # Not logged: train logs the whole run's settings. Kept in checkpoints, which load
+        # with weights_only, hence a plain string for the root.
+        self.save_hyperparameters(logger=False)
+        self.hparams.root = os.fspath(root)
         self.root = Path(root).expanduser()
-        self.batch_size = batch_size
-        self.num_workers = num_workers
         resolved = resolve_weights(arch, weights)
         # A local state-dict file says nothing about its preprocessing: ImageNet defaults.
         known = resolved if not isinstance(resolved, Path) else None
@@ -218,21 +217,19 @@ class FolderDataModule(DeviceBatches):
         self.train_transform = train_pipeline(pipeline, train_spec, **(augment or {}))
         self.eval_transform = eval_preset(self.eval_spec)
         self.normalise = Normalise(self.eval_spec.mean, self.eval_spec.std)
-        self._class_names: list[str] | None = None
-        self._samples: dict[str, list[tuple[str, int]]] | None = None
-        self._prepared = False
+        # Filled by validate():
+        self.class_names: list[str] | None = None
+        self.samples: dict[str, list[tuple[str, int]]] | None = None
         self.train_set = self.val_set = self.test_set = None
 
     @property
     def test_dir(self) -> Path:
         return self.root / "test"
 
-    @property
     def test_images(self) -> list[Path]:
         """The test folder's images; none without a test/ folder."""
         return image_files(self.test_dir) if self.test_dir.is_dir() else []
 
-    @property
     def has_val_dir(self) -> bool:
         return (self.root / "val").is_dir()
 
@@ -242,71 +239,66 @@ class FolderDataModule(DeviceBatches):
             raise FileNotFoundError(f"data.root={self.root}: no such folder.\n{LAYOUT}")
         if not (self.root / "train").is_dir():
             raise FileNotFoundError(f"data.root={self.root} has no train/ folder.\n{LAYOUT}")
-        if not self.has_val_dir and self.val_split is None and self.folds is None:
+        if not self.has_val_dir() and self.hparams.val_split is None and self.hparams.folds is None:
             raise FileNotFoundError(
                 f"data.root={self.root} has no val/ folder: add one, or hold out a seeded, "
                 f"stratified part of train with data.val_split=0.1.\n{LAYOUT}"
             )
 
-    def prepare_data(self) -> None:
-        if self._prepared:  # train.py calls it before building the model, Lightning again
-            return
+    def validate(self, test_images: bool = True) -> None:
+        """Raise what would stop training, before any model is built: a missing folder,
+        unreadable test images (unless ``test_images=False``), class folders that differ
+        between train/ and val/ or hold no readable image. Sets ``class_names`` and
+        ``samples``; every image is decoded once, the results cached in the data root."""
         self.check_layout()
-        if self.test_dir.is_dir():
+        if test_images and self.test_dir.is_dir():
             check_test_images(self.test_dir)
-        _ = self.samples  # finds unreadable images and empty classes before any training
-        self._prepared = True
+        self.class_names = self._class_folders()
+        self.samples = self._scan(self.class_names)
 
-    @property
-    def class_names(self) -> list[str]:
-        if self._class_names is None:
-            self._class_names = class_names(self.root / "train")
-            if not self._class_names:
-                raise FileNotFoundError(f"{self.root / 'train'} has no class folders.\n{LAYOUT}")
-            val = (
-                set(class_names(self.root / "val")) if self.has_val_dir else set(self._class_names)
+    def _class_folders(self) -> list[str]:
+        names = class_names(self.root / "train")
+        if not names:
+            raise FileNotFoundError(f"{self.root / 'train'} has no class folders.\n{LAYOUT}")
+        val = set(class_names(self.root / "val")) if self.has_val_dir() else set(names)
+        if val != set(names):
+            raise ValueError(
+                f"train/ and val/ under {self.root} have different class folders: "
+                f"missing in val: {sorted(set(names) - val)}; "
+                f"missing in train: {sorted(val - set(names))}"
             )
-            if val != set(self._class_names):
-                raise ValueError(
-                    f"train/ and val/ under {self.root} have different class folders: "
-                    f"missing in val: {sorted(set(self._class_names) - val)}; "
-                    f"missing in train: {sorted(val - set(self._class_names))}"
-                )
-        return self._class_names
+        return names
 
-    @property
-    def samples(self) -> dict[str, list[tuple[str, int]]]:
+    def _scan(self, names: list[str]) -> dict[str, list[tuple[str, int]]]:
         """(path, class index) for train and val: unreadable images left out with one warning
         (found by a parallel decode, cached in the data root); val split off train when
         there is no val/ folder and data.val_split is set."""
-        if self._samples is None:
-            names = self.class_names
-            splits = ("train", "val") if self.has_val_dir else ("train",)
-            found = {split: labelled_files(self.root / split, names) for split in splits}
-            readable = set(readable_samples([x for s in splits for x in found[s]], self.root))
-            kept = {s: [x for x in found[s] if x in readable] for s in splits}
-            empty = [
-                str(self.root / split / names[c])
-                for split in splits
-                for c in sorted(set(range(len(names))) - {c for _, c in kept[split]})
-            ]
-            if empty:
-                raise ValueError(
-                    "class folders without a readable image: " + ", ".join(empty) + ". Add "
-                    "images or remove the folder (from train/ and val/ alike)."
-                )
-            if self.folds is not None:
-                pooled = kept["train"] + kept.get("val", [])
-                kept["train"], kept["val"] = fold_split(pooled, self.folds, self.fold, self.seed)
-            elif not self.has_val_dir:
-                kept["train"], kept["val"] = stratified_split(
-                    kept["train"], self.val_split, self.seed
-                )
-            self._samples = kept
-        return self._samples
+        splits = ("train", "val") if self.has_val_dir() else ("train",)
+        found = {split: labelled_files(self.root / split, names) for split in splits}
+        readable = set(readable_samples([x for s in splits for x in found[s]], self.root))
+        kept = {s: [x for x in found[s] if x in readable] for s in splits}
+        empty = [
+            str(self.root / split / names[c])
+            for split in splits
+            for c in sorted(set(range(len(names))) - {c for _, c in kept[split]})
+        ]
+        if empty:
+            raise ValueError(
+                "class folders without a readable image: " + ", ".join(empty) + ". Add "
+                "images or remove the folder (from train/ and val/ alike)."
+            )
+        hp = self.hparams
+        if hp.folds is not None:
+            pooled = kept["train"] + kept.get("val", [])
+            kept["train"], kept["val"] = fold_split(pooled, hp.folds, hp.fold, hp.seed)
+        elif not self.has_val_dir():
+            kept["train"], kept["val"] = stratified_split(kept["train"], hp.val_split, hp.seed)
+        return kept
 
     def setup(self, stage: str | None = None) -> None:
         if stage in ("fit", "validate", None) and self.val_set is None:
+            if self.samples is None:
+                self.validate()
             train, val = self.samples["train"], self.samples["val"]
             folder = self.root / "train"
             if isinstance(self.train_transform, FastTrainPreset):  # it decodes, too
@@ -314,7 +306,7 @@ class FolderDataModule(DeviceBatches):
                 self.train_set = ClassFolders(folder, self.class_names, None, train, decoder)
             else:
                 self.train_set = ClassFolders(folder, self.class_names, self.train_transform, train)
-            val_folder = self.root / "val" if self.has_val_dir else folder
+            val_folder = self.root / "val" if self.has_val_dir() else folder
             self.val_set = ClassFolders(val_folder, self.class_names, self.eval_transform, val)
         if stage in ("predict", None) and self.test_set is None and self.test_dir.is_dir():
             self.test_set = UnlabeledImages(self.test_dir)
@@ -322,12 +314,12 @@ class FolderDataModule(DeviceBatches):
     def _loader(self, dataset: Dataset, shuffle: bool = False) -> DataLoader:
         return DataLoader(
             dataset,
-            batch_size=self.batch_size,
+            batch_size=self.hparams.batch_size,
             shuffle=shuffle,
             # BatchNorm heads (v3, v4) cannot train on a last batch of one image.
-            drop_last=shuffle and len(dataset) > self.batch_size,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+            drop_last=shuffle and len(dataset) > self.hparams.batch_size,
+            num_workers=self.hparams.num_workers,
+            persistent_workers=self.hparams.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
         )
 
@@ -341,8 +333,9 @@ class FolderDataModule(DeviceBatches):
         """The test folder, each image as its TTA views (``tta``: report or none)."""
         if self.test_set is None:
             raise FileNotFoundError(f"{self.test_dir}: no test folder to predict")
+        hp = self.hparams
         return view_loader(
-            self.test_set, self.eval_spec, self.tta, self.seed, self.batch_size, self.num_workers
+            self.test_set, self.eval_spec, hp.tta, hp.seed, hp.batch_size, hp.num_workers
         )
 
 
@@ -351,4 +344,3 @@ class DemoDataModule(FolderDataModule):
 
     def prepare_data(self) -> None:
         demo.extract(self.root)
-        super().prepare_data()

@@ -30,6 +30,7 @@ def preview(cfg: DictConfig) -> Path:
     output = output_path(cfg, "preview.png")
     datamodule: FolderDataModule = instantiate(cfg.data)
     datamodule.prepare_data()
+    datamodule.validate()
     folder = datamodule.root / cfg.split
     if cfg.split == "test":
         dataset = UnlabeledImages(folder)

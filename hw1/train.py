@@ -156,7 +156,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     start = time.time()
 
     datamodule: FolderDataModule = instantiate(cfg.data)
-    datamodule.prepare_data()  # fails early, before any model is built, on a bad data.root
+    datamodule.prepare_data()
+    datamodule.validate()  # fails early, before any model is built, on a bad data.root
     container = OmegaConf.to_container(cfg, resolve=True)
     model = Classifier(
         model=container["model"],
@@ -188,8 +189,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "family": cfg.family,
         "seed": cfg.seed,
         "val_images": len(datamodule.val_set),  # for the confidence intervals of hw1.report
-        "folds": datamodule.folds,  # cross-validation: hw1.report pools the folds
-        "fold": datamodule.fold if datamodule.folds else None,
+        "folds": datamodule.hparams.folds,  # cross-validation: hw1.report pools the folds
+        "fold": datamodule.hparams.fold if datamodule.hparams.folds else None,
         "best_val_acc": best["val_acc"] if best else None,
         "best_epoch": best["epoch"] if best else None,
         "epochs": trainer.current_epoch,
@@ -203,7 +204,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "val_history": history,
     }
 
-    if datamodule.test_images:  # an empty test/ folder has nothing to predict
+    if datamodule.test_images():  # an empty test/ folder has nothing to predict
         rows = predict_folder(trainer, model, datamodule, best_ckpt)
         if len(rows) < len(datamodule.test_set):
             # fast_dev_run / limit_predict_batches: a submission must have every test image.

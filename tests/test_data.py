@@ -43,7 +43,7 @@ def test_datamodule_batches_have_the_crop_size_and_labels(int_classes_root, pipe
     (the data module does both on the device); the reference's come normalised."""
     root, _ = int_classes_root
     dm = datamodule(root, pipeline=pipeline)
-    dm.prepare_data()
+    dm.validate()
     dm.setup("fit")
     x, y = next(iter(dm.train_dataloader()))
     if pipeline == "fast":
@@ -90,22 +90,33 @@ def test_eval_spec_follows_the_weights():
     assert datamodule("x", image_size=224, weights=None).eval_spec.resize == 256
 
 
+def test_the_data_module_reads_nothing_until_validate(tmp_path):
+    """Lightning's contract: prepare_data keeps no state, and the settings are the saved
+    hyper-parameters (plain values: checkpoints keep them and load with weights_only)."""
+    dm = datamodule(tmp_path / "nowhere", batch_size=3)
+    dm.prepare_data()
+    assert dm.class_names is None and dm.samples is None and dm.train_set is None
+    assert dm.hparams.batch_size == 3 and dm.hparams.root == str(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        dm.validate()
+
+
 def test_missing_root_says_where_it_looked_and_how_to_run_the_demo(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"(?s)data.root=.*nowhere.*experiment=demo"):
-        datamodule(tmp_path / "nowhere").prepare_data()
+        datamodule(tmp_path / "nowhere").validate()
 
 
 def test_missing_val_folder_is_named(tmp_path):
     (tmp_path / "train" / "a").mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match="has no val/ folder"):
-        datamodule(tmp_path).prepare_data()
+        datamodule(tmp_path).validate()
 
 
 def test_train_and_val_class_mismatch_names_both_sides(tmp_path):
     make_hw1_folder(tmp_path, ["a", "b", "c"], train=1, val=1, test=0)
     (tmp_path / "val" / "c").rename(tmp_path / "val" / "d")
     with pytest.raises(ValueError, match=r"missing in val: \['c'\]; missing in train: \['d'\]"):
-        _ = datamodule(tmp_path).class_names
+        datamodule(tmp_path).validate()
 
 
 @pytest.mark.parametrize("split", ["train", "val"])
@@ -115,26 +126,26 @@ def test_an_empty_class_folder_is_named(tmp_path, split):
         f.unlink()
     (tmp_path / split / "b" / ".DS_Store").write_bytes(b"\0")
     with pytest.raises(ValueError, match=rf"without a readable image: {tmp_path / split / 'b'}\."):
-        datamodule(tmp_path).prepare_data()
+        datamodule(tmp_path).validate()
 
 
 def test_a_class_whose_only_images_are_unreadable_is_named(tmp_path):
     make_hw1_folder(tmp_path, ["a", "b"], train=2, val=1, test=0)
     (tmp_path / "val" / "a" / "0.jpg").write_text("<html></html>")
     with pytest.raises(ValueError, match=rf"without a readable image: {tmp_path / 'val' / 'a'}"):
-        datamodule(tmp_path).prepare_data()
+        datamodule(tmp_path).validate()
 
 
 def test_missing_val_folder_suggests_val_split(tmp_path):
     make_hw1_folder(tmp_path, ["a"], train=2, val=0, test=0)
     shutil.rmtree(tmp_path / "val")
     with pytest.raises(FileNotFoundError, match=r"no val/ folder.*data\.val_split=0\.1"):
-        datamodule(tmp_path).prepare_data()
+        datamodule(tmp_path).validate()
 
 
 def _split(root, seed):
     dm = datamodule(root, val_split=0.2, seed=seed)
-    dm.prepare_data()
+    dm.validate()
     dm.setup("fit")
     return dm
 
@@ -164,7 +175,7 @@ def test_cross_validation_pools_train_and_val(tmp_path):
     seen = []
     for fold in range(3):
         dm = datamodule(tmp_path, folds=3, fold=fold)
-        dm.prepare_data()
+        dm.validate()
         dm.setup("fit")
         assert len(dm.train_set) + len(dm.val_set) == 27
         seen += [path for path, _ in dm.val_set.samples]
@@ -176,7 +187,7 @@ def test_cross_validation_pools_train_and_val(tmp_path):
 def test_eval_size_evaluates_larger_than_training_crops(tmp_path):
     make_hw1_folder(tmp_path, ["a", "b"], train=2, val=1, test=1)
     dm = datamodule(tmp_path, image_size=32, eval_size=48)
-    dm.prepare_data()
+    dm.validate()
     dm.setup("fit")
     assert dm.eval_spec.crop == 48 and dm.val_set[0][0].shape[-1] == 48  # val, TTA, predict
     assert finish(dm.train_set[0][0]).shape[-1] == 32

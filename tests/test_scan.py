@@ -84,7 +84,7 @@ def test_unreadable_train_and_val_images_are_left_out_with_one_warning(tmp_path,
     bad = _plant_bad_images(tmp_path)
     dm = datamodule(tmp_path)
     with caplog.at_level("WARNING", logger="hw1.scan"):
-        dm.prepare_data()
+        dm.validate()
         dm.setup("fit")
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1 and all(str(p) in warnings[0] for p in bad), warnings
@@ -103,18 +103,18 @@ def test_the_image_check_is_cached_next_to_the_data(tmp_path, monkeypatch):
     real = hw1.scan.load_rgb
     monkeypatch.setattr(hw1.scan, "load_rgb", lambda f: decoded.append(f) or real(f))
 
-    datamodule(tmp_path).prepare_data()
+    datamodule(tmp_path).validate()
     assert len(decoded) == 7 + 4 + 4  # train (bad.jpg too: its bytes are tried), val, test
     assert (tmp_path / SCAN_CACHE).is_file()
 
     decoded.clear()
     dm = datamodule(tmp_path)
-    dm.prepare_data()
+    dm.validate()
     assert decoded == [] and len(dm.samples["train"]) == 6  # the cache says bad.jpg is bad
 
     _plant.write_bytes((tmp_path / "train" / "a" / "0.jpg").read_bytes())  # fixed: size changes
     dm = datamodule(tmp_path)
-    dm.prepare_data()
+    dm.validate()
     assert len(decoded) == 1 and len(dm.samples["train"]) == 7
 
 
@@ -126,5 +126,5 @@ def test_a_read_only_data_root_is_checked_without_a_cache(tmp_path, monkeypatch)
 
     monkeypatch.setattr(hw1.scan, "write_atomically", read_only)
     dm = datamodule(tmp_path)
-    dm.prepare_data()
+    dm.validate()
     assert len(dm.samples["train"]) == 4 and not (tmp_path / SCAN_CACHE).exists()
