@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from torchvision.transforms import v2 as T
 
 from hw1.callbacks import TensorBoardFigures
+from hw1.config import compose_config
 from hw1.data import (
     ClassFolders,
     LoaderDataModule,
@@ -96,16 +97,8 @@ def time_alternating(contenders: dict[str, Callable[[], object]], rounds: int) -
 
 
 def bench_tta(args: argparse.Namespace) -> None:
-    torch.manual_seed(0)
     spec = eval_spec(args.size)
-    model = Classifier(
-        model={"_target_": "hw1.model.Backbone", "arch": args.arch},
-        head={"_target_": "hw1.model.make_head", "name": "v1"},
-        optim={},
-        sched={},
-        class_names=[str(i) for i in range(100)],
-        preprocess=spec.to_dict(),
-    ).eval()
+    model = bench_classifier(args.arch, args.size).eval()
     with tempfile.TemporaryDirectory() as tmp:
         make_photos(Path(tmp), args.images)
         dataset = UnlabeledImages(tmp)
@@ -180,17 +173,11 @@ def bench_loader(args: argparse.Namespace) -> None:
 
 
 def bench_classifier(arch: str, size: int) -> Classifier:
-    """A fresh model with the default recipe's head, optimiser and schedule, the same
-    initial weights every call."""
+    """A fresh ``arch`` from scratch with the default recipe's head, optimiser and schedule,
+    the same initial weights every call."""
+    cfg = compose_config([f"model.arch={arch}", "model.weights=null"])
     torch.manual_seed(0)
-    return Classifier(
-        model={"_target_": "hw1.model.Backbone", "arch": arch},
-        head={"_target_": "hw1.model.make_head", "name": "v1"},
-        optim={"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-4},
-        sched={"_target_": "hw1.model.cosine_then_flat", "_partial_": True, "T_max": 80},
-        class_names=[str(i) for i in range(100)],
-        preprocess=eval_spec(size).to_dict(),
-    )
+    return Classifier.from_config(cfg, [str(i) for i in range(100)], eval_spec(size).to_dict())
 
 
 def lightning_fit(loader: DataLoader, args: argparse.Namespace, log_dir: str) -> None:

@@ -14,6 +14,7 @@ from urllib.error import URLError
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 from torchvision.models import WeightsEnum, get_model
@@ -218,11 +219,14 @@ class Classifier(L.LightningModule):
         preprocess: dict[str, Any] | None = None,
         loss: dict[str, Any] | None = None,
         mix: dict[str, Any] | None = None,
+        backbone_lr_factor: float = 1.0,
     ) -> None:
-        """``preprocess``: the eval spec (``EvalSpec.to_dict()``), kept
-        so that prediction from a checkpoint needs no training overrides. ``loss``: the
-        criterion's config (default: plain cross-entropy). ``mix``: ``BatchMix``'s config
-        (default: none)."""
+        """``preprocess``: the eval spec (``EvalSpec.to_dict()``), kept so that prediction
+        from a checkpoint needs no training overrides. ``loss``: the criterion's config
+        (default: plain cross-entropy). ``mix``: ``BatchMix``'s config (default: none).
+        ``backbone_lr_factor``: the backbone's learning rate as a fraction of the head's
+        (``optim.lr``), for a second parameter group; 1 keeps one group, as the report
+        trained."""
         super().__init__()
         self.save_hyperparameters()
         self.class_names = list(class_names)
@@ -293,10 +297,7 @@ class Classifier(L.LightningModule):
         return keys, self.predict_probs(x)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        optim = dict(self.hparams.optim)
-        # hw1's key, not the optimizer's: the backbone's learning rate as a fraction of the
-        # head's, for a second parameter group (1: one group, as the report trained).
-        factor = optim.pop("backbone_lr_factor", 1.0)
+        optim, factor = self.hparams.optim, self.hparams.backbone_lr_factor
         backbone, head = self.backbone.trainable_parameters(), list(self.head.parameters())
         params: list[Any] = backbone + head
         if factor != 1.0:
@@ -307,6 +308,26 @@ class Classifier(L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"},
         }
+
+    @classmethod
+    def from_config(
+        cls,
+        cfg: DictConfig,
+        class_names: Sequence[str],
+        preprocess: dict[str, Any] | None = None,
+    ) -> Classifier:
+        """The Classifier of a composed run config (conf/train.yaml): its model, head, optim,
+        sched, loss and mix groups, resolved to plain dicts, and ``backbone_lr_factor``."""
+        groups = {
+            group: OmegaConf.to_container(cfg[group], resolve=True)
+            for group in ("model", "head", "optim", "sched", "loss", "mix")
+        }
+        return cls(
+            **groups,
+            class_names=class_names,
+            preprocess=preprocess,
+            backbone_lr_factor=cfg.backbone_lr_factor,
+        )
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike) -> Classifier:

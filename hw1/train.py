@@ -94,6 +94,7 @@ HPARAM_GROUPS = (
     "model",
     "head",
     "optim",
+    "backbone_lr_factor",
     "sched",
     "loss",
     "mix",
@@ -158,17 +159,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule: FolderDataModule = instantiate(cfg.data)
     datamodule.prepare_data()
     datamodule.validate()  # fails early, before any model is built, on a bad data.root
-    container = OmegaConf.to_container(cfg, resolve=True)
-    model = Classifier(
-        model=container["model"],
-        head=container["head"],
-        optim=container["optim"],
-        sched=container["sched"],
-        class_names=datamodule.class_names,
-        preprocess=datamodule.eval_spec.to_dict(),
-        loss=container["loss"],
-        mix=container["mix"],
-    )
+    model = Classifier.from_config(cfg, datamodule.class_names, datamodule.eval_spec.to_dict())
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     loggers = [instantiate(lg) for lg in cfg.logger.values() if lg is not None]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)

@@ -7,13 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
 from PIL import Image
 
-import hw1  # noqa: F401  (registers the config resolvers)
 from hw1.data import FolderDataModule
-
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 # Twelve well-separated colours: a class per colour, learnable in a few CPU steps.
 COLOURS = [
@@ -71,13 +67,6 @@ def int_classes_root(tmp_path) -> tuple[Path, dict[str, str]]:
     """Twelve integer-named classes 0..11: text order (0, 1, 10, 11, 2, ...) differs."""
     root = tmp_path / "hw1data"
     return root, make_hw1_folder(root, [str(i) for i in range(12)])
-
-
-def compose_cfg(
-    overrides: list[str] | None = None, config_name: str = "train", return_hydra_config=False
-):
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose(config_name, overrides or [], return_hydra_config=return_hydra_config)
 
 
 # A run small enough for the CPU: resnet18 from scratch on 32 px colour patches.

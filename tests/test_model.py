@@ -127,7 +127,7 @@ def test_warmup_rises_linearly_then_the_cosine_runs_to_t_max():
 
 def test_backbone_learning_rate_is_a_fraction_of_the_heads():
     model = classifier()
-    model.hparams.optim = {**model.hparams.optim, "backbone_lr_factor": 0.1}
+    model.hparams.backbone_lr_factor = 0.1
     opt = model.configure_optimizers()
     head, backbone = opt["optimizer"].param_groups
     assert (head["lr"], backbone["lr"]) == (pytest.approx(1e-3), pytest.approx(1e-4))

@@ -6,10 +6,11 @@ import io
 import numpy as np
 import pytest
 import torch
-from conftest import compose_cfg, make_hw1_folder
+from conftest import make_hw1_folder
 from PIL import Image
 
 from hw1.bench import batched, per_image_tta
+from hw1.config import compose_config
 from hw1.data import UnlabeledImages, view_loader
 from hw1.model import Classifier
 from hw1.predict import predict
@@ -29,7 +30,7 @@ def tiny_model(seed: int = 0) -> Classifier:
 
 
 def run_predict(root, out, *overrides):
-    cfg = compose_cfg(
+    cfg = compose_config(
         [f"data.root={root}", f"output={out}", "data.num_workers=0", "trainer=cpu", *overrides],
         config_name="predict",
     )
