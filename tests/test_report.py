@@ -35,6 +35,13 @@ def test_one_image_in_300_is_noise_and_the_report_best_vs_w0_is_not():
     assert lo > 0
 
 
+def test_the_report_does_not_load_the_training_stack():
+    heavy = "{'lightning', 'hydra', 'hw1.train'}"
+    code = f"import sys, hw1.report; print(sorted({heavy} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
 def test_reference_holds_every_reported_number_once():
     refs = reference()
     assert len(refs) == 34 and len(set(refs)) == 34
