@@ -16,7 +16,6 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-import hw1  # noqa: F401  (registers the config resolvers)
 from hw1.data import FolderDataModule
 from hw1.scan import (
     ImageInfo,

@@ -17,7 +17,6 @@ import torch
 from omegaconf import DictConfig
 from torchmetrics.functional.classification import multiclass_confusion_matrix
 
-import hw1  # noqa: F401  (registers the config resolvers)
 from hw1.data import ClassFolders
 from hw1.figures import confusion_image, png_bytes
 from hw1.io import write_atomically

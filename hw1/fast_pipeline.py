@@ -41,7 +41,7 @@ class Draw:
 
 class Uniforms:
     """Uniform [0, 1) numbers from torch's generator, drawn in one call per image: a
-    torch call per parameter cost more than the rest of the drawing."""
+    torch call per parameter costs more than the rest of the drawing."""
 
     def __init__(self, n: int = 40) -> None:
         self.values = iter(torch.rand(n).tolist())
@@ -89,7 +89,7 @@ class Jittered(NamedTuple):
     """A fast-pipeline sample whose colour jitter is still to apply, or a batch of them
     (the DataLoader collates each field). The data module applies it, batched, on the
     device (``hw1.data.Normalise``), where a 3x4 matrix per image costs next to
-    nothing; on the worker's CPU it cost a third of the pipeline. ``finish`` applies it at
+    nothing; on the worker's CPU it costs a third of the pipeline. ``finish`` applies it at
     once, for the few callers that want the final image.
 
     ``image``: uint8 (..., 4, H, W), the warped RGB (black outside the crop) and how much
@@ -164,7 +164,7 @@ def colour_map(draw: Draw) -> np.ndarray:
 
 
 class FastTrainPreset:
-    """``train_preset``'s augmentation (spec §3) for ``data.pipeline=fast``: the same
+    """``train_preset``'s augmentation for ``data.pipeline=fast``: the same
     parameter distribution, applied with one geometric resample in the DataLoader worker
     and one colour matrix on the device.
 
@@ -304,8 +304,8 @@ class FastTrainPreset:
 
 def _enlarge(region: Image.Image, kx: float, ky: float) -> Image.Image:
     """``region`` enlarged bilinearly by at least ``kx``, ``ky``: torch's uint8 resize, a
-    sixth of the time of PIL's bilinear affine at the output size (which this replaced;
-    PIL's own resize is no faster)."""
+    sixth of the time of PIL's bilinear affine at the output size (PIL's own resize is no
+    faster)."""
     size = [math.ceil(region.height * ky), math.ceil(region.width * kx)]
     return F.to_pil_image(F.resize(F.pil_to_tensor(region), size, antialias=False))
 
@@ -313,7 +313,7 @@ def _enlarge(region: Image.Image, kx: float, ky: float) -> Image.Image:
 def _planar(image: Image.Image) -> torch.Tensor:
     """``image`` as a contiguous uint8 (C, H, W) tensor, packed band by band by PIL.
     ``pil_to_tensor`` gives a (C, H, W) view of an (H, W, C) array, which the DataLoader's
-    collate then transposes: that cost three times this."""
+    collate then transposes: that costs three times this."""
     bands = image.getbands()
     data = bytearray().join(image.tobytes("raw", band) for band in bands)
     return torch.frombuffer(data, dtype=torch.uint8).view(len(bands), image.height, image.width)

@@ -110,8 +110,9 @@ class Backbone(nn.Module):
 def make_head(
     name: str, in_features: int, num_classes: int, dropout: float | Sequence[float] = 0.5
 ) -> nn.Sequential:
-    """The report's heads v0..v4 (spec §2). ``v4`` takes three dropouts (a single number is
-    used for all three)."""
+    """The report's heads v0..v4: v0 dropout and one linear layer; v1 one hidden layer of
+    500; v2 two (500, 250); v3 v2 with BatchNorm after the first; v4 three (1024, 512, 256)
+    with BatchNorm. ``v4`` takes three dropouts (a single number is used for all three)."""
     F, C = in_features, num_classes
     if name == "v4":
         p1, p2, p3 = (dropout,) * 3 if isinstance(dropout, (int, float)) else dropout
@@ -157,7 +158,7 @@ def cosine_then_flat(
     after ``warmup_epochs`` of linear warm-up (the cosine then runs from there to T_max).
 
     torch's CosineAnnealingLR is periodic: past T_max it climbs back towards the initial lr,
-    which the original code ran into with 100 epochs and T_max 80. torch has no
+    as it would over the last 20 of the report's 100 epochs with T_max 80. torch has no
     non-periodic cosine, hence this LambdaLR. With several parameter groups (a backbone
     learning rate below the head's) every group follows the first group's curve, so
     ``eta_min`` is the head's floor and the backbone keeps its ratio to it.

@@ -21,7 +21,6 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig
 from torch.utils.data import Dataset
 
-import hw1  # noqa: F401  (registers the config resolvers)
 from hw1.data import UnlabeledImages, view_loader
 from hw1.io import csv_text, write_atomically
 from hw1.model import Classifier

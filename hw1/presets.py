@@ -80,8 +80,10 @@ def train_preset(
     policy: str | None = None,
     erasing: float = 0.0,
 ) -> T.Compose:
-    """The report's training augmentation (spec §3), each part switchable by its number;
-    optionally an automatic augmentation ``policy`` and RandomErasing (off in the report)."""
+    """The report's training augmentation (RandomResizedCrop, horizontal flip, ColorJitter,
+    RandomRotation, a RandomAffine shift, then normalisation), each part switchable by its
+    number; optionally an automatic augmentation ``policy`` and RandomErasing (off in the
+    report)."""
     steps: list[T.Transform] = [
         T.RandomResizedCrop(spec.crop, scale=tuple(scale), interpolation=spec.interpolation)
     ]
@@ -125,7 +127,7 @@ class ViewStack:
     """The test-time views of one image as one (views, C, H, W) tensor, so a batch of
     images and all their views goes through the model in a single call.
 
-    ``tta="report"``: the report's four views (spec §3): the plain eval view, its
+    ``tta="report"``: the report's four views: the plain eval view, its
     horizontal flip, a RandomRotation(10) of it, and a RandomResizedCrop(scale=(0.8, 1.0))
     of the image. ``tta="none"``: the plain eval view alone.
 

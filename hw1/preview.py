@@ -18,7 +18,6 @@ from omegaconf import DictConfig
 from PIL import ImageOps
 from torchvision.transforms import v2 as T
 
-import hw1  # noqa: F401  (registers the config resolvers)
 from hw1.data import ClassFolders, FolderDataModule, UnlabeledImages
 from hw1.figures import labelled_grid, png_bytes, to_uint8
 from hw1.io import write_atomically

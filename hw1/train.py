@@ -21,7 +21,6 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-import hw1  # noqa: F401  (registers the config resolvers)
 from hw1 import PARAM_LIMIT
 from hw1.callbacks import last_checkpoint
 from hw1.data import FolderDataModule

@@ -26,7 +26,7 @@ ARCH = {
 }  # fmt: skip
 
 
-def test_the_groups_have_every_option_the_spec_names():
+def test_the_groups_have_every_option_the_report_names():
     assert sorted(ARCH) == MODELS
     assert HEADS == ["v0", "v1", "v2", "v3", "v4"]
     for group, options in {
@@ -115,7 +115,7 @@ def test_unknown_weights_name_fails_at_composition_time_with_the_choices():
 
 @pytest.mark.parametrize("run_id", sorted(REFERENCE))
 def test_every_recipe_sets_the_reports_settings_and_builds(run_id):
-    """Each recipe against the report's table (hw1/reference.csv, spec §4)."""
+    """Each recipe against the report's table (hw1/reference.csv)."""
     ref = REFERENCE[run_id]
     cfg = compose_config([f"recipe={run_id}"])
     assert cfg.id == run_id
@@ -134,7 +134,7 @@ def test_every_recipe_sets_the_reports_settings_and_builds(run_id):
         assert cfg.sched._target_ == "hw1.model.cosine_then_flat"
         assert (cfg.sched.T_max, cfg.sched.eta_min) == (int(ref["T_max"]), float(ref["eta_min"]))
     assert cfg.tta == ref["tta"]
-    # What the table leaves alone is the recipe of spec §3.
+    # What the table leaves alone is the report's best recipe, the defaults.
     assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.trainer.max_epochs) == (1e-4, 1e-3, 100)
     assert cfg.data.image_size == 224 and cfg.data.augment.rotation == 10
     resolve_weights(cfg.model.arch, cfg.model.weights)  # a name this backbone has
@@ -146,7 +146,7 @@ def test_every_recipe_sets_the_reports_settings_and_builds(run_id):
 
 
 def head_params(name: str, F: int = 2048, C: int = 100) -> int:
-    """The spec's head layers (§2) counted by hand: Linear a->b has a*b+b, BatchNorm1d 2b."""
+    """The report's head layers counted by hand: Linear a->b has a*b+b, BatchNorm1d 2b."""
     linear = lambda a, b: a * b + b  # noqa: E731
     return {
         "v0": linear(F, C),

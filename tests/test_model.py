@@ -10,14 +10,14 @@ from hw1.data import LoaderDataModule
 from hw1.model import Backbone, Classifier, cosine_then_flat, make_head
 from hw1.presets import eval_spec
 
-SPEC_HEADS = {
+REPORT_HEADS = {
     "v0": [nn.Dropout, nn.Linear],
     "v1": [nn.Linear, nn.ReLU, nn.Dropout, nn.Linear],
     "v2": [nn.Linear, nn.ReLU, nn.Linear, nn.ReLU, nn.Dropout, nn.Linear],
     "v3": [nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Linear, nn.ReLU, nn.Dropout, nn.Linear],
     "v4": [nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Dropout] * 3 + [nn.Linear],
 }
-SPEC_WIDTHS = {"v0": [], "v1": [500], "v2": [500, 250], "v3": [500, 250], "v4": [1024, 512, 256]}
+REPORT_WIDTHS = {"v0": [], "v1": [500], "v2": [500, 250], "v3": [500, 250], "v4": [1024, 512, 256]}
 
 
 def cfg(target: str, **kw):
@@ -34,14 +34,14 @@ def classifier(arch="resnet18", head="v1", classes=10, **model_kw) -> Classifier
     )
 
 
-@pytest.mark.parametrize("name", SPEC_HEADS)
-def test_heads_have_the_spec_layers_and_shape(name):
+@pytest.mark.parametrize("name", REPORT_HEADS)
+def test_heads_have_the_reports_layers_and_shape(name):
     head = make_head(
         name, in_features=64, num_classes=7, dropout=0.3 if name != "v4" else [0.5, 0.4, 0.3]
     )
-    assert [type(m) for m in head] == SPEC_HEADS[name]
+    assert [type(m) for m in head] == REPORT_HEADS[name]
     linears = [m for m in head if isinstance(m, nn.Linear)]
-    assert [m.out_features for m in linears] == SPEC_WIDTHS[name] + [7]
+    assert [m.out_features for m in linears] == REPORT_WIDTHS[name] + [7]
     assert linears[0].in_features == 64
     dropouts = [m.p for m in head if isinstance(m, nn.Dropout)]
     assert dropouts == ([0.5, 0.4, 0.3] if name == "v4" else [0.3])

@@ -60,7 +60,7 @@ def test_seed_changes_only_the_random_views():
 
 
 def test_tta_none_is_the_plain_eval_prediction(int_classes_root):
-    """The report's code ignored its TTA flag; here tta=none must be the eval view alone."""
+    """tta=none must be the plain eval view alone, tta=report something else."""
     root, _ = int_classes_root
     model, spec = tiny_model(), EvalSpec(crop=32, resize=37)
     dataset = UnlabeledImages(root / "test")

@@ -44,8 +44,8 @@ def test_zero_switches_an_augmentation_off():
 
 
 def test_rotation_fills_black_before_normalising():
-    """The original rotated normalised tensors: its fill (0) was not black. Here a black
-    fill must come out of Normalize as the normalised value of black."""
+    """Rotating a normalised tensor fills with 0, which is not black: the black fill must
+    come out of Normalize as the normalised value of black."""
     spec = eval_spec(32)
     preset = train_preset(
         spec, scale=(1.0, 1.0), hflip=0, jitter=(0, 0, 0, 0), rotation=(45, 45), translate=(0, 0)
