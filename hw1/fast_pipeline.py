@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -17,7 +17,7 @@ from PIL import Image
 from torchvision.transforms import v2 as T
 from torchvision.transforms.v2 import functional as F
 
-from hw1.presets import EvalSpec, policy_transforms
+from hw1.presets import EvalSpec, TrainAugment, policy_transforms
 from hw1.scan import load_rgb
 
 # ITU-R 601 luma, as PIL's convert("L") and ImageEnhance (the reference jitter's path).
@@ -184,26 +184,17 @@ class FastTrainPreset:
     grey levels of the reference's (tests/test_fast_pipeline.py).
     """
 
-    def __init__(
-        self,
-        spec: EvalSpec,
-        scale: tuple[float, float] = (0.08, 1.0),
-        hflip: float = 0.5,
-        jitter: tuple[float, float, float, float] = (0.2, 0.2, 0.2, 0.1),
-        rotation: float = 10,
-        translate: tuple[float, float] = (0.1, 0.1),
-        policy: str | None = None,
-        erasing: float = 0.0,
-    ) -> None:
+    def __init__(self, spec: EvalSpec, **augment: Any) -> None:
+        """``augment``: ``TrainAugment``'s numbers."""
+        a = TrainAugment(**augment)
         self.size = spec.crop
-        self.scale, self.hflip = tuple(scale), hflip
-        self.jitter, self.rotation, self.translate = tuple(jitter), rotation, tuple(translate)
+        self.scale, self.hflip = tuple(a.scale), a.hflip
+        self.jitter, self.rotation, self.translate = tuple(a.jitter), a.rotation, tuple(a.translate)
         # The options beyond the report run on the uint8 output; the erased box is filled
         # with the mean colour, what the reference's 0 after normalisation is.
         mean = [round(255 * m) for m in spec.mean]
-        after = policy_transforms(policy) + (
-            [T.RandomErasing(erasing, value=mean)] if erasing else []
-        )
+        erase = [T.RandomErasing(a.erasing, value=mean)] if a.erasing else []
+        after = policy_transforms(a.policy) + erase
         self.after = T.Compose(after) if after else None
 
     def draw(self, width: int, height: int) -> Draw:

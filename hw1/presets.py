@@ -70,36 +70,41 @@ def _to_normalised_tensor(spec: EvalSpec) -> list[T.Transform]:
     return [T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(spec.mean, spec.std)]
 
 
-def train_preset(
-    spec: EvalSpec,
-    scale: tuple[float, float] = (0.08, 1.0),
-    hflip: float = 0.5,
-    jitter: tuple[float, float, float, float] = (0.2, 0.2, 0.2, 0.1),
-    rotation: float = 10,
-    translate: tuple[float, float] = (0.1, 0.1),
-    policy: str | None = None,
-    erasing: float = 0.0,
-) -> T.Compose:
-    """The report's training augmentation (RandomResizedCrop, horizontal flip, ColorJitter,
-    RandomRotation, a RandomAffine shift, then normalisation), each part switchable by its
-    number; optionally an automatic augmentation ``policy`` and RandomErasing (off in the
-    report)."""
+@dataclass(frozen=True)
+class TrainAugment:
+    """The report's training augmentation as numbers (conf/data's ``augment``); a 0
+    switches a part off. ``policy`` and ``erasing`` go beyond the report (off there)."""
+
+    scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop
+    hflip: float = 0.5  # RandomHorizontalFlip
+    jitter: tuple[float, float, float, float] = (0.2, 0.2, 0.2, 0.1)  # ColorJitter b, c, s, h
+    rotation: float = 10  # RandomRotation degrees
+    translate: tuple[float, float] = (0.1, 0.1)  # RandomAffine translate
+    policy: str | None = None  # trivial (TrivialAugmentWide) or randaugment
+    erasing: float = 0.0  # RandomErasing probability
+
+
+def train_preset(spec: EvalSpec, **augment: Any) -> T.Compose:
+    """The report's training augmentation (``TrainAugment``): RandomResizedCrop, horizontal
+    flip, ColorJitter, RandomRotation, a RandomAffine shift, then normalisation; optionally
+    an automatic augmentation policy and RandomErasing."""
+    a = TrainAugment(**augment)
     steps: list[T.Transform] = [
-        T.RandomResizedCrop(spec.crop, scale=tuple(scale), interpolation=spec.interpolation)
+        T.RandomResizedCrop(spec.crop, scale=tuple(a.scale), interpolation=spec.interpolation)
     ]
-    if hflip > 0:
-        steps.append(T.RandomHorizontalFlip(hflip))
-    if any(jitter):
-        b, c, s, h = jitter
+    if a.hflip > 0:
+        steps.append(T.RandomHorizontalFlip(a.hflip))
+    if any(a.jitter):
+        b, c, s, h = a.jitter
         steps.append(T.ColorJitter(brightness=b, contrast=c, saturation=s, hue=h))
-    if rotation:
-        steps.append(T.RandomRotation(rotation, interpolation=spec.interpolation))
-    if any(translate):
-        steps.append(T.RandomAffine(degrees=0, translate=tuple(translate)))
-    steps += policy_transforms(policy) + _to_normalised_tensor(spec)
-    if erasing:
+    if a.rotation:
+        steps.append(T.RandomRotation(a.rotation, interpolation=spec.interpolation))
+    if any(a.translate):
+        steps.append(T.RandomAffine(degrees=0, translate=tuple(a.translate)))
+    steps += policy_transforms(a.policy) + _to_normalised_tensor(spec)
+    if a.erasing:
         # After normalisation, as torchvision's reference: the erased box is the mean colour.
-        steps.append(T.RandomErasing(erasing, value=0))
+        steps.append(T.RandomErasing(a.erasing, value=0))
     return T.Compose(steps)
 
 
