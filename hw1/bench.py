@@ -25,9 +25,18 @@ from torch.utils.data import DataLoader, TensorDataset
 from torchvision.transforms import v2 as T
 
 from hw1.callbacks import TensorBoardFigures
-from hw1.data import ClassFolders, DraftDecoder, UnlabeledImages, view_loader
+from hw1.config import compose_config
+from hw1.data import (
+    ClassFolders,
+    LoaderDataModule,
+    Normalise,
+    UnlabeledImages,
+    train_pipeline,
+    view_loader,
+)
+from hw1.fast_pipeline import DraftDecoder
 from hw1.model import Classifier
-from hw1.presets import ViewStack, eval_sizes, train_pipeline
+from hw1.presets import ViewStack, eval_spec
 
 
 def make_photos(folder: Path, n: int, seed: int = 0) -> list[Path]:
@@ -88,22 +97,14 @@ def time_alternating(contenders: dict[str, Callable[[], object]], rounds: int) -
 
 
 def bench_tta(args: argparse.Namespace) -> None:
-    torch.manual_seed(0)
-    sizes = eval_sizes(args.size)
-    model = Classifier(
-        model={"_target_": "hw1.model.Backbone", "arch": args.arch},
-        head={"_target_": "hw1.model.make_head", "name": "v1"},
-        optim={},
-        sched={},
-        class_names=[str(i) for i in range(100)],
-        preprocess=sizes.to_dict(),
-    ).eval()
+    spec = eval_spec(args.size)
+    model = bench_classifier(args.arch, args.size).eval()
     with tempfile.TemporaryDirectory() as tmp:
         make_photos(Path(tmp), args.images)
         dataset = UnlabeledImages(tmp)
-        stack = ViewStack(sizes, "report", seed=0)
-        tta_loader = view_loader(dataset, sizes, "report", 0, args.batch_size, 0)
-        plain_loader = view_loader(dataset, sizes, "none", 0, args.batch_size, 0)
+        stack = ViewStack(spec, "report", seed=0)
+        tta_loader = view_loader(dataset, spec, "report", 0, args.batch_size, 0)
+        plain_loader = view_loader(dataset, spec, "none", 0, args.batch_size, 0)
         with torch.inference_mode():
             same = torch.allclose(
                 per_image_tta(model, dataset, stack), batched(model, tta_loader), atol=1e-5
@@ -122,19 +123,19 @@ def bench_tta(args: argparse.Namespace) -> None:
         print(f"{name:>22}: {args.images / s:8.1f} images/s")
     speedup = seconds["per-image TTA loop"] / seconds["batched TTA"]
     cost = seconds["batched TTA"] / seconds["batched single view"]
-    print(f"batched TTA vs per-image loop: {speedup:.2f}x faster (goal >= 5)")
-    print(f"batched 4-view TTA vs single view: {cost:.2f}x the time (goal <= 4.5)")
+    print(f"batched TTA vs per-image loop: {speedup:.2f}x faster")
+    print(f"batched 4-view TTA vs single view: {cost:.2f}x the time")
     print(f"ratio: {speedup:.2f}")
 
 
 def bench_loader(args: argparse.Namespace) -> None:
     # A DataLoader worker runs torch single-threaded; so does the main process here.
     torch.set_num_threads(1)
-    sizes = eval_sizes(args.size)
+    spec = eval_spec(args.size)
     root = cached_photos(args.images)
     datasets = {
-        "reference": ClassFolders(root, ["0"], train_pipeline("reference", sizes)),
-        "fast": ClassFolders(root, ["0"], loader=DraftDecoder(train_pipeline("fast", sizes))),
+        "reference": ClassFolders(root, ["0"], train_pipeline("reference", spec)),
+        "fast": ClassFolders(root, ["0"], loader=DraftDecoder(train_pipeline("fast", spec))),
         "decode only": ClassFolders(root, ["0"], T.PILToTensor()),
     }
     loaders = {
@@ -148,16 +149,16 @@ def bench_loader(args: argparse.Namespace) -> None:
         for name, d in datasets.items()
     }
     contenders = {n: lambda d=d: sum(1 for _ in d) for n, d in loaders.items()}
-    # The fast pipeline leaves its colour jitter and normalisation to the model's device
-    # (Classifier.normalise); where that device is this CPU, they cost this much more.
-    model = bench_classifier("resnet18", args.size)
-    contenders["fast + device"] = lambda: sum(len(model.normalise(x)) for x, _ in loaders["fast"])
+    # The fast pipeline leaves its colour jitter and normalisation to the device (the data
+    # module's Normalise); where that device is this CPU, they cost this much more.
+    normalise = Normalise(spec.mean, spec.std)
+    contenders["fast + device"] = lambda: sum(len(normalise(x)) for x, _ in loaders["fast"])
     rounds = time_rounds(contenders, args.rounds)
     workers = max(1, args.workers)
     print(
         f"{args.images} JPEGs around 500x375 -> {args.size} px, {args.workers} workers, "
         f"{args.rounds} alternating rounds; images/s per worker, median (min-max); "
-        "fast + device: with the jitter and normalisation the model does, here on the CPU"
+        "fast + device: with the jitter and normalisation done on the device, here the CPU"
     )
     for name, seconds in rounds.items():
         rates = sorted(args.images / workers / s for s in seconds)
@@ -167,22 +168,16 @@ def bench_loader(args: argparse.Namespace) -> None:
     )
     print(f"fast + device on this CPU vs reference: {statistics.median(on_cpu):.2f}")
     ratios = sorted(r / f for r, f in zip(rounds["reference"], rounds["fast"], strict=True))
-    print(f"fast vs reference per round: {ratios[0]:.2f}-{ratios[-1]:.2f} (goal >= 3.0)")
+    print(f"fast vs reference per round: {ratios[0]:.2f}-{ratios[-1]:.2f}")
     print(f"ratio: {statistics.median(ratios):.2f}")
 
 
 def bench_classifier(arch: str, size: int) -> Classifier:
-    """A fresh model with the default recipe's head, optimiser and schedule, the same
-    initial weights every call."""
+    """A fresh ``arch`` from scratch with the default recipe's head, optimiser and schedule,
+    the same initial weights every call."""
+    cfg = compose_config([f"model.arch={arch}", "model.weights=null"])
     torch.manual_seed(0)
-    return Classifier(
-        model={"_target_": "hw1.model.Backbone", "arch": arch},
-        head={"_target_": "hw1.model.make_head", "name": "v1"},
-        optim={"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-4},
-        sched={"_target_": "hw1.model.cosine_then_flat", "_partial_": True, "T_max": 80},
-        class_names=[str(i) for i in range(100)],
-        preprocess=eval_sizes(size).to_dict(),
-    )
+    return Classifier.from_config(cfg, [str(i) for i in range(100)], eval_spec(size).to_dict())
 
 
 def lightning_fit(loader: DataLoader, args: argparse.Namespace, log_dir: str) -> None:
@@ -203,15 +198,17 @@ def lightning_fit(loader: DataLoader, args: argparse.Namespace, log_dir: str) ->
         enable_checkpointing=False,
         num_sanity_val_steps=0,
     )
-    trainer.fit(model, train_dataloaders=loader)
+    trainer.fit(model, datamodule=LoaderDataModule(eval_spec(args.size), loader))
 
 
 def plain_loop(loader: DataLoader, args: argparse.Namespace) -> None:
     """The same optimiser steps in plain PyTorch: no logging, no metrics, no callbacks."""
     model = bench_classifier(args.arch, args.size).train()
     optimizer = model.configure_optimizers()["optimizer"]
+    spec = eval_spec(args.size)
+    normalise = Normalise(spec.mean, spec.std)
     for x, y in loader:
-        loss = model.criterion(model(model.normalise(x)), y)
+        loss = model.criterion(model(normalise(x)), y)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -242,7 +239,7 @@ def bench_step(args: argparse.Namespace) -> None:
             f"({per_batch[0]:.3f}-{per_batch[-1]:.3f})"
         )
     ratios = sorted(f / p for f, p in zip(rounds["Trainer.fit"], rounds["plain loop"], strict=True))
-    print(f"Trainer.fit vs plain loop per round: {ratios[0]:.2f}-{ratios[-1]:.2f} (goal <= 1.05)")
+    print(f"Trainer.fit vs plain loop per round: {ratios[0]:.2f}-{ratios[-1]:.2f}")
     print(f"ratio: {statistics.median(ratios):.2f}")
 
 

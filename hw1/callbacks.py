@@ -17,7 +17,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from hw1.figures import confusion_image, hwc, labelled_grid, to_uint8
-from hw1.presets import EvalSizes
+from hw1.presets import EvalSpec
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +49,8 @@ class TensorBoardFigures(L.Callback):
         ):
             return
         x, y = batch
-        sizes = EvalSizes.from_dict(pl_module.hparams.preprocess)
-        images = to_uint8(x[: self.samples], sizes)
+        spec = EvalSpec.from_dict(pl_module.hparams.preprocess)
+        images = to_uint8(x[: self.samples], spec)
         names = [pl_module.class_names[i] for i in y[: self.samples].tolist()]
         grid = labelled_grid(images, ncol=8, labels=names)
         writer.add_image("train/augmented", hwc(grid), trainer.global_step, dataformats="HWC")

@@ -16,9 +16,8 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-import hw1  # noqa: F401  (registers the config resolvers)
-from hw1.data import (
-    FolderDataModule,
+from hw1.data import FolderDataModule
+from hw1.scan import (
     ImageInfo,
     check_test_images,
     class_names,
@@ -89,7 +88,8 @@ def report(cfg: DictConfig) -> tuple[str, list[str]]:
     info = inspect_images([p for files in found.values() for p, _ in files], root)
 
     problems = []
-    checks = [lambda: datamodule.samples]  # what training meets: class folders, empty classes
+    # what training meets: class folders, empty classes; the test images are checked next
+    checks = [lambda: datamodule.validate(test_images=False)]
     if "test" in found:
         checks.append(lambda: check_test_images(datamodule.test_dir))
     for check in checks:
@@ -101,13 +101,14 @@ def report(cfg: DictConfig) -> tuple[str, list[str]]:
     names = class_names(root / "train")
     shown = ", ".join(names[:30]) + (", ..." if len(names) > 30 else "")
     lines = [f"dataset {root}", f"classes: {len(names)} ({shown})"]
-    if datamodule.folds:
+    hp = datamodule.hparams
+    if hp.folds:
         lines.append(
-            f"val: cross-validation, train and val pooled into data.folds={datamodule.folds},"
-            f" fold {datamodule.fold} validated on"
+            f"val: cross-validation, train and val pooled into data.folds={hp.folds},"
+            f" fold {hp.fold} validated on"
         )
-    elif not datamodule.has_val_dir:
-        lines.append(f"val: no val/ folder; data.val_split={datamodule.val_split} of train")
+    elif not datamodule.has_val_dir():
+        lines.append(f"val: no val/ folder; data.val_split={hp.val_split} of train")
     lines += table(root, found, info)
     bad = [p for files in found.values() for p, _ in files if not info[p].readable]
     lines.append(f"unreadable files: {len(bad)} (train/val ones are left out of training)")

@@ -17,9 +17,9 @@ import torch
 from omegaconf import DictConfig
 from torchmetrics.functional.classification import multiclass_confusion_matrix
 
-import hw1  # noqa: F401  (registers the config resolvers)
-from hw1.data import ClassFolders, class_names, labelled_files, readable_samples
+from hw1.data import ClassFolders
 from hw1.figures import confusion_image, png_bytes
+from hw1.io import write_atomically
 from hw1.predict import (
     checkpoint_paths,
     ensemble_probs,
@@ -27,8 +27,8 @@ from hw1.predict import (
     load_ensemble,
     output_path,
     save_probs,
-    write_atomically,
 )
+from hw1.scan import class_names, labelled_files, readable_samples
 
 
 def confusion_report(confusion: torch.Tensor, names: list[str], top: int = 10) -> dict[str, Any]:

@@ -10,16 +10,16 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from hw1.presets import EvalSizes
+from hw1.presets import EvalSpec
 
 
-def to_uint8(images: torch.Tensor, sizes: EvalSizes) -> torch.Tensor:
+def to_uint8(images: torch.Tensor, spec: EvalSpec) -> torch.Tensor:
     """Normalised (N, C, H, W) float images back to displayable uint8; uint8 images (the
     fast train pipeline's, not yet normalised) pass unchanged."""
     if images.dtype == torch.uint8:
         return images.cpu()
-    mean = torch.tensor(sizes.mean).view(1, -1, 1, 1)
-    std = torch.tensor(sizes.std).view(1, -1, 1, 1)
+    mean = torch.tensor(spec.mean).view(1, -1, 1, 1)
+    std = torch.tensor(spec.std).view(1, -1, 1, 1)
     return (images.detach().float().cpu() * std + mean).clamp(0, 1).mul(255).round().to(torch.uint8)
 
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import math
 import os
-import pickle
-import re
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
@@ -16,88 +14,16 @@ from urllib.error import URLError
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
-from torchvision.models import WeightsEnum, get_model, get_model_weights
+from torchvision.models import WeightsEnum, get_model
 from torchvision.transforms import v2
 
-from hw1.presets import IMAGENET_MEAN, IMAGENET_STD, Jittered
+from hw1.weights import check_fits, download_hint, resolve_weights, safe_load
 
 STAGES = ("layer1", "layer2", "layer3", "layer4")
 STEM = ("conv1", "bn1")
-
-
-def resolve_weights(arch: str, weights: str | os.PathLike | None) -> WeightsEnum | Path | None:
-    """``model.weights`` is null, a torchvision weights name of ``arch``, or a state-dict file."""
-    if weights is None:
-        return None
-    text = str(weights)
-    if os.sep in text or text.endswith((".pth", ".pt")) or Path(text).exists():
-        path = Path(text).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"model.weights={text}: no such state-dict file")
-        return path
-    enum = get_model_weights(arch)
-    try:
-        return enum.verify(text)
-    except (KeyError, ValueError):
-        names = ", ".join(dict.fromkeys(["DEFAULT", *enum.__members__]))
-        raise ValueError(
-            f"model.weights={text}: {arch} has no such torchvision weights. "
-            f"It has: {names}; or use null (random init) or a path to a state-dict file."
-        ) from None
-
-
-def _download_hint(weights: WeightsEnum) -> str:
-    expected = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
-    return (
-        f"could not load {weights} and could not download it (offline?). Put the file at "
-        f"{expected} (fetch it from {weights.url}), or pass model.weights=PATH to a local "
-        f"state-dict file, or model.weights=null to train from scratch."
-    )
-
-
-def safe_load(path: Path) -> dict[str, Any]:
-    """``torch.load`` with ``weights_only=True``: tensors and plain containers only. A
-    pickle can run any code on load; a file that needs more is refused, not trusted."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
-        what = f"it would call {found.group(1)}" if found else str(e).splitlines()[0]
-        raise ValueError(
-            f"{path}: refused to load: it holds more than tensors and plain containers "
-            f"({what}). Loading a checkpoint runs the code it holds: use only files you "
-            "trust, saved by hw1, Lightning or torchvision."
-        ) from None
-
-
-def check_fits(
-    state: dict[str, torch.Tensor], own: dict[str, torch.Tensor], what: str, arch: str
-) -> None:
-    """A clear error, naming the first keys, when a state dict is not for this network
-    (load_state_dict's message lists every key of a wrong file)."""
-    wrong = [
-        f"{k} {tuple(v.shape)} (the model has {tuple(own[k].shape)})"
-        for k, v in state.items()
-        if k in own and v.shape != own[k].shape
-    ]
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    problems = [
-        f"{label} ({len(keys)}): {', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''}"
-        for label, keys in (
-            ("other shapes", wrong),
-            ("missing", missing),
-            ("unexpected", unexpected),
-        )
-        if keys
-    ]
-    if problems:
-        raise ValueError(
-            f"{what} does not fit {arch}: " + "; ".join(problems) + ". Is it a state dict "
-            f"of torchvision's {arch}?"
-        )
 
 
 class Backbone(nn.Module):
@@ -125,7 +51,7 @@ class Backbone(nn.Module):
         try:
             net = get_model(arch, weights=resolved if isinstance(resolved, WeightsEnum) else None)
         except (URLError, ConnectionError, TimeoutError) as e:
-            raise RuntimeError(_download_hint(resolved)) from e
+            raise RuntimeError(download_hint(resolved)) from e
         self.num_features: int = net.fc.in_features
         net.fc = nn.Identity()
         if isinstance(resolved, Path):
@@ -184,8 +110,9 @@ class Backbone(nn.Module):
 def make_head(
     name: str, in_features: int, num_classes: int, dropout: float | Sequence[float] = 0.5
 ) -> nn.Sequential:
-    """The report's heads v0..v4 (spec §2). ``v4`` takes three dropouts (a single number is
-    used for all three)."""
+    """The report's heads v0..v4: v0 dropout and one linear layer; v1 one hidden layer of
+    500; v2 two (500, 250); v3 v2 with BatchNorm after the first; v4 three (1024, 512, 256)
+    with BatchNorm. ``v4`` takes three dropouts (a single number is used for all three)."""
     F, C = in_features, num_classes
     if name == "v4":
         p1, p2, p3 = (dropout,) * 3 if isinstance(dropout, (int, float)) else dropout
@@ -231,7 +158,7 @@ def cosine_then_flat(
     after ``warmup_epochs`` of linear warm-up (the cosine then runs from there to T_max).
 
     torch's CosineAnnealingLR is periodic: past T_max it climbs back towards the initial lr,
-    which the original code ran into with 100 epochs and T_max 80. torch has no
+    as it would over the last 20 of the report's 100 epochs with T_max 80. torch has no
     non-periodic cosine, hence this LambdaLR. With several parameter groups (a backbone
     learning rate below the head's) every group follows the first group's curve, so
     ``eta_min`` is the head's floor and the backbone keeps its ratio to it.
@@ -276,7 +203,8 @@ class BatchMix:
 
 
 class Classifier(L.LightningModule):
-    """Backbone + head, trained with cross-entropy.
+    """Backbone + head, trained with cross-entropy, on normalised float images (the data
+    module finishes its batches on the device: ``hw1.data.DeviceBatches``).
 
     It takes the configs (plain dicts with ``_target_``) rather than built objects, so a
     checkpoint's hyper-parameters rebuild the very same model: ``load_from_checkpoint``.
@@ -292,11 +220,14 @@ class Classifier(L.LightningModule):
         preprocess: dict[str, Any] | None = None,
         loss: dict[str, Any] | None = None,
         mix: dict[str, Any] | None = None,
+        backbone_lr_factor: float = 1.0,
     ) -> None:
-        """``preprocess``: the eval sizes and normalisation (``EvalSizes.to_dict()``), kept
-        so that prediction from a checkpoint needs no training overrides. ``loss``: the
-        criterion's config (default: plain cross-entropy). ``mix``: ``BatchMix``'s config
-        (default: none)."""
+        """``preprocess``: the eval spec (``EvalSpec.to_dict()``), kept so that prediction
+        from a checkpoint needs no training overrides. ``loss``: the criterion's config
+        (default: plain cross-entropy). ``mix``: ``BatchMix``'s config (default: none).
+        ``backbone_lr_factor``: the backbone's learning rate as a fraction of the head's
+        (``optim.lr``), for a second parameter group; 1 keeps one group, as the report
+        trained."""
         super().__init__()
         self.save_hyperparameters()
         self.class_names = list(class_names)
@@ -312,30 +243,9 @@ class Classifier(L.LightningModule):
         self.val_confusion = MulticlassConfusionMatrix(num_classes)  # drawn by TensorBoardFigures
         self.val_history: list[dict[str, float]] = []  # per epoch, for metrics.json
         self.train_images = 0  # seen by training steps, for the run summary's images/s
-        sizes = preprocess or {}
-        # Not in the state dict: the preprocessing already travels in the hyper-parameters.
-        for name, default in (("mean", IMAGENET_MEAN), ("std", IMAGENET_STD)):
-            value = torch.tensor(sizes.get(name, default)).view(1, -1, 1, 1)
-            self.register_buffer(name, value, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
-
-    def normalise(self, x: torch.Tensor | Jittered) -> torch.Tensor:
-        """The fast train pipeline's batches as normalised floats, on their device: uint8
-        images, or ``Jittered`` ones whose colour jitter is applied here first, batched.
-        Float images come normalised from their preset and pass unchanged."""
-        if isinstance(x, Jittered):
-            x = x.rgb()
-        elif x.dtype == torch.uint8:
-            x = x.float()
-        else:
-            return x
-        return x.div_(255).sub_(self.mean).div_(self.std)
-
-    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        x, *rest = batch
-        return self.normalise(x), *rest
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], _: int) -> torch.Tensor:
         x, y = batch
@@ -388,10 +298,7 @@ class Classifier(L.LightningModule):
         return keys, self.predict_probs(x)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        optim = dict(self.hparams.optim)
-        # hw1's key, not the optimizer's: the backbone's learning rate as a fraction of the
-        # head's, for a second parameter group (1: one group, as the report trained).
-        factor = optim.pop("backbone_lr_factor", 1.0)
+        optim, factor = self.hparams.optim, self.hparams.backbone_lr_factor
         backbone, head = self.backbone.trainable_parameters(), list(self.head.parameters())
         params: list[Any] = backbone + head
         if factor != 1.0:
@@ -402,6 +309,26 @@ class Classifier(L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"},
         }
+
+    @classmethod
+    def from_config(
+        cls,
+        cfg: DictConfig,
+        class_names: Sequence[str],
+        preprocess: dict[str, Any] | None = None,
+    ) -> Classifier:
+        """The Classifier of a composed run config (conf/train.yaml): its model, head, optim,
+        sched, loss and mix groups, resolved to plain dicts, and ``backbone_lr_factor``."""
+        groups = {
+            group: OmegaConf.to_container(cfg[group], resolve=True)
+            for group in ("model", "head", "optim", "sched", "loss", "mix")
+        }
+        return cls(
+            **groups,
+            class_names=class_names,
+            preprocess=preprocess,
+            backbone_lr_factor=cfg.backbone_lr_factor,
+        )
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike) -> Classifier:

@@ -6,7 +6,6 @@ averages the softmax of several checkpoints (each with its own test-time views).
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 from collections.abc import Sequence
@@ -22,16 +21,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig
 from torch.utils.data import Dataset
 
-import hw1  # noqa: F401  (registers the config resolvers)
-from hw1.data import UnlabeledImages, check_test_images, view_loader, write_atomically
+from hw1.data import UnlabeledImages, view_loader
+from hw1.io import csv_text, write_atomically
 from hw1.model import Classifier
-from hw1.presets import EvalSizes
-
-
-def csv_text(rows: Sequence[Sequence[Any]]) -> str:
-    out = io.StringIO()
-    csv.writer(out, lineterminator="\n").writerows(rows)
-    return out.getvalue()
+from hw1.presets import EvalSpec
+from hw1.scan import check_test_images
 
 
 def checkpoint_paths(ckpt_path: str | Sequence[str] | None) -> list[Path]:
@@ -65,8 +59,8 @@ def ensemble_probs(
     keys: list[Any] = []
     total = None
     for model in models:
-        sizes = EvalSizes.from_dict(model.hparams.preprocess)
-        loader = view_loader(dataset, sizes, tta, seed, batch_size, num_workers)
+        spec = EvalSpec.from_dict(model.hparams.preprocess)
+        loader = view_loader(dataset, spec, tta, seed, batch_size, num_workers)
         keys, probs = collect(trainer.predict(model, loader))
         total = probs if total is None else total + probs
     return keys, total / len(models)

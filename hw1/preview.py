@@ -18,10 +18,10 @@ from omegaconf import DictConfig
 from PIL import ImageOps
 from torchvision.transforms import v2 as T
 
-import hw1  # noqa: F401  (registers the config resolvers)
 from hw1.data import ClassFolders, FolderDataModule, UnlabeledImages
 from hw1.figures import labelled_grid, png_bytes, to_uint8
-from hw1.predict import output_path, write_atomically
+from hw1.io import write_atomically
+from hw1.predict import output_path
 from hw1.presets import ViewStack
 
 
@@ -29,6 +29,7 @@ def preview(cfg: DictConfig) -> Path:
     output = output_path(cfg, "preview.png")
     datamodule: FolderDataModule = instantiate(cfg.data)
     datamodule.prepare_data()
+    datamodule.validate()
     folder = datamodule.root / cfg.split
     if cfg.split == "test":
         dataset = UnlabeledImages(folder)
@@ -39,18 +40,18 @@ def preview(cfg: DictConfig) -> Path:
         )
     if not len(dataset):
         raise FileNotFoundError(f"{folder}: no images to preview")
-    sizes = datamodule.sizes
+    spec = datamodule.eval_spec
     picked = sorted(random.Random(cfg.seed).sample(range(len(dataset)), min(cfg.n, len(dataset))))
     torch.manual_seed(cfg.seed)
-    stack = ViewStack(sizes, "report", cfg.seed)
+    stack = ViewStack(spec, "report", cfg.seed)
     to_tensor = T.PILToTensor()
     tiles, labels = [], []
     for i in picked:
         image, key = dataset[i]
         name = key if cfg.split == "test" else datamodule.class_names[key]
-        tiles.append(to_tensor(ImageOps.pad(image, (sizes.crop, sizes.crop))))
+        tiles.append(to_tensor(ImageOps.pad(image, (spec.crop, spec.crop))))
         augmented = torch.stack([datamodule.train_transform(image) for _ in range(cfg.views)])
-        tiles += [*to_uint8(augmented, sizes), *to_uint8(stack(image, i), sizes)]
+        tiles += [*to_uint8(augmented, spec), *to_uint8(stack(image, i), spec)]
         labels += [
             str(name),
             *[f"train aug {k + 1}" for k in range(cfg.views)],
@@ -60,7 +61,7 @@ def preview(cfg: DictConfig) -> Path:
         torch.stack(tiles),
         ncol=1 + cfg.views + len(ViewStack.REPORT_VIEWS),
         labels=labels,
-        tile=preview_tile(sizes.crop),
+        tile=preview_tile(spec.crop),
     )
     write_atomically(output, png_bytes(grid))
     print(output)

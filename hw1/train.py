@@ -21,12 +21,14 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-import hw1  # noqa: F401  (registers the config resolvers)
+from hw1 import PARAM_LIMIT
 from hw1.callbacks import last_checkpoint
 from hw1.data import FolderDataModule
 from hw1.demo import TEST_LABELS
-from hw1.model import Classifier, safe_load
-from hw1.predict import collect, csv_text, submission_rows, write_atomically
+from hw1.io import csv_text, write_atomically
+from hw1.model import Classifier
+from hw1.predict import collect, submission_rows
+from hw1.weights import safe_load
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +84,6 @@ def accuracy_against(rows: list[tuple[str, str]], labels_csv: Path) -> float:
     return sum(truth[name] == label for name, label in rows) / len(rows)
 
 
-PARAM_LIMIT = 100_000_000  # the competition's rule (spec §1)
 HPARAM_GROUPS = (
     "id",
     "family",
@@ -92,6 +93,7 @@ HPARAM_GROUPS = (
     "model",
     "head",
     "optim",
+    "backbone_lr_factor",
     "sched",
     "loss",
     "mix",
@@ -143,29 +145,17 @@ def summary_text(metrics: dict[str, Any], run_dir: Path) -> str:
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    if cfg.family and HydraConfig.get().mode == RunMode.RUN:
-        raise ValueError(
-            f"experiment={cfg.family} is a sweep of the report's family {cfg.family!r}: run it "
-            f"with -m (python -m hw1.train -m experiment={cfg.family}), or one of its runs "
-            f"with recipe=ID"
-        )
+    """Build the data module, model, callbacks, loggers and trainer from ``cfg``, fit,
+    predict the test folder with the best checkpoint; write the run's outputs."""
+    require_multirun_for_a_family(cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     L.seed_everything(cfg.seed, workers=True)
     start = time.time()
 
     datamodule: FolderDataModule = instantiate(cfg.data)
-    datamodule.prepare_data()  # fails early, before any model is built, on a bad data.root
-    container = OmegaConf.to_container(cfg, resolve=True)
-    model = Classifier(
-        model=container["model"],
-        head=container["head"],
-        optim=container["optim"],
-        sched=container["sched"],
-        class_names=datamodule.class_names,
-        preprocess=datamodule.sizes.to_dict(),
-        loss=container["loss"],
-        mix=container["mix"],
-    )
+    datamodule.prepare_data()
+    datamodule.validate()  # fails early, before any model is built, on a bad data.root
+    model = Classifier.from_config(cfg, datamodule.class_names, datamodule.eval_spec.to_dict())
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     loggers = [instantiate(lg) for lg in cfg.logger.values() if lg is not None]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
@@ -175,25 +165,52 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer.fit(
         model, datamodule=datamodule, ckpt_path=resume_point(cfg, trainer), weights_only=True
     )
-    fit_seconds = time.time() - fit_start
+    metrics = fit_metrics(cfg, trainer, model, datamodule, time.time() - fit_start)
 
+    rows = predict_test_folder(trainer, model, datamodule, metrics["best_ckpt"])
+    if rows is not None and trainer.is_global_zero:
+        metrics |= write_prediction(rows, run_dir, datamodule.root)
+    metrics["wall_time_s"] = round(time.time() - start, 1)
+    if trainer.is_global_zero:
+        write_run_outputs(cfg, trainer, metrics, run_dir)
+    return metrics
+
+
+def require_multirun_for_a_family(cfg: DictConfig) -> None:
+    if cfg.family and HydraConfig.get().mode == RunMode.RUN:
+        raise ValueError(
+            f"experiment={cfg.family} is a sweep of the report's family {cfg.family!r}: run it "
+            f"with -m (python -m hw1.train -m experiment={cfg.family}), or one of its runs "
+            f"with recipe=ID"
+        )
+
+
+def fit_metrics(
+    cfg: DictConfig,
+    trainer: L.Trainer,
+    model: Classifier,
+    datamodule: FolderDataModule,
+    fit_seconds: float,
+) -> dict[str, Any]:
+    """metrics.json as fit leaves it: the best validation epoch, the checkpoints, the
+    parameter counts and the training speed."""
     ckpt = trainer.checkpoint_callback
-    best_ckpt = ckpt.best_model_path if ckpt is not None and ckpt.best_model_path else None
     history = model.val_history
     best = max(history, key=lambda h: h["val_acc"]) if history else None
-    metrics: dict[str, Any] = {
+    folds = datamodule.hparams.folds
+    return {
         "id": cfg.id,
         "family": cfg.family,
         "seed": cfg.seed,
         "val_images": len(datamodule.val_set),  # for the confidence intervals of hw1.report
-        "folds": datamodule.folds,  # cross-validation: hw1.report pools the folds
-        "fold": datamodule.fold if datamodule.folds else None,
+        "folds": folds,  # cross-validation: hw1.report pools the folds
+        "fold": datamodule.hparams.fold if folds else None,
         "best_val_acc": best["val_acc"] if best else None,
         "best_epoch": best["epoch"] if best else None,
         "epochs": trainer.current_epoch,
         "params": sum(p.numel() for p in model.parameters()),
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "best_ckpt": best_ckpt,
+        "best_ckpt": ckpt.best_model_path if ckpt is not None and ckpt.best_model_path else None,
         "last_ckpt": ckpt.last_model_path if ckpt is not None and ckpt.last_model_path else None,
         "tta": cfg.tta,
         # train_images counts this process's batches; under DDP each process has its own.
@@ -201,35 +218,48 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "val_history": history,
     }
 
-    if datamodule.test_images:  # an empty test/ folder has nothing to predict
-        rows = predict_folder(trainer, model, datamodule, best_ckpt)
-        if len(rows) < len(datamodule.test_set):
-            # fast_dev_run / limit_predict_batches: a submission must have every test image.
-            log.warning(
-                "predicted %d of %d test images: no prediction.csv",
-                len(rows),
-                len(datamodule.test_set),
-            )
-        elif trainer.is_global_zero:
-            write_atomically(
-                run_dir / "prediction.csv", csv_text([("image_name", "pred_label"), *rows])
-            )
-            metrics["prediction_csv"] = str(run_dir / "prediction.csv")
-            if (datamodule.root / TEST_LABELS).exists():
-                metrics["test_acc"] = accuracy_against(rows, datamodule.root / TEST_LABELS)
-                metrics["test_images"] = len(rows)
 
-    metrics["wall_time_s"] = round(time.time() - start, 1)
-    if trainer.is_global_zero:
-        write_atomically(run_dir / "metrics.json", json.dumps(metrics, indent=2))
-        best = {f"hparams/{k}": metrics.get(k) for k in ("best_val_acc", "best_epoch", "test_acc")}
-        for logger in trainer.loggers:
-            logger.log_hyperparams(
-                flat_hparams(cfg), {k: v for k, v in best.items() if v is not None}
-            )
-            logger.finalize("success")
-        print(summary_text(metrics, run_dir))
-    return metrics
+def predict_test_folder(
+    trainer: L.Trainer, model: Classifier, datamodule: FolderDataModule, ckpt_path: str | None
+) -> list[tuple[str, str]] | None:
+    """The rows of prediction.csv; None when the test folder has no images, or when not
+    every image was predicted (fast_dev_run, limit_predict_batches): that is no submission."""
+    if not datamodule.test_images():
+        return None
+    rows = predict_folder(trainer, model, datamodule, ckpt_path)
+    if len(rows) < len(datamodule.test_set):
+        log.warning(
+            "predicted %d of %d test images: no prediction.csv", len(rows), len(datamodule.test_set)
+        )
+        return None
+    return rows
+
+
+def write_prediction(rows: list[tuple[str, str]], run_dir: Path, data_root: Path) -> dict[str, Any]:
+    """Writes prediction.csv; returns its entries of metrics.json, with the test accuracy
+    when the data root holds the answers (the demo's test_labels.csv)."""
+    path = run_dir / "prediction.csv"
+    write_atomically(path, csv_text([("image_name", "pred_label"), *rows]))
+    entries: dict[str, Any] = {"prediction_csv": str(path)}
+    if (data_root / TEST_LABELS).exists():
+        entries["test_acc"] = accuracy_against(rows, data_root / TEST_LABELS)
+        entries["test_images"] = len(rows)
+    return entries
+
+
+def write_run_outputs(
+    cfg: DictConfig, trainer: L.Trainer, metrics: dict[str, Any], run_dir: Path
+) -> None:
+    """metrics.json, the settings and results in TensorBoard's HPARAMS tab, and the console
+    summary."""
+    write_atomically(run_dir / "metrics.json", json.dumps(metrics, indent=2))
+    results = {f"hparams/{k}": metrics.get(k) for k in ("best_val_acc", "best_epoch", "test_acc")}
+    for logger in trainer.loggers:
+        logger.log_hyperparams(
+            flat_hparams(cfg), {k: v for k, v in results.items() if v is not None}
+        )
+        logger.finalize("success")
+    print(summary_text(metrics, run_dir))
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")

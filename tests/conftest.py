@@ -7,12 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
 from PIL import Image
 
-import hw1  # noqa: F401  (registers the config resolvers)
-
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+from hw1.data import FolderDataModule
 
 # Twelve well-separated colours: a class per colour, learnable in a few CPU steps.
 COLOURS = [
@@ -30,6 +27,14 @@ def _offline_torch_home(tmp_path_factory, monkeypatch):
 def colour_image(colour, size: int, rng: np.random.Generator) -> Image.Image:
     noise = rng.integers(-20, 21, (size, size, 3))
     return Image.fromarray(np.clip(np.array(colour) + noise, 0, 255).astype(np.uint8))
+
+
+def photo(width: int = 160, height: int = 120, seed: int = 0) -> Image.Image:
+    """Smooth, moderately saturated colour regions, like a photograph."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, (6, 8, 3)).astype(float)
+    coarse = coarse.mean(-1, keepdims=True) + 0.5 * (coarse - coarse.mean(-1, keepdims=True))
+    return Image.fromarray(coarse.astype(np.uint8)).resize((width, height), Image.BICUBIC)
 
 
 def make_hw1_folder(
@@ -64,13 +69,6 @@ def int_classes_root(tmp_path) -> tuple[Path, dict[str, str]]:
     return root, make_hw1_folder(root, [str(i) for i in range(12)])
 
 
-def compose_cfg(
-    overrides: list[str] | None = None, config_name: str = "train", return_hydra_config=False
-):
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose(config_name, overrides or [], return_hydra_config=return_hydra_config)
-
-
 # A run small enough for the CPU: resnet18 from scratch on 32 px colour patches.
 TINY = [
     "model=resnet18", "model.weights=null", "head=v0", "head.dropout=0", "trainer=cpu",
@@ -102,3 +100,9 @@ def trained_run(tmp_path_factory) -> tuple[Path, dict[str, str], Path]:
     assert proc.returncode == 0, proc.stderr[-3000:]
     (base / "train.stdout").write_text(proc.stdout)  # for the run-summary test
     return root, answers, run_dir
+
+
+def datamodule(root, **kw) -> FolderDataModule:
+    """A FolderDataModule sized for the CPU: 32 px crops, batches of 4, resnet18's spec."""
+    kw = {"image_size": 32, "batch_size": 4, "num_workers": 0, "arch": "resnet18", **kw}
+    return FolderDataModule(root=root, **kw)

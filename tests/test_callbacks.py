@@ -6,10 +6,10 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from conftest import compose_cfg
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from hw1.callbacks import RandomState
+from hw1.config import compose_config
 from hw1.train import resume_point
 
 
@@ -34,12 +34,12 @@ def test_resume_without_a_last_checkpoint_says_how_to_point_at_the_run(tmp_path)
         logger=False,
     )
     with pytest.raises(FileNotFoundError, match=r"resume=true: no .*last\.ckpt.*hydra\.run\.dir="):
-        resume_point(compose_cfg(["resume=true"]), trainer)
-    assert resume_point(compose_cfg(), trainer) is None
+        resume_point(compose_config(["resume=true"]), trainer)
+    assert resume_point(compose_config(), trainer) is None
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"")
-    assert resume_point(compose_cfg(["resume=true"]), trainer) == str(
+    assert resume_point(compose_config(["resume=true"]), trainer) == str(
         tmp_path / "checkpoints" / "last.ckpt"
     )
     with pytest.raises(FileNotFoundError, match=r"ckpt_path=.*nope\.ckpt: no such checkpoint"):
-        resume_point(compose_cfg([f"ckpt_path={tmp_path / 'nope.ckpt'}"]), trainer)
+        resume_point(compose_config([f"ckpt_path={tmp_path / 'nope.ckpt'}"]), trainer)

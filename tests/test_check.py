@@ -4,10 +4,11 @@ import shutil
 import subprocess
 import sys
 
-from conftest import compose_cfg, make_hw1_folder
+from conftest import make_hw1_folder
 from PIL import Image
 
 from hw1.check import report
+from hw1.config import compose_config
 
 
 def planted_folder(root):
@@ -25,7 +26,7 @@ def planted_folder(root):
 def test_the_report_counts_classes_duplicates_bad_files_and_sizes(tmp_path):
     root = tmp_path / "data"
     planted_folder(root)
-    text, problems = report(compose_cfg([f"data.root={root}"], config_name="check"))
+    text, problems = report(compose_config([f"data.root={root}"], config_name="check"))
     assert problems == [] and text.endswith("training can start"), text
     lines = text.splitlines()
     assert "classes: 3 (a, b, c)" in lines
@@ -56,19 +57,21 @@ def test_check_exits_non_zero_naming_what_would_stop_training(tmp_path):
 
 
 def test_check_reports_a_missing_root_and_takes_val_split(tmp_path):
-    text, problems = report(compose_cfg([f"data.root={tmp_path / 'nowhere'}"], config_name="check"))
+    text, problems = report(
+        compose_config([f"data.root={tmp_path / 'nowhere'}"], config_name="check")
+    )
     assert len(problems) == 1 and "nowhere: no such folder" in problems[0]
     assert "problems that stop training: 1" in text and "experiment=demo" in text
     root = tmp_path / "data"
     make_hw1_folder(root, ["a", "b"], train=4, val=0, test=0)
     shutil.rmtree(root / "val")
-    _, problems = report(compose_cfg([f"data.root={root}"], config_name="check"))
+    _, problems = report(compose_config([f"data.root={root}"], config_name="check"))
     assert "data.val_split=0.1" in problems[0]
-    cfg = compose_cfg([f"data.root={root}", "data.val_split=0.25"], config_name="check")
+    cfg = compose_config([f"data.root={root}", "data.val_split=0.25"], config_name="check")
     text, problems = report(cfg)
     assert problems == [] and "val: no val/ folder; data.val_split=0.25 of train" in text
     # with cross-validation the val/ folder or its absence does not matter: folds are said
-    cfg = compose_cfg([f"data.root={root}", "data.folds=2", "data.fold=1"], config_name="check")
+    cfg = compose_config([f"data.root={root}", "data.folds=2", "data.fold=1"], config_name="check")
     text, problems = report(cfg)
     assert problems == [] and "data.folds=2, fold 1 validated on" in text
     assert "val_split" not in text

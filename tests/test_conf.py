@@ -4,15 +4,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONF_DIR, compose_cfg
 from hydra.errors import ConfigCompositionException, InstantiationException, MissingConfigException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from hw1.config import CONF_DIR, compose_config
 from hw1.data import DemoDataModule, FolderDataModule
-from hw1.model import Backbone, Classifier, resolve_weights
+from hw1.model import Backbone, Classifier
 from hw1.report import reference
 from hw1.train import flatten
+from hw1.weights import resolve_weights
 
 REFERENCE = reference()
 FAMILIES = ["depth", "weights", "head", "lr", "other", "resnext101"]
@@ -25,7 +26,7 @@ ARCH = {
 }  # fmt: skip
 
 
-def test_the_groups_have_every_option_the_spec_names():
+def test_the_groups_have_every_option_the_report_names():
     assert sorted(ARCH) == MODELS
     assert HEADS == ["v0", "v1", "v2", "v3", "v4"]
     for group, options in {
@@ -41,7 +42,7 @@ def test_the_groups_have_every_option_the_spec_names():
 
 
 def test_defaults_are_the_reports_best_recipe():
-    cfg = compose_cfg()
+    cfg = compose_config()
     assert cfg.model.arch == "resnext101_32x8d" and cfg.model.weights == "IMAGENET1K_V2"
     assert cfg.model.trainable_stages is None
     assert (cfg.head.name, cfg.head.dropout) == ("v1", 0.5)
@@ -55,12 +56,12 @@ def test_defaults_are_the_reports_best_recipe():
 
 @pytest.mark.parametrize(("epochs", "patience"), [(100, 2), (10, 1), (1, 1), (500, 10)])
 def test_early_stopping_patience_follows_max_epochs(epochs, patience):
-    cfg = compose_cfg([f"trainer.max_epochs={epochs}"])
+    cfg = compose_config([f"trainer.max_epochs={epochs}"])
     assert cfg.callbacks.early_stopping.patience == patience
 
 
 def test_early_stopping_mode_follows_the_monitored_metric():
-    cfg = compose_cfg(
+    cfg = compose_config(
         ["callbacks.early_stopping.monitor=val/acc", "callbacks.early_stopping.patience=7"]
     )
     assert cfg.callbacks.early_stopping.mode == "max" and cfg.callbacks.early_stopping.patience == 7
@@ -68,7 +69,7 @@ def test_early_stopping_mode_follows_the_monitored_metric():
 
 @pytest.mark.parametrize("name", MODELS)
 def test_every_model_config_composes_and_instantiates(name):
-    cfg = compose_cfg([f"model={name}", "model.weights=null"])
+    cfg = compose_config([f"model={name}", "model.weights=null"])
     backbone = instantiate(cfg.model)
     assert isinstance(backbone, Backbone)
     assert backbone.net.__class__.__name__ == "ResNet"
@@ -77,41 +78,46 @@ def test_every_model_config_composes_and_instantiates(name):
 
 @pytest.mark.parametrize("name", HEADS)
 def test_every_head_config_composes_and_instantiates(name):
-    cfg = compose_cfg([f"head={name}", "model=resnet18", "model.weights=null"])
+    cfg = compose_config([f"head={name}", "model=resnet18", "model.weights=null"])
     head = instantiate(cfg.head, in_features=512, num_classes=100)
     assert head[-1].out_features == 100
-    model = Classifier(
-        **{k: OmegaConf.to_container(cfg[k]) for k in ("model", "head", "optim", "sched")},
-        class_names=[str(i) for i in range(100)],
-    )
+    model = Classifier.from_config(cfg, class_names=[str(i) for i in range(100)])
     optimizers = model.configure_optimizers()
     assert optimizers["optimizer"].param_groups[0]["lr"] == 1e-4
 
 
+def test_backbone_lr_factor_is_the_classifiers_not_an_optimizer_argument():
+    cfg = compose_config(["model=resnet18", "model.weights=null", "backbone_lr_factor=0.1"])
+    assert "backbone_lr_factor" not in cfg.optim  # AdamW's node holds AdamW's arguments only
+    optimizer = Classifier.from_config(cfg, ["a", "b"]).configure_optimizers()["optimizer"]
+    head, backbone = optimizer.param_groups
+    assert backbone["lr"] == pytest.approx(0.1 * head["lr"]) and head["lr"] == cfg.optim.lr
+
+
 def test_data_config_instantiates_the_datamodule():
-    dm = instantiate(compose_cfg(["data.root=/some/where"]).data)
+    dm = instantiate(compose_config(["data.root=/some/where"]).data)
     assert isinstance(dm, FolderDataModule) and str(dm.root) == "/some/where"
-    assert (dm.sizes.crop, dm.sizes.resize) == (224, 232)  # resnext101's IMAGENET1K_V2
+    assert (dm.eval_spec.crop, dm.eval_spec.resize) == (224, 232)  # resnext101's IMAGENET1K_V2
 
 
 def test_demo_experiment_composes():
-    cfg = compose_cfg(["experiment=demo"])
+    cfg = compose_config(["experiment=demo"])
     assert cfg.model.arch == "resnet18" and cfg.model.weights is None
     assert cfg.trainer.accelerator == "cpu" and cfg.sched.T_max == cfg.trainer.max_epochs
     assert isinstance(instantiate(cfg.data), DemoDataModule)
 
 
 def test_unknown_weights_name_fails_at_composition_time_with_the_choices():
-    cfg = compose_cfg(["model=resnet34", "model.weights=IMAGENET1K_V2"])
+    cfg = compose_config(["model=resnet34", "model.weights=IMAGENET1K_V2"])
     with pytest.raises(InstantiationException, match=r"resnet34 has no such .*IMAGENET1K_V1;"):
         instantiate(cfg.data)
 
 
 @pytest.mark.parametrize("run_id", sorted(REFERENCE))
 def test_every_recipe_sets_the_reports_settings_and_builds(run_id):
-    """Each recipe against the report's table (hw1/reference.csv, spec §4)."""
+    """Each recipe against the report's table (hw1/reference.csv)."""
     ref = REFERENCE[run_id]
-    cfg = compose_cfg([f"recipe={run_id}"])
+    cfg = compose_config([f"recipe={run_id}"])
     assert cfg.id == run_id
     assert cfg.model.arch == ARCH[ref["arch"]]
     assert cfg.data.batch_size == int(ref["batch_size"])
@@ -128,22 +134,19 @@ def test_every_recipe_sets_the_reports_settings_and_builds(run_id):
         assert cfg.sched._target_ == "hw1.model.cosine_then_flat"
         assert (cfg.sched.T_max, cfg.sched.eta_min) == (int(ref["T_max"]), float(ref["eta_min"]))
     assert cfg.tta == ref["tta"]
-    # What the table leaves alone is the recipe of spec §3.
+    # What the table leaves alone is the report's best recipe, the defaults.
     assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.trainer.max_epochs) == (1e-4, 1e-3, 100)
     assert cfg.data.image_size == 224 and cfg.data.augment.rotation == 10
     resolve_weights(cfg.model.arch, cfg.model.weights)  # a name this backbone has
-    with torch.device("meta"):  # the model, without allocating its parameters
-        model = Classifier(
-            **{k: OmegaConf.to_container(cfg[k]) for k in ("head", "optim", "sched")},
-            model={**OmegaConf.to_container(cfg.model), "weights": None},
-            class_names=[str(i) for i in range(100)],
-        )
+    cfg.model.weights = None  # the model, without downloading weights
+    with torch.device("meta"):  # ... or allocating its parameters
+        model = Classifier.from_config(cfg, class_names=[str(i) for i in range(100)])
     frozen = sum(not p.requires_grad for p in model.backbone.parameters())
     assert (frozen > 0) == (cfg.model.trainable_stages is not None)
 
 
 def head_params(name: str, F: int = 2048, C: int = 100) -> int:
-    """The spec's head layers (§2) counted by hand: Linear a->b has a*b+b, BatchNorm1d 2b."""
+    """The report's head layers counted by hand: Linear a->b has a*b+b, BatchNorm1d 2b."""
     linear = lambda a, b: a * b + b  # noqa: E731
     return {
         "v0": linear(F, C),
@@ -169,7 +172,7 @@ RESNET50_FEATURES_PARAMS = 25_557_032 - (2048 * 1000 + 1000)  # torchvision's co
     + [("X101_V1", 87_816_936)],  # the report's own figure
 )
 def test_recipe_parameter_counts(run_id, expected):
-    cfg = compose_cfg([f"recipe={run_id}", "model.weights=null"])
+    cfg = compose_config([f"recipe={run_id}", "model.weights=null"])
     with torch.device("meta"):
         backbone = instantiate(cfg.model)
         head = instantiate(cfg.head, in_features=backbone.num_features, num_classes=100)
@@ -179,12 +182,12 @@ def test_recipe_parameter_counts(run_id, expected):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_a_family_sweeps_its_recipes_into_directories_named_by_id(family):
-    cfg = compose_cfg([f"experiment={family}"], return_hydra_config=True)
+    cfg = compose_config([f"experiment={family}"], return_hydra_config=True)
     assert cfg.family == family
     swept = cfg.hydra.sweeper.params.recipe.split(",")
     assert swept == [i for i, ref in REFERENCE.items() if ref["family"] == family]
     first = swept[0]
-    job = compose_cfg([f"experiment={family}", f"recipe={first}"], return_hydra_config=True)
+    job = compose_config([f"experiment={family}", f"recipe={first}"], return_hydra_config=True)
     job.hydra.job.num = 3  # what Hydra sets for the fourth job of a sweep
     assert job.hydra.sweep.subdir == f"3_{first}"
     job.id = None  # a sweep without recipes keeps Hydra's numbered directories
@@ -192,7 +195,7 @@ def test_a_family_sweeps_its_recipes_into_directories_named_by_id(family):
 
 
 def test_the_head_family_skips_x50_v4_as_the_report_did():
-    swept = compose_cfg(["experiment=head"], return_hydra_config=True).hydra.sweeper.params
+    swept = compose_config(["experiment=head"], return_hydra_config=True).hydra.sweeper.params
     assert "X50_32_V4" not in swept.recipe and swept.recipe.count("_V") == 14
 
 
@@ -209,11 +212,11 @@ def test_tricks_strong_adds_its_options_and_nothing_else():
     tricks = flat(OmegaConf.load(Path(CONF_DIR) / "tricks" / "strong.yaml"))
     assert tricks  # it sets something
     on_demo = changed(
-        compose_cfg(["experiment=demo"]), compose_cfg(["experiment=demo", "tricks=strong"])
+        compose_config(["experiment=demo"]), compose_config(["experiment=demo", "tricks=strong"])
     )
     assert on_demo == set(tricks)
     # recipe=strong: the report's best, X101_V1, with the same options (and its own ID)
-    strong, best = compose_cfg(["recipe=strong"]), compose_cfg(["recipe=X101_V1"])
+    strong, best = compose_config(["recipe=strong"]), compose_config(["recipe=X101_V1"])
     assert changed(best, strong) == {*tricks, "id"} and strong.id == "strong"
     assert all(flat(strong)[k] == v for k, v in tricks.items())
 
@@ -234,21 +237,23 @@ def test_a_config_sets_only_what_differs_from_what_it_builds_on(group_name):
         k.split("/")[-1]: v for e in entries if not isinstance(e, str) for k, v in e.items()
     }
     if overrides:
-        inherited = compose_cfg(parents, return_hydra_config=True).hydra.runtime.choices
+        inherited = compose_config(parents, return_hydra_config=True).hydra.runtime.choices
         assert [f"{g}: {v}" for g, v in overrides.items() if inherited[g] == v] == []
     group, name = group_name.split("/")
-    base = compose_cfg(parents + [f"{g}={v}" for g, v in overrides.items()])
-    assert changed(base, compose_cfg([f"{group}={name}"])) == set(flat(own))
+    base = compose_config(parents + [f"{g}={v}" for g, v in overrides.items()])
+    assert changed(base, compose_config([f"{group}={name}"])) == set(flat(own))
 
 
 def test_overrides_apply_on_top_of_a_recipe():
-    cfg = compose_cfg(["recipe=R101_64_l2", "model.arch=resnet18", "data.batch_size=8"])
+    cfg = compose_config(["recipe=R101_64_l2", "model.arch=resnet18", "data.batch_size=8"])
     assert (cfg.model.arch, cfg.data.batch_size, cfg.model.trainable_stages) == ("resnet18", 8, 2)
 
 
 @pytest.mark.parametrize("launcher", ["joblib", "slurm"])
 def test_sweep_launchers_compose(launcher):
-    cfg = compose_cfg(["experiment=depth", f"hydra/launcher={launcher}"], return_hydra_config=True)
+    cfg = compose_config(
+        ["experiment=depth", f"hydra/launcher={launcher}"], return_hydra_config=True
+    )
     target = cfg.hydra.launcher._target_
     assert target.startswith(
         "hydra_plugins.hydra_joblib_launcher"
@@ -262,7 +267,7 @@ def test_sweep_launchers_compose(launcher):
 @pytest.mark.parametrize(("group", "options"), [("model", MODELS), ("head", HEADS)])
 def test_an_unknown_group_option_lists_the_valid_ones(group, options):
     with pytest.raises(MissingConfigException) as error:
-        compose_cfg([f"{group}=nonexistent99"])
+        compose_config([f"{group}=nonexistent99"])
     message = str(error.value)
     assert f"Could not find '{group}/nonexistent99'" in message
     assert all(f"\t{name}\n" in message + "\n" for name in options), message
@@ -270,19 +275,19 @@ def test_an_unknown_group_option_lists_the_valid_ones(group, options):
 
 def test_an_unknown_key_is_named():
     with pytest.raises(ConfigCompositionException, match=r"override 'data\.val_fraction'") as e:
-        compose_cfg(["data.val_fraction=0.1"])
+        compose_config(["data.val_fraction=0.1"])
     assert "Key 'val_fraction' is not in struct" in str(e.value.__cause__)
 
 
 def test_ddp_trainer_config_is_lightnings_ddp_on_gpus():
-    cfg = compose_cfg(["trainer=ddp", "trainer.num_nodes=2", "trainer.sync_batchnorm=true"])
+    cfg = compose_config(["trainer=ddp", "trainer.num_nodes=2", "trainer.sync_batchnorm=true"])
     assert (cfg.trainer.strategy, cfg.trainer.accelerator) == ("ddp", "gpu")
     assert (cfg.trainer.num_nodes, cfg.trainer.sync_batchnorm) == (2, True)
     assert cfg.trainer.precision == "bf16-mixed"
 
 
 def test_device_side_model_options_reach_the_backbone():
-    cfg = compose_cfg(["model=resnet18", "model.weights=null", "model.channels_last=true"])
+    cfg = compose_config(["model=resnet18", "model.weights=null", "model.channels_last=true"])
     backbone = instantiate(cfg.model)
     assert backbone.channels_last and cfg.model.compile is False
     assert backbone.net.conv1.weight.is_contiguous(memory_format=torch.channels_last)

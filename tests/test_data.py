@@ -1,45 +1,20 @@
 from __future__ import annotations
 
-import io
-import itertools
 import shutil
 from pathlib import Path
 
-import numpy as np
+import lightning as L
 import pytest
 import torch
-from conftest import make_hw1_folder
-from PIL import Image
+from conftest import datamodule, make_hw1_folder, photo
+from test_model import classifier
+from torch import nn
+from torchvision.transforms.v2.functional import to_pil_image
 
-import hw1.data
-from hw1.data import (
-    SCAN_CACHE,
-    ClassFolders,
-    FolderDataModule,
-    UnlabeledImages,
-    class_names,
-    fold_split,
-    load_rgb,
-    stratified_split,
-)
-from hw1.presets import Jittered, finish
-
-
-def datamodule(root, **kw) -> FolderDataModule:
-    kw = {"image_size": 32, "batch_size": 4, "num_workers": 0, "arch": "resnet18", **kw}
-    return FolderDataModule(root=root, **kw)
-
-
-def test_integer_class_folders_are_ordered_numerically(int_classes_root):
-    root, _ = int_classes_root
-    assert class_names(root / "train") == [str(i) for i in range(12)]
-
-
-def test_named_class_folders_are_ordered_as_text(tmp_path):
-    for name in ["tulip", "Aster", "10", "rose", ".hidden"]:
-        (tmp_path / name).mkdir()
-    (tmp_path / "notes.txt").write_text("not a class")
-    assert class_names(tmp_path) == ["10", "Aster", "rose", "tulip"]
+from hw1.data import ClassFolders, LoaderDataModule, Normalise, UnlabeledImages, train_pipeline
+from hw1.fast_pipeline import FastTrainPreset, Jittered, finish
+from hw1.presets import IMAGENET_MEAN, IMAGENET_STD, eval_spec
+from hw1.scan import class_names
 
 
 def test_val_shares_train_class_indices(int_classes_root):
@@ -65,10 +40,10 @@ def test_test_images_are_every_image_sorted_with_stems(int_classes_root):
 @pytest.mark.parametrize("pipeline", ["fast", "reference"])
 def test_datamodule_batches_have_the_crop_size_and_labels(int_classes_root, pipeline):
     """The fast pipeline's batches stay uint8 with their colour jitter still to apply
-    (the model does both on its device); the reference's come normalised."""
+    (the data module does both on the device); the reference's come normalised."""
     root, _ = int_classes_root
     dm = datamodule(root, pipeline=pipeline)
-    dm.prepare_data()
+    dm.validate()
     dm.setup("fit")
     x, y = next(iter(dm.train_dataloader()))
     if pipeline == "fast":
@@ -85,140 +60,63 @@ def test_datamodule_batches_have_the_crop_size_and_labels(int_classes_root, pipe
     assert all(isinstance(n, str) for n in names)
 
 
-def test_eval_sizes_follow_the_weights():
+@pytest.mark.parametrize(("name", "dtype"), [("fast", torch.uint8), ("reference", torch.float32)])
+def test_both_pipelines_give_the_crop_size_dtype_and_value_range(name, dtype):
+    spec = eval_spec(48)
+    out = train_pipeline(name, spec)(photo())
+    assert out.shape == (3, 48, 48) and out.dtype == dtype
+    if name == "reference":  # normalised: black..white through Normalize
+        low = (0 - torch.tensor(spec.mean)) / torch.tensor(spec.std)
+        high = (1 - torch.tensor(spec.mean)) / torch.tensor(spec.std)
+        assert (out >= low.view(3, 1, 1) - 1e-5).all() and (out <= high.view(3, 1, 1) + 1e-5).all()
+    else:
+        assert out.float().std() > 5  # an image, not a blank
+
+
+def test_unknown_pipeline_is_a_clear_error():
+    with pytest.raises(ValueError, match="data.pipeline=slow: use fast or reference"):
+        train_pipeline("slow", eval_spec(32))
+
+
+def test_eval_spec_follows_the_weights():
     assert (
-        datamodule("x", image_size=224, arch="resnet50", weights="IMAGENET1K_V2").sizes.resize
+        datamodule("x", image_size=224, arch="resnet50", weights="IMAGENET1K_V2").eval_spec.resize
         == 232
     )
     assert (
-        datamodule("x", image_size=224, arch="resnet50", weights="IMAGENET1K_V1").sizes.resize
+        datamodule("x", image_size=224, arch="resnet50", weights="IMAGENET1K_V1").eval_spec.resize
         == 256
     )
-    assert datamodule("x", image_size=224, weights=None).sizes.resize == 256
+    assert datamodule("x", image_size=224, weights=None).eval_spec.resize == 256
+
+
+def test_the_data_module_reads_nothing_until_validate(tmp_path):
+    """Lightning's contract: prepare_data keeps no state, and the settings are the saved
+    hyper-parameters (plain values: checkpoints keep them and load with weights_only)."""
+    dm = datamodule(tmp_path / "nowhere", batch_size=3)
+    dm.prepare_data()
+    assert dm.class_names is None and dm.samples is None and dm.train_set is None
+    assert dm.hparams.batch_size == 3 and dm.hparams.root == str(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        dm.validate()
 
 
 def test_missing_root_says_where_it_looked_and_how_to_run_the_demo(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"(?s)data.root=.*nowhere.*experiment=demo"):
-        datamodule(tmp_path / "nowhere").prepare_data()
+        datamodule(tmp_path / "nowhere").validate()
 
 
 def test_missing_val_folder_is_named(tmp_path):
     (tmp_path / "train" / "a").mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match="has no val/ folder"):
-        datamodule(tmp_path).prepare_data()
+        datamodule(tmp_path).validate()
 
 
 def test_train_and_val_class_mismatch_names_both_sides(tmp_path):
     make_hw1_folder(tmp_path, ["a", "b", "c"], train=1, val=1, test=0)
     (tmp_path / "val" / "c").rename(tmp_path / "val" / "d")
     with pytest.raises(ValueError, match=r"missing in val: \['c'\]; missing in train: \['d'\]"):
-        _ = datamodule(tmp_path).class_names
-
-
-def _write_modes(folder):
-    """One file per awkward kind of image that real folders hold."""
-    folder.mkdir(parents=True, exist_ok=True)
-    Image.new("L", (8, 8), 200).save(folder / "grey.png")
-    Image.new("P", (8, 8), 3).save(folder / "palette.png")
-    Image.new("RGBA", (8, 8), (255, 0, 0, 0)).save(folder / "transparent.png")
-    Image.new("CMYK", (8, 8), (0, 255, 255, 0)).save(folder / "cmyk.jpg")
-    Image.fromarray(np.full((8, 8), 32768, dtype=np.uint16)).save(folder / "sixteen.png")
-    exif = Image.Exif()
-    exif[0x0112] = 6  # orientation: rotate 90 degrees to display
-    Image.new("RGB", (40, 20), (0, 0, 255)).save(folder / "sideways.jpg", exif=exif)
-
-
-def test_every_image_kind_loads_as_upright_8_bit_rgb(tmp_path):
-    _write_modes(tmp_path)
-    images = {p.stem: load_rgb(p) for p in tmp_path.iterdir()}
-    assert {im.mode for im in images.values()} == {"RGB"}
-    assert images["grey"].getpixel((0, 0)) == (200, 200, 200)
-    assert images["transparent"].getpixel((0, 0)) == (255, 255, 255)  # laid on white
-    assert images["sixteen"].getpixel((0, 0)) == (128, 128, 128)  # scaled, not clipped to 255
-    red = images["cmyk"].getpixel((0, 0))
-    assert red[0] > 200 and red[1] < 60 and red[2] < 60
-    assert images["sideways"].size == (20, 40)  # EXIF orientation applied
-
-
-def test_hidden_and_non_image_files_are_not_samples(tmp_path):
-    cls = tmp_path / "train" / "a"
-    _write_modes(cls)
-    Image.new("RGB", (8, 8)).save(cls / "UPPER.JPG")
-    Image.new("RGB", (8, 8)).save(cls / "modern.webp")
-    (cls / "._UPPER.JPG").write_bytes(b"\0\5\26\7 AppleDouble")
-    (cls / ".DS_Store").write_bytes(b"\0")
-    (cls / "Thumbs.db").write_bytes(b"\0")
-    (cls / "notes.txt").write_text("x")
-    names = sorted(Path(p).name for p, _ in ClassFolders(tmp_path / "train", ["a"]).samples)
-    assert names == sorted(
-        ["grey.png", "palette.png", "transparent.png", "cmyk.jpg", "sixteen.png",
-         "sideways.jpg", "UPPER.JPG", "modern.webp"]
-    )  # fmt: skip
-    image, label = ClassFolders(tmp_path / "train", ["a"])[0]
-    assert image.mode == "RGB" and label == 0
-
-
-def _plant_bad_images(root: Path) -> list[Path]:
-    """An empty file, a truncated JPEG and a web page saved as .jpg."""
-    good = io.BytesIO()
-    Image.new("RGB", (64, 64), (9, 99, 199)).save(good, format="JPEG")
-    bad = [root / "train" / "0" / "empty.jpg", root / "train" / "1" / "cut.jpg"]
-    bad.append(root / "val" / "2" / "page.jpg")
-    bad[0].write_bytes(b"")
-    bad[1].write_bytes(good.getvalue()[:200])
-    bad[2].write_text("<!doctype html><html>404</html>")
-    return bad
-
-
-def test_unreadable_train_and_val_images_are_left_out_with_one_warning(tmp_path, caplog):
-    make_hw1_folder(tmp_path, ["0", "1", "2"], train=4, val=2, test=0)
-    bad = _plant_bad_images(tmp_path)
-    dm = datamodule(tmp_path)
-    with caplog.at_level("WARNING", logger="hw1.data"):
-        dm.prepare_data()
-        dm.setup("fit")
-    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert len(warnings) == 1 and all(str(p) in warnings[0] for p in bad), warnings
-    assert (len(dm.train_set), len(dm.val_set)) == (12, 6)
-    kept = {Path(p) for p, _ in dm.train_set.samples + dm.val_set.samples}
-    assert not kept & set(bad)
-    # every remaining sample loads: no crash mid-epoch
-    assert sum(1 for _ in dm.train_dataloader()) == 3 and sum(1 for _ in dm.val_dataloader()) == 2
-
-
-def test_the_image_check_is_cached_next_to_the_data(tmp_path, monkeypatch):
-    make_hw1_folder(tmp_path, ["a", "b"], train=3, val=2, test=2)
-    _plant = tmp_path / "train" / "a" / "bad.jpg"
-    _plant.write_bytes(b"")
-    decoded = []
-    real = hw1.data.load_rgb
-    monkeypatch.setattr(hw1.data, "load_rgb", lambda f: decoded.append(f) or real(f))
-
-    datamodule(tmp_path).prepare_data()
-    assert len(decoded) == 7 + 4 + 4  # train (bad.jpg too: its bytes are tried), val, test
-    assert (tmp_path / SCAN_CACHE).is_file()
-
-    decoded.clear()
-    dm = datamodule(tmp_path)
-    dm.prepare_data()
-    assert decoded == [] and len(dm.samples["train"]) == 6  # the cache says bad.jpg is bad
-
-    _plant.write_bytes((tmp_path / "train" / "a" / "0.jpg").read_bytes())  # fixed: size changes
-    dm = datamodule(tmp_path)
-    dm.prepare_data()
-    assert len(decoded) == 1 and len(dm.samples["train"]) == 7
-
-
-def test_a_read_only_data_root_is_checked_without_a_cache(tmp_path, monkeypatch):
-    make_hw1_folder(tmp_path, ["a", "b"], train=2, val=1, test=0)
-
-    def read_only(path, data):
-        raise PermissionError(13, "Read-only file system", str(path))
-
-    monkeypatch.setattr(hw1.data, "write_atomically", read_only)
-    dm = datamodule(tmp_path)
-    dm.prepare_data()
-    assert len(dm.samples["train"]) == 4 and not (tmp_path / SCAN_CACHE).exists()
+        datamodule(tmp_path).validate()
 
 
 @pytest.mark.parametrize("split", ["train", "val"])
@@ -228,26 +126,26 @@ def test_an_empty_class_folder_is_named(tmp_path, split):
         f.unlink()
     (tmp_path / split / "b" / ".DS_Store").write_bytes(b"\0")
     with pytest.raises(ValueError, match=rf"without a readable image: {tmp_path / split / 'b'}\."):
-        datamodule(tmp_path).prepare_data()
+        datamodule(tmp_path).validate()
 
 
 def test_a_class_whose_only_images_are_unreadable_is_named(tmp_path):
     make_hw1_folder(tmp_path, ["a", "b"], train=2, val=1, test=0)
     (tmp_path / "val" / "a" / "0.jpg").write_text("<html></html>")
     with pytest.raises(ValueError, match=rf"without a readable image: {tmp_path / 'val' / 'a'}"):
-        datamodule(tmp_path).prepare_data()
+        datamodule(tmp_path).validate()
 
 
 def test_missing_val_folder_suggests_val_split(tmp_path):
     make_hw1_folder(tmp_path, ["a"], train=2, val=0, test=0)
     shutil.rmtree(tmp_path / "val")
     with pytest.raises(FileNotFoundError, match=r"no val/ folder.*data\.val_split=0\.1"):
-        datamodule(tmp_path).prepare_data()
+        datamodule(tmp_path).validate()
 
 
 def _split(root, seed):
     dm = datamodule(root, val_split=0.2, seed=seed)
-    dm.prepare_data()
+    dm.validate()
     dm.setup("fit")
     return dm
 
@@ -272,32 +170,12 @@ def test_val_split_holds_out_a_stratified_seeded_part_of_train(tmp_path):
     assert dm.train_set.loader.preset is dm.train_transform
 
 
-def test_stratified_split_gives_every_class_of_two_a_val_image():
-    samples = [(f"{c}/{i}", c) for c in range(3) for i in range(c + 1)]  # 1, 2, 3 images
-    train, val = stratified_split(samples, 0.01, seed=0)
-    assert sorted(c for _, c in val) == [1, 2] and len(train) == 4
-
-
-def test_folds_are_disjoint_stratified_seeded_and_cover_the_data():
-    samples = [(f"{c}/{i}", c) for c in range(4) for i in range(7 + c)]  # 7, 8, 9, 10 a class
-    vals = [fold_split(samples, 3, k, seed=5)[1] for k in range(3)]
-    assert sorted(x for v in vals for x in v) == sorted(samples)  # every image once
-    assert all(not set(a) & set(b) for a, b in itertools.combinations(vals, 2))
-    for v in vals:
-        per_class = [sum(c == k for _, c in v) for k in range(4)]
-        assert all(abs(n - (7 + k) / 3) < 1 for k, n in enumerate(per_class))  # stratified
-    assert max(map(len, vals)) - min(map(len, vals)) <= 1
-    train, val = fold_split(samples, 3, 1, seed=5)
-    assert sorted(train + val) == sorted(samples) and val == vals[1]
-    assert fold_split(samples, 3, 1, seed=6)[1] != val
-
-
 def test_cross_validation_pools_train_and_val(tmp_path):
     make_hw1_folder(tmp_path, [str(i) for i in range(3)], train=6, val=3, test=0)
     seen = []
     for fold in range(3):
         dm = datamodule(tmp_path, folds=3, fold=fold)
-        dm.prepare_data()
+        dm.validate()
         dm.setup("fit")
         assert len(dm.train_set) + len(dm.val_set) == 27
         seen += [path for path, _ in dm.val_set.samples]
@@ -309,9 +187,85 @@ def test_cross_validation_pools_train_and_val(tmp_path):
 def test_eval_size_evaluates_larger_than_training_crops(tmp_path):
     make_hw1_folder(tmp_path, ["a", "b"], train=2, val=1, test=1)
     dm = datamodule(tmp_path, image_size=32, eval_size=48)
-    dm.prepare_data()
+    dm.validate()
     dm.setup("fit")
-    assert dm.sizes.crop == 48 and dm.val_set[0][0].shape[-1] == 48  # val, TTA, predict
+    assert dm.eval_spec.crop == 48 and dm.val_set[0][0].shape[-1] == 48  # val, TTA, predict
     assert finish(dm.train_set[0][0]).shape[-1] == 32
     same = datamodule(tmp_path, image_size=32)
-    assert same.sizes.crop == 32 and same.sizes == datamodule(tmp_path, eval_size=None).sizes
+    assert (
+        same.eval_spec.crop == 32
+        and same.eval_spec == datamodule(tmp_path, eval_size=None).eval_spec
+    )
+
+
+# The data layer's last step, on the device: the fast pipeline's batches become normalised
+# floats there, before the model sees them.
+
+
+def _empty_loader() -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader([])
+
+
+def imagenet_normalise(x):
+    return Normalise(IMAGENET_MEAN, IMAGENET_STD)(x)
+
+
+def test_uint8_batches_are_normalised_on_the_device_floats_pass_unchanged():
+    model, data = classifier(), LoaderDataModule(eval_spec(8), _empty_loader())
+    x = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    expected = (x.float() / 255 - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / (
+        torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    )
+    out, y = data.on_after_batch_transfer((x, torch.tensor([1, 2])), 0)
+    assert torch.allclose(out, expected, atol=1e-6) and y.tolist() == [1, 2]
+    views = torch.randn(2, 4, 3, 8, 8)  # a TTA batch from ViewStack: already normalised
+    assert data.on_after_batch_transfer((views, ["a", "b"]), 0)[0] is views
+    assert "mean" not in model.state_dict()  # checkpoints keep their keys
+
+
+def _jittered_samples(n: int = 4, size: int = 32) -> list:
+    """Fast-pipeline samples of a smooth colour image, their jitter still to apply."""
+    g = torch.Generator().manual_seed(1)
+    coarse = torch.randint(0, 256, (3, 4, 4), dtype=torch.uint8, generator=g)
+    image = to_pil_image(nn.functional.interpolate(coarse[None].float(), size=48)[0].byte())
+    fast = FastTrainPreset(eval_spec(size))
+    torch.manual_seed(0)
+    return [(fast.apply(image, fast.draw(48, 48), (48, 48)), k) for k in range(n)]
+
+
+def test_jittered_batches_get_their_colour_jitter_and_normalisation_on_the_device():
+    """A collated batch of the fast pipeline's samples: normalised as each sample's own
+    finished image would be (within the rounding of that image to uint8)."""
+    samples = _jittered_samples()
+    x, y = torch.utils.data.default_collate(samples)
+    assert isinstance(x, Jittered) and not (x.colour[:, :, :3] == torch.eye(3)).all()
+    data = LoaderDataModule(eval_spec(32), _empty_loader())
+    out, labels = data.on_after_batch_transfer((x, y), 0)
+    mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
+    expected = torch.stack([finish(s) for s, _ in samples]).float() / 255
+    expected = (expected - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+    assert out.dtype == torch.float32 and out.shape == (4, 3, 32, 32)
+    assert (out - expected).abs().max() < 0.51 / 255 / min(IMAGENET_STD)
+    assert not torch.allclose(out, imagenet_normalise(x.image[:, :3]), atol=0.05)
+    assert labels.tolist() == [0, 1, 2, 3]
+
+
+def test_a_fit_on_jittered_batches_shows_callbacks_the_jittered_normalised_batch():
+    """Lightning moves the Jittered batch to the device as it is (a named tuple), and what
+    callbacks see (TensorBoardFigures' augmented samples) is the finished batch."""
+    seen = []
+
+    class Spy(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.append(batch[0])
+
+    model = classifier()
+    trainer = L.Trainer(
+        accelerator="cpu", fast_dev_run=True, logger=False, callbacks=[Spy()],
+        enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    samples = _jittered_samples()
+    loader = torch.utils.data.DataLoader(samples, batch_size=4)
+    trainer.fit(model, datamodule=LoaderDataModule(eval_spec(32), loader))
+    x = torch.utils.data.default_collate(samples)[0]
+    assert torch.allclose(seen[0], imagenet_normalise(x), atol=1e-5)

@@ -4,10 +4,11 @@ import json
 
 import pytest
 import torch
-from conftest import compose_cfg, make_hw1_folder
+from conftest import make_hw1_folder
 from PIL import Image
 from test_predict import tiny_model
 
+from hw1.config import compose_config
 from hw1.eval import confusion_report, evaluate
 
 
@@ -25,7 +26,7 @@ def test_eval_accuracy_is_what_training_logged_for_the_checkpoint(trained_run, t
     metrics = json.loads((run_dir / "metrics.json").read_text())
     overrides = [f"ckpt_path={metrics['best_ckpt']}", f"data.root={root}", "trainer=cpu"]
     overrides += [f"output={tmp_path / 'eval.json'}", "data.num_workers=0"]
-    cfg = compose_cfg(overrides, config_name="eval")
+    cfg = compose_config(overrides, config_name="eval")
     results = evaluate(cfg)
     assert results["acc"] == pytest.approx(metrics["best_val_acc"], abs=1e-6)
     assert 0 <= results["acc_tta"] <= 1 and results["images"] == 36
@@ -44,5 +45,5 @@ def test_eval_leaves_out_unreadable_images(tmp_path):
     torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}, ckpt)
     overrides = [f"ckpt_path={ckpt}", f"data.root={root}", "trainer=cpu", "tta=none"]
     overrides += [f"output={tmp_path / 'eval.json'}", "data.num_workers=0"]
-    results = evaluate(compose_cfg(overrides, config_name="eval"))
+    results = evaluate(compose_config(overrides, config_name="eval"))
     assert results["images"] == 24

@@ -6,14 +6,15 @@ import io
 import numpy as np
 import pytest
 import torch
-from conftest import compose_cfg, make_hw1_folder
+from conftest import make_hw1_folder
 from PIL import Image
 
 from hw1.bench import batched, per_image_tta
+from hw1.config import compose_config
 from hw1.data import UnlabeledImages, view_loader
 from hw1.model import Classifier
 from hw1.predict import predict
-from hw1.presets import EvalSizes, ViewStack, eval_preset
+from hw1.presets import EvalSpec, ViewStack, eval_preset
 
 
 def tiny_model(seed: int = 0) -> Classifier:
@@ -24,12 +25,12 @@ def tiny_model(seed: int = 0) -> Classifier:
         optim={},
         sched={},
         class_names=[str(i) for i in range(12)],
-        preprocess=EvalSizes(crop=32, resize=37).to_dict(),
+        preprocess=EvalSpec(crop=32, resize=37).to_dict(),
     ).eval()
 
 
 def run_predict(root, out, *overrides):
-    cfg = compose_cfg(
+    cfg = compose_config(
         [f"data.root={root}", f"output={out}", "data.num_workers=0", "trainer=cpu", *overrides],
         config_name="predict",
     )
@@ -38,37 +39,37 @@ def run_predict(root, out, *overrides):
 
 def test_batched_tta_equals_the_per_image_computation(int_classes_root):
     root, _ = int_classes_root
-    model, sizes = tiny_model(), EvalSizes(crop=32, resize=37)
+    model, spec = tiny_model(), EvalSpec(crop=32, resize=37)
     dataset = UnlabeledImages(root / "test")
     with torch.inference_mode():
-        loop = per_image_tta(model, dataset, ViewStack(sizes, seed=3))
-        together = batched(model, view_loader(dataset, sizes, "report", 3, 5, 0))
+        loop = per_image_tta(model, dataset, ViewStack(spec, seed=3))
+        together = batched(model, view_loader(dataset, spec, "report", 3, 5, 0))
     assert together.shape == (24, 12)
     torch.testing.assert_close(together, loop, atol=1e-5, rtol=1e-4)
 
 
 def test_seed_changes_only_the_random_views():
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (50, 70, 3), dtype=np.uint8))
-    sizes = EvalSizes(crop=32, resize=37)
-    a, b = ViewStack(sizes, seed=1)(image, 5), ViewStack(sizes, seed=2)(image, 5)
+    spec = EvalSpec(crop=32, resize=37)
+    a, b = ViewStack(spec, seed=1)(image, 5), ViewStack(spec, seed=2)(image, 5)
     assert a.shape == (4, 3, 32, 32)
     assert torch.equal(a[:2], b[:2])  # plain and flipped views are deterministic
     assert not torch.equal(a[2], b[2]) and not torch.equal(a[3], b[3])  # rotation, crop
-    assert torch.equal(a, ViewStack(sizes, seed=1)(image, 5))  # same seed, same views
+    assert torch.equal(a, ViewStack(spec, seed=1)(image, 5))  # same seed, same views
     assert torch.equal(a[1], a[0].flip(-1))
 
 
 def test_tta_none_is_the_plain_eval_prediction(int_classes_root):
-    """The report's code ignored its TTA flag; here tta=none must be the eval view alone."""
+    """tta=none must be the plain eval view alone, tta=report something else."""
     root, _ = int_classes_root
-    model, sizes = tiny_model(), EvalSizes(crop=32, resize=37)
+    model, spec = tiny_model(), EvalSpec(crop=32, resize=37)
     dataset = UnlabeledImages(root / "test")
     with torch.inference_mode():
-        none = batched(model, view_loader(dataset, sizes, "none", 0, 8, 0))
+        none = batched(model, view_loader(dataset, spec, "none", 0, 8, 0))
         plain = torch.stack(
-            [model(eval_preset(sizes)(img)[None]).softmax(1)[0] for img, _ in dataset]
+            [model(eval_preset(spec)(img)[None]).softmax(1)[0] for img, _ in dataset]
         )
-        report = batched(model, view_loader(dataset, sizes, "report", 0, 8, 0))
+        report = batched(model, view_loader(dataset, spec, "report", 0, 8, 0))
     torch.testing.assert_close(none, plain, atol=1e-5, rtol=1e-4)
     assert not torch.allclose(none, report, atol=1e-4)
 

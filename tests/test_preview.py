@@ -1,9 +1,10 @@
 from __future__ import annotations
 
 import pytest
-from conftest import compose_cfg, make_hw1_folder
+from conftest import make_hw1_folder
 from PIL import Image
 
+from hw1.config import compose_config
 from hw1.preview import preview, preview_tile
 
 
@@ -11,7 +12,7 @@ from hw1.preview import preview, preview_tile
 def test_preview_writes_a_grid_of_source_augmented_and_tta_views(int_classes_root, tmp_path, split):
     root, _ = int_classes_root
     out = tmp_path / "preview.png"
-    cfg = compose_cfg(
+    cfg = compose_config(
         [f"data.root={root}", "model=resnet18", "model.weights=null", "data.image_size=32",
          "n=3", "views=2", f"split={split}", f"output={out}"],
         config_name="preview",
@@ -23,7 +24,7 @@ def test_preview_writes_a_grid_of_source_augmented_and_tta_views(int_classes_roo
 
 
 def test_preview_takes_training_overrides():
-    cfg = compose_cfg(["experiment=demo"], config_name="preview")
+    cfg = compose_config(["experiment=demo"], config_name="preview")
     assert cfg.data.image_size == 32 and cfg.n == 16 and cfg.split == "train"
 
 
@@ -32,7 +33,7 @@ def test_preview_leaves_out_unreadable_images(tmp_path):
     make_hw1_folder(root, ["a", "b"], train=3, val=1, test=0)
     (root / "train" / "a" / "empty.jpg").write_bytes(b"")
     out = tmp_path / "preview.png"
-    cfg = compose_cfg(
+    cfg = compose_config(
         [f"data.root={root}", "model=resnet18", "model.weights=null", "data.image_size=32",
          "n=100", "views=1", f"output={out}"],
         config_name="preview",

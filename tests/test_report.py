@@ -11,7 +11,7 @@ from conftest import TINY, make_hw1_folder
 from PIL import Image
 
 from hw1.demo import TEST_LABELS
-from hw1.predict import csv_text
+from hw1.io import csv_text
 from hw1.report import difference_interval, main, reference, wilson
 
 
@@ -33,6 +33,13 @@ def test_one_image_in_300_is_noise_and_the_report_best_vs_w0_is_not():
     assert lo < 0 < hi
     lo, hi = difference_interval(0.89, 300, 0.50, 300)
     assert lo > 0
+
+
+def test_the_report_does_not_load_the_training_stack():
+    heavy = "{'lightning', 'hydra', 'hw1.train'}"
+    code = f"import sys, hw1.report; print(sorted({heavy} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_reference_holds_every_reported_number_once():

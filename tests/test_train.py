@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose_cfg, make_hw1_folder, run_train, train_command
+from conftest import make_hw1_folder, run_train, train_command
 
+from hw1.config import compose_config
 from hw1.eval import evaluate
 from hw1.predict import predict
 
@@ -127,7 +128,7 @@ def test_ema_weights_are_the_ones_validated_and_checkpointed(int_classes_root, t
     assert raw.keys() == ema.keys()
     assert any(not torch.equal(raw[k], ema[k]) for k in ema if ema[k].is_floating_point())
     # The accuracy of the checkpoint's (EMA) weights is the val/acc that training logged.
-    cfg = compose_cfg(
+    cfg = compose_config(
         [f"ckpt_path={metrics['best_ckpt']}", f"data.root={root}", "trainer=cpu",
          f"output={tmp_path / 'eval.json'}", "data.num_workers=0"],
         config_name="eval",
@@ -136,7 +137,7 @@ def test_ema_weights_are_the_ones_validated_and_checkpointed(int_classes_root, t
 
     # The run's own test prediction is made with the same (EMA) weights as hw1.predict's.
     def predicted(ckpt_path, name):
-        cfg = compose_cfg(
+        cfg = compose_config(
             [f"ckpt_path={ckpt_path}", f"data.root={root}", "trainer=cpu",
              f"output={tmp_path / name}", "data.num_workers=0"],
             config_name="predict",

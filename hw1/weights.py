@@ -1,0 +1,87 @@
+"""Which weights a backbone starts from (``model.weights``), and loading checkpoints and
+state dicts safely."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from torchvision.models import WeightsEnum, get_model_weights
+
+
+def resolve_weights(arch: str, weights: str | os.PathLike | None) -> WeightsEnum | Path | None:
+    """``model.weights`` is null, a torchvision weights name of ``arch``, or a state-dict file."""
+    if weights is None:
+        return None
+    text = str(weights)
+    if os.sep in text or text.endswith((".pth", ".pt")) or Path(text).exists():
+        path = Path(text).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"model.weights={text}: no such state-dict file")
+        return path
+    enum = get_model_weights(arch)
+    try:
+        return enum.verify(text)
+    except (KeyError, ValueError):
+        names = ", ".join(dict.fromkeys(["DEFAULT", *enum.__members__]))
+        raise ValueError(
+            f"model.weights={text}: {arch} has no such torchvision weights. "
+            f"It has: {names}; or use null (random init) or a path to a state-dict file."
+        ) from None
+
+
+def download_hint(weights: WeightsEnum) -> str:
+    """What to do when torchvision's weights are neither cached nor downloadable."""
+    expected = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    return (
+        f"could not load {weights} and could not download it (offline?). Put the file at "
+        f"{expected} (fetch it from {weights.url}), or pass model.weights=PATH to a local "
+        f"state-dict file, or model.weights=null to train from scratch."
+    )
+
+
+def safe_load(path: Path) -> dict[str, Any]:
+    """``torch.load`` with ``weights_only=True``: tensors and plain containers only. A
+    pickle can run any code on load; a file that needs more is refused, not trusted."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        what = f"it would call {found.group(1)}" if found else str(e).splitlines()[0]
+        raise ValueError(
+            f"{path}: refused to load: it holds more than tensors and plain containers "
+            f"({what}). Loading a checkpoint runs the code it holds: use only files you "
+            "trust, saved by hw1, Lightning or torchvision."
+        ) from None
+
+
+def check_fits(
+    state: dict[str, torch.Tensor], own: dict[str, torch.Tensor], what: str, arch: str
+) -> None:
+    """A clear error, naming the first keys, when a state dict is not for this network
+    (load_state_dict's message lists every key of a wrong file)."""
+    wrong = [
+        f"{k} {tuple(v.shape)} (the model has {tuple(own[k].shape)})"
+        for k, v in state.items()
+        if k in own and v.shape != own[k].shape
+    ]
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    problems = [
+        f"{label} ({len(keys)}): {', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''}"
+        for label, keys in (
+            ("other shapes", wrong),
+            ("missing", missing),
+            ("unexpected", unexpected),
+        )
+        if keys
+    ]
+    if problems:
+        raise ValueError(
+            f"{what} does not fit {arch}: " + "; ".join(problems) + ". Is it a state dict "
+            f"of torchvision's {arch}?"
+        )

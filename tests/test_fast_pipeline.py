@@ -1,0 +1,234 @@
+"""The fast pipeline (data.pipeline=fast) against the reference, torchvision's transforms."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from conftest import photo
+from PIL import ExifTags, Image
+from torchvision import transforms as V1
+from torchvision.transforms import InterpolationMode as IM
+from torchvision.transforms.v2 import functional as F
+
+from hw1.data import train_pipeline
+from hw1.fast_pipeline import DraftDecoder, Draw, FastTrainPreset, Jittered, colour_map, finish
+from hw1.figures import to_uint8
+from hw1.presets import eval_spec
+from hw1.scan import load_rgb
+
+
+def reference_apply(image: Image.Image, draw: Draw, size: int) -> torch.Tensor:
+    """The reference's steps (train_preset) with the given parameters, uint8 out."""
+    left, top, w, h = draw.box
+    x = F.resized_crop(image, top, left, h, w, [size, size], interpolation=IM.BILINEAR)
+    if draw.flip:
+        x = F.horizontal_flip(x)
+    b, c, s, hue = draw.jitter
+    ops = (
+        lambda x: F.adjust_brightness(x, b), lambda x: F.adjust_contrast(x, c),
+        lambda x: F.adjust_saturation(x, s), lambda x: F.adjust_hue(x, hue),
+    )  # fmt: skip
+    for op in draw.jitter_order:
+        x = ops[op](x)
+    x = F.rotate(x, draw.angle, interpolation=IM.BILINEAR)
+    x = F.affine(x, angle=0.0, translate=list(draw.shift), scale=1.0, shear=[0.0, 0.0])
+    return F.pil_to_tensor(x)
+
+
+@pytest.mark.parametrize(
+    "draw",
+    [
+        Draw((20, 10, 100, 80), False, 0.0, (0, 0), (), (1, 1, 1, 0)),
+        Draw((20, 10, 100, 80), True, 8.0, (0, 0), (), (1, 1, 1, 0)),
+        Draw((20, 10, 100, 80), True, -9.0, (3, -4), (), (1, 1, 1, 0)),
+        Draw((5, 5, 30, 20), False, 5.0, (-2, 2), (), (1, 1, 1, 0)),  # enlarged
+        Draw((0, 0, 160, 120), False, 0.0, (0, 0), (3, 1, 0, 2), (0.8, 1.2, 1.15, 0.0)),
+        Draw((0, 0, 160, 120), False, 0.0, (0, 0), (1, 0), (1.2, 0.8, 1.0, 0.0)),
+        # contrast below 1 lifts black: the fill must stay black, the mean be the crop's
+        Draw((20, 10, 100, 80), True, 9.0, (5, -3), (2, 1, 0), (0.85, 0.8, 1.2, 0.0)),
+    ],
+)
+def test_fast_warp_and_jitter_match_the_reference_for_the_same_parameters(draw):
+    """Crop, resize, flip, rotation, shift (black bands and corners included) and the
+    brightness/contrast/saturation matrix: within a few grey levels of the reference's
+    separate steps (the resampling filters differ)."""
+    fast = finish(FastTrainPreset(eval_spec(48)).apply(photo(), draw, (160, 120))).float()
+    reference = reference_apply(photo(), draw, 48).float()
+    assert (fast - reference).abs().mean() < 4
+
+
+def test_hue_turn_moves_colours_as_far_and_the_same_way_as_hsv():
+    """Hue: a turn about the grey axis instead of HSV's shift (hw1.fast_pipeline.colour_map).
+    No linear map follows HSV's hexagon pixel by pixel; the turn must move colours about
+    as far as the reference does, towards it (turning the wrong way lands ~2x the jitter's
+    own effect away)."""
+    image = photo(seed=1)
+    for hue in (0.1, -0.1):
+        draw = Draw((0, 0, 160, 120), False, 0.0, (0, 0), (3,), (1.0, 1.0, 1.0, hue))
+        fast = finish(FastTrainPreset(eval_spec(48)).apply(image, draw, (160, 120))).float()
+        reference = reference_apply(image, draw, 48).float()
+        unchanged = reference_apply(image, replace(draw, jitter_order=()), 48).float()
+        effect = (unchanged - reference).abs().mean()
+        assert 0.7 < (fast - unchanged).abs().mean() / effect < 1.3
+        assert (fast - reference).abs().mean() < 0.8 * effect
+
+
+def test_the_deferred_jitter_is_pils_colour_matrix_with_the_crops_mean():
+    """The jitter the model applies on its device (Jittered.rgb) gives PIL's
+    convert("RGB", matrix) of the unjittered warp, the matrix's offset taken at the crop's
+    mean colour, within a grey level; with contrast below 1 the fill stays black."""
+    fast = FastTrainPreset(eval_spec(48))
+    for draw in (
+        Draw((0, 0, 160, 120), False, 0.0, (0, 0), (1, 3, 0, 2), (1.15, 0.8, 1.2, 0.07)),
+        Draw((20, 10, 100, 80), True, 9.0, (5, -3), (2, 1), (1.0, 0.8, 0.85, 0.0)),
+    ):
+        deferred = fast.apply(photo(), draw, (160, 120))
+        assert isinstance(deferred, Jittered) and deferred.image.shape == (4, 48, 48)
+        plain = finish(fast.apply(photo(), replace(draw, jitter_order=()), (160, 120)))
+        covered = deferred.image[3] == 255
+        assert torch.equal(deferred.image[:3], plain)  # the same warp, one more band
+        m = colour_map(draw)
+        mean = plain[:, covered].double().mean(dim=1).numpy()
+        matrix = np.concatenate([m[:, :3], (m[:, 3] + m[:, 4:] @ mean)[:, None]], axis=1)
+        expected = F.pil_to_tensor(F.to_pil_image(plain).convert("RGB", tuple(matrix.ravel())))
+        got = finish(deferred)
+        assert (got.int() - expected.int())[:, covered].abs().max() <= 1
+        assert (got[:, deferred.image[3] == 0] == 0).all()  # outside the crop: black
+        assert (got[:, ~covered] != plain[:, ~covered]).any() == bool(draw.angle)
+
+
+def test_without_jitter_the_deferred_image_is_unchanged_batched_or_not():
+    """The identity map leaves every pixel as it is, partly covered edges included, and a
+    collated batch gives each sample's own result."""
+    g = torch.Generator().manual_seed(0)
+    cover = torch.randint(0, 256, (3, 1, 8, 8), dtype=torch.uint8, generator=g)
+    rgb = (torch.rand(3, 3, 8, 8, generator=g) * cover).to(torch.uint8)  # premultiplied
+    identity = torch.from_numpy(colour_map(Draw((0, 0, 8, 8), False, 0, (0, 0), (), (1, 1, 1, 0))))
+    batch = Jittered(torch.cat([rgb, cover], dim=1), identity.float().expand(3, 3, 7))
+    assert torch.equal(batch.rgb(), rgb.float())
+    draws = [
+        Draw((0, 0, 8, 8), False, 0, (0, 0), (1, 0, 3, 2), (1.1, 0.85, 0.9, -0.05)),
+        Draw((0, 0, 8, 8), False, 0, (0, 0), (2, 3, 1, 0), (0.8, 1.2, 1.1, 0.08)),
+        Draw((0, 0, 8, 8), False, 0, (0, 0), (), (1, 1, 1, 0)),
+    ]
+    samples = [
+        Jittered(torch.cat([rgb[i], cover[i]]), torch.from_numpy(colour_map(d)).float())
+        for i, d in enumerate(draws)
+    ]
+    collated = torch.utils.data.default_collate(samples)
+    assert isinstance(collated, Jittered)
+    assert torch.allclose(collated.rgb(), torch.stack([s.rgb() for s in samples]), atol=1e-4)
+
+
+def _agree(fast: list[float], reference: list[float], mean_tol: float, std_rel: float = 0.15):
+    f, r = np.asarray(fast, dtype=float), np.asarray(reference, dtype=float)
+    assert abs(f.mean() - r.mean()) < mean_tol, (f.mean(), r.mean())
+    assert abs(f.std() / r.std() - 1) < std_rel, (f.std(), r.std())
+
+
+def test_fast_draws_the_reference_parameter_distribution():
+    """400 draws of each: crop scale and aspect ratio, rotation, shift and the jitter
+    factors agree with torchvision's own get_params (means within ~3 standard errors,
+    spreads within 15 %)."""
+    n, (width, height), size = 400, (500, 375), 224
+    fast = FastTrainPreset(eval_spec(size))
+    torch.manual_seed(0)
+    draws = [fast.draw(width, height) for _ in range(n)]
+    torch.manual_seed(1)
+    image = torch.empty(3, height, width)
+    rrc = [V1.RandomResizedCrop.get_params(image, (0.08, 1.0), (3 / 4, 4 / 3)) for _ in range(n)]
+    angles = [V1.RandomRotation.get_params([-10.0, 10.0]) for _ in range(n)]
+    shifts = [
+        V1.RandomAffine.get_params([0.0, 0.0], [0.1, 0.1], None, None, [size, size])[1]
+        for _ in range(n)
+    ]
+    factor = (0.8, 1.2)
+    jitters = [V1.ColorJitter.get_params(factor, factor, factor, (-0.1, 0.1)) for _ in range(n)]
+
+    area = width * height
+    _agree([d.box[2] * d.box[3] / area for d in draws], [w * h / area for _, _, h, w in rrc], 0.06)
+    _agree(
+        [math.log(d.box[2] / d.box[3]) for d in draws],
+        [math.log(w / h) for _, _, h, w in rrc],
+        0.04,
+    )
+    _agree([d.angle for d in draws], angles, 1.5)
+    for axis in (0, 1):
+        _agree([d.shift[axis] for d in draws], [s[axis] for s in shifts], 3.0)
+    for k in range(4):
+        _agree([d.jitter[k] for d in draws], [j[k + 1] for j in jitters], 0.03 if k < 3 else 0.015)
+    for op in range(4):  # each jitter equally often in each position
+        position = [j[0].tolist().index(op) for j in jitters]
+        _agree([d.jitter_order.index(op) for d in draws], position, 0.25)
+    assert 0.4 < np.mean([d.flip for d in draws]) < 0.6
+
+
+def test_fast_colour_statistics_agree_with_the_reference():
+    """Jitter only (no geometry), 200 outputs of each pipeline on a photo-like image: the
+    mean colour, how far the jitter spreads it, and the contrast agree."""
+    spec = eval_spec(32)
+    kw = {"scale": (1.0, 1.0), "hflip": 0, "rotation": 0, "translate": (0, 0)}
+    fast, reference = train_pipeline("fast", spec, **kw), train_pipeline("reference", spec, **kw)
+    image = photo(128, 96, seed=2)
+    torch.manual_seed(0)
+    f = torch.stack([fast(image) for _ in range(200)]).float()
+    r = to_uint8(torch.stack([reference(image) for _ in range(200)]), spec).float()
+    for c in range(3):
+        _agree(f[:, c].mean(dim=(1, 2)), r[:, c].mean(dim=(1, 2)), 3.0, 0.2)
+    _agree(f.std(dim=(1, 2, 3)), r.std(dim=(1, 2, 3)), 3.0, 0.2)
+
+
+def test_draft_decoding_never_gives_a_crop_smaller_than_the_output(tmp_path):
+    """JPEGs upright and EXIF-turned a quarter: the decoded crop box always covers the
+    output size (or the whole box, when the box itself is smaller), and draft mode does
+    reduce the decode when the crop allows it."""
+    size = 48
+    fast = FastTrainPreset(eval_spec(size))
+    upright = tmp_path / "upright.jpg"
+    photo(640, 480).save(upright, quality=90)
+    turned = tmp_path / "turned.jpg"
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = 6  # stored 640x480, shown 480x640
+    photo(640, 480).save(turned, quality=90, exif=exif)
+    reduced = 0
+    torch.manual_seed(0)
+    for path, full in ((upright, (640, 480)), (turned, (480, 640))):
+        for _ in range(60):
+            seen = {}
+
+            def need(shown, seen=seen):
+                seen["size"], seen["draw"] = shown, fast.draw(*shown)
+                return fast.decode_size(seen["draw"], *shown)
+
+            image = load_rgb(path, draft=need)
+            assert seen["size"] == full
+            _, _, w, h = seen["draw"].box
+            kx, ky = image.width / full[0], image.height / full[1]
+            assert abs(kx - ky) < 0.01  # the same scale both ways: still upright
+            assert w * kx >= min(size, w) - 1e-6 and h * ky >= min(size, h) - 1e-6
+            reduced += image.width < full[0]
+    assert reduced > 30
+
+
+def test_fast_pipeline_repeats_under_the_same_seed(tmp_path):
+    path = tmp_path / "a.jpg"
+    photo().save(path, quality=90)
+    decode = DraftDecoder(FastTrainPreset(eval_spec(32)))
+    torch.manual_seed(3)
+    first = finish(decode(path))
+    torch.manual_seed(3)
+    assert torch.equal(finish(decode(path)), first)
+
+
+def test_erasing_on_the_fast_pipeline_fills_with_the_mean_colour():
+    torch.manual_seed(0)
+    fast = FastTrainPreset(eval_spec(32), scale=(1, 1), jitter=(0, 0, 0, 0), rotation=0,
+                           translate=(0, 0), hflip=0, erasing=1.0)  # fmt: skip
+    out = fast(Image.new("RGB", (32, 32), (255, 255, 255)))
+    erased = (out != 255).all(dim=0)
+    assert erased.any()
+    assert out[:, erased].unique(dim=1).T.tolist() == [[124, 116, 104]]  # ImageNet's mean

@@ -1,0 +1,130 @@
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from conftest import datamodule, make_hw1_folder
+from PIL import Image
+
+import hw1.scan
+from hw1.data import ClassFolders
+from hw1.scan import SCAN_CACHE, class_names, load_rgb
+
+
+def test_integer_class_folders_are_ordered_numerically(int_classes_root):
+    root, _ = int_classes_root
+    assert class_names(root / "train") == [str(i) for i in range(12)]
+
+
+def test_named_class_folders_are_ordered_as_text(tmp_path):
+    for name in ["tulip", "Aster", "10", "rose", ".hidden"]:
+        (tmp_path / name).mkdir()
+    (tmp_path / "notes.txt").write_text("not a class")
+    assert class_names(tmp_path) == ["10", "Aster", "rose", "tulip"]
+
+
+def _write_modes(folder):
+    """One file per awkward kind of image that real folders hold."""
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.new("L", (8, 8), 200).save(folder / "grey.png")
+    Image.new("P", (8, 8), 3).save(folder / "palette.png")
+    Image.new("RGBA", (8, 8), (255, 0, 0, 0)).save(folder / "transparent.png")
+    Image.new("CMYK", (8, 8), (0, 255, 255, 0)).save(folder / "cmyk.jpg")
+    Image.fromarray(np.full((8, 8), 32768, dtype=np.uint16)).save(folder / "sixteen.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees to display
+    Image.new("RGB", (40, 20), (0, 0, 255)).save(folder / "sideways.jpg", exif=exif)
+
+
+def test_every_image_kind_loads_as_upright_8_bit_rgb(tmp_path):
+    _write_modes(tmp_path)
+    images = {p.stem: load_rgb(p) for p in tmp_path.iterdir()}
+    assert {im.mode for im in images.values()} == {"RGB"}
+    assert images["grey"].getpixel((0, 0)) == (200, 200, 200)
+    assert images["transparent"].getpixel((0, 0)) == (255, 255, 255)  # laid on white
+    assert images["sixteen"].getpixel((0, 0)) == (128, 128, 128)  # scaled, not clipped to 255
+    red = images["cmyk"].getpixel((0, 0))
+    assert red[0] > 200 and red[1] < 60 and red[2] < 60
+    assert images["sideways"].size == (20, 40)  # EXIF orientation applied
+
+
+def test_hidden_and_non_image_files_are_not_samples(tmp_path):
+    cls = tmp_path / "train" / "a"
+    _write_modes(cls)
+    Image.new("RGB", (8, 8)).save(cls / "UPPER.JPG")
+    Image.new("RGB", (8, 8)).save(cls / "modern.webp")
+    (cls / "._UPPER.JPG").write_bytes(b"\0\5\26\7 AppleDouble")
+    (cls / ".DS_Store").write_bytes(b"\0")
+    (cls / "Thumbs.db").write_bytes(b"\0")
+    (cls / "notes.txt").write_text("x")
+    names = sorted(Path(p).name for p, _ in ClassFolders(tmp_path / "train", ["a"]).samples)
+    assert names == sorted(
+        ["grey.png", "palette.png", "transparent.png", "cmyk.jpg", "sixteen.png",
+         "sideways.jpg", "UPPER.JPG", "modern.webp"]
+    )  # fmt: skip
+    image, label = ClassFolders(tmp_path / "train", ["a"])[0]
+    assert image.mode == "RGB" and label == 0
+
+
+def _plant_bad_images(root: Path) -> list[Path]:
+    """An empty file, a truncated JPEG and a web page saved as .jpg."""
+    good = io.BytesIO()
+    Image.new("RGB", (64, 64), (9, 99, 199)).save(good, format="JPEG")
+    bad = [root / "train" / "0" / "empty.jpg", root / "train" / "1" / "cut.jpg"]
+    bad.append(root / "val" / "2" / "page.jpg")
+    bad[0].write_bytes(b"")
+    bad[1].write_bytes(good.getvalue()[:200])
+    bad[2].write_text("<!doctype html><html>404</html>")
+    return bad
+
+
+def test_unreadable_train_and_val_images_are_left_out_with_one_warning(tmp_path, caplog):
+    make_hw1_folder(tmp_path, ["0", "1", "2"], train=4, val=2, test=0)
+    bad = _plant_bad_images(tmp_path)
+    dm = datamodule(tmp_path)
+    with caplog.at_level("WARNING", logger="hw1.scan"):
+        dm.validate()
+        dm.setup("fit")
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and all(str(p) in warnings[0] for p in bad), warnings
+    assert (len(dm.train_set), len(dm.val_set)) == (12, 6)
+    kept = {Path(p) for p, _ in dm.train_set.samples + dm.val_set.samples}
+    assert not kept & set(bad)
+    # every remaining sample loads: no crash mid-epoch
+    assert sum(1 for _ in dm.train_dataloader()) == 3 and sum(1 for _ in dm.val_dataloader()) == 2
+
+
+def test_the_image_check_is_cached_next_to_the_data(tmp_path, monkeypatch):
+    make_hw1_folder(tmp_path, ["a", "b"], train=3, val=2, test=2)
+    _plant = tmp_path / "train" / "a" / "bad.jpg"
+    _plant.write_bytes(b"")
+    decoded = []
+    real = hw1.scan.load_rgb
+    monkeypatch.setattr(hw1.scan, "load_rgb", lambda f: decoded.append(f) or real(f))
+
+    datamodule(tmp_path).validate()
+    assert len(decoded) == 7 + 4 + 4  # train (bad.jpg too: its bytes are tried), val, test
+    assert (tmp_path / SCAN_CACHE).is_file()
+
+    decoded.clear()
+    dm = datamodule(tmp_path)
+    dm.validate()
+    assert decoded == [] and len(dm.samples["train"]) == 6  # the cache says bad.jpg is bad
+
+    _plant.write_bytes((tmp_path / "train" / "a" / "0.jpg").read_bytes())  # fixed: size changes
+    dm = datamodule(tmp_path)
+    dm.validate()
+    assert len(decoded) == 1 and len(dm.samples["train"]) == 7
+
+
+def test_a_read_only_data_root_is_checked_without_a_cache(tmp_path, monkeypatch):
+    make_hw1_folder(tmp_path, ["a", "b"], train=2, val=1, test=0)
+
+    def read_only(path, data):
+        raise PermissionError(13, "Read-only file system", str(path))
+
+    monkeypatch.setattr(hw1.scan, "write_atomically", read_only)
+    dm = datamodule(tmp_path)
+    dm.validate()
+    assert len(dm.samples["train"]) == 4 and not (tmp_path / SCAN_CACHE).exists()
