@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import random
 import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -129,30 +130,122 @@ class StopOnNonFiniteLoss(L.Callback):
         )
 
 
-class CheckpointOnSigterm(L.Callback):
-    """Saves ``last.ckpt`` when the run is stopped with SIGTERM (``kill``, a cluster's
-    preemption or time limit), so ``resume=true`` continues from the batch it reached.
+def _lightning_stops(trainer: L.Trainer, stop: bool) -> None:
+    """While this is set, Lightning's fit stops (SIGTERMException) at its next stopping
+    point: the end of a training batch, of a validation batch, of an epoch. It is what
+    Lightning's own SIGTERM handler sets."""
+    trainer._signal_connector.received_sigterm = stop
 
-    Lightning already catches SIGTERM: it finishes the running batch and stops fit with
-    SIGTERMException, calling ``on_exception``; it saves nothing itself outside SLURM's
-    auto-requeue.
+
+class CheckpointOnSignal(L.Callback):
+    """Saves ``last.ckpt`` when the run is stopped with SIGTERM (``kill``, a cluster's
+    preemption or time limit) and exits with status 143, so ``resume=true`` continues from
+    where it stopped, in every phase of fit: a training batch finishes first, a validation
+    (or the sanity check) runs to its end.
+
+    Lightning's own handler decides on each process alone, and broadcasts from inside the
+    signal handler, where a collective can pair with any other: under DDP, a signal that
+    reaches one process (or all of them, a batch apart) stopped one process and left the
+    others waiting in the next collective. Here the handler only notes the signal; every
+    process asks the others at the same points (after each training batch, at the end of a
+    validation) and all stop at the same step, through Lightning's own stopping points.
     """
 
+    SIGNALS = (signal.SIGTERM,)
+
+    def __init__(self) -> None:
+        self._received: int = 0  # the signal this process got, 0 for none
+        self._stopping: int = 0  # the signal every process agreed to stop on
+        self._installed = False
+        self._chained: dict[int, Any] = {}
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        # Lightning installs its handler after this hook; the ones in place now (Python's,
+        # a job scheduler's) are called after ours.
+        self._received = self._stopping = 0
+        self._installed = False
+        self._chained = {s: signal.getsignal(s) for s in self.SIGNALS}
+
+    def _install(self, trainer: L.Trainer) -> None:
+        """Replaces Lightning's handler, which it installs just before the sanity check (and
+        restores the previous ones after fit)."""
+        if self._installed or threading.current_thread() is not threading.main_thread():
+            return
+        self._installed = True
+        if trainer.received_sigterm:  # between Lightning's handler and this hook
+            self._received = signal.SIGTERM
+            _lightning_stops(trainer, False)
+        for signum in self.SIGNALS:
+            signal.signal(signum, self._handle)
+
+    def _handle(self, signum: int, frame) -> None:
+        if not self._received:
+            self._received = signum
+            log.info("received %s: stopping at the next step", signal.Signals(signum).name)
+        previous = self._chained.get(signum)
+        if callable(previous) and previous is not signal.default_int_handler:
+            previous(signum, frame)
+
+    def _decide(self, trainer: L.Trainer) -> bool:
+        """Whether any process received a signal. Every process calls this at the same point:
+        under DDP it is a collective (a batch of 1 integer)."""
+        if self._stopping:
+            return True
+        signum = self._received
+        if trainer.world_size > 1:
+            flag = torch.tensor(signum, device=trainer.strategy.root_device)
+            signum = int(trainer.strategy.reduce(flag, reduce_op="max").item())
+        self._stopping = signum
+        return bool(signum)
+
+    def on_sanity_check_start(self, trainer, pl_module) -> None:
+        self._install(trainer)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._install(trainer)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if self._decide(trainer):
+            _lightning_stops(trainer, True)  # at the end of this batch
+
+    # Never within a validation: resumed from its middle, Lightning validates only the
+    # batches left, and the epoch's val metrics would be those of a part of the val set.
+    # A validation that starts after the stopping batch runs to its end, and ModelCheckpoint
+    # sees its result, as in a run that was not stopped.
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if self._stopping:
+            _lightning_stops(trainer, False)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if self._decide(trainer):
+            _lightning_stops(trainer, True)
+
+    def on_sanity_check_end(self, trainer, pl_module) -> None:
+        # Lightning's next stopping point would come after a training batch.
+        if self._stopping:
+            raise SIGTERMException
+
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        if not isinstance(exception, SIGTERMException) or not trainer.training:
+        if not isinstance(exception, SIGTERMException) or not self._stopping:
             return
         path = last_checkpoint(trainer)
         trainer.save_checkpoint(path, weights_only=False)  # everything resume needs
+        name = signal.Signals(self._stopping).name
         # Lightning exits with status 0 here; a scheduler must not take the run as finished.
-        exception.code = 128 + signal.SIGTERM
-        log.warning(
-            "SIGTERM: saved %s at epoch %d, global step %d; continue with resume=true and "
-            "hydra.run.dir=%s",
-            path,
-            trainer.current_epoch + 1,
-            trainer.global_step,
-            path.parent.parent,
-        )
+        # Rank zero's status is the run's: Lightning's DDP launcher kills every process as
+        # soon as one of its children exits with another status than 0, which could cut
+        # rank zero short.
+        exception.code = 128 + self._stopping if trainer.is_global_zero else 0
+        if trainer.is_global_zero:
+            log.warning(
+                "%s: saved %s at epoch %d, global step %d; continue with resume=true and "
+                "hydra.run.dir=%s",
+                name,
+                path,
+                trainer.current_epoch + 1,
+                trainer.global_step,
+                path.parent.parent,
+            )
 
 
 class RandomState(L.Callback):
