@@ -139,9 +139,10 @@ def _lightning_stops(trainer: L.Trainer, stop: bool) -> None:
 
 class CheckpointOnSignal(L.Callback):
     """Saves ``last.ckpt`` when the run is stopped with SIGTERM (``kill``, a cluster's
-    preemption or time limit) and exits with status 143, so ``resume=true`` continues from
-    where it stopped, in every phase of fit: a training batch finishes first, a validation
-    (or the sanity check) runs to its end.
+    preemption or time limit) or Ctrl-C (SIGINT) and exits with status 128 + the signal
+    (143, 130), so ``resume=true`` continues from where it stopped, in every phase of fit: a
+    training batch finishes first, a validation (or the sanity check) runs to its end. A
+    second Ctrl-C stops at once, saving nothing (Lightning's KeyboardInterrupt, status 1).
 
     Lightning's own handler decides on each process alone, and broadcasts from inside the
     signal handler, where a collective can pair with any other: under DDP, a signal that
@@ -151,12 +152,13 @@ class CheckpointOnSignal(L.Callback):
     validation) and all stop at the same step, through Lightning's own stopping points.
     """
 
-    SIGNALS = (signal.SIGTERM,)
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self) -> None:
         self._received: int = 0  # the signal this process got, 0 for none
         self._stopping: int = 0  # the signal every process agreed to stop on
         self._installed = False
+        self._global_zero = True
         self._chained: dict[int, Any] = {}
 
     def on_fit_start(self, trainer, pl_module) -> None:
@@ -172,6 +174,7 @@ class CheckpointOnSignal(L.Callback):
         if self._installed or threading.current_thread() is not threading.main_thread():
             return
         self._installed = True
+        self._global_zero = trainer.is_global_zero
         if trainer.received_sigterm:  # between Lightning's handler and this hook
             self._received = signal.SIGTERM
             _lightning_stops(trainer, False)
@@ -179,9 +182,15 @@ class CheckpointOnSignal(L.Callback):
             signal.signal(signum, self._handle)
 
     def _handle(self, signum: int, frame) -> None:
+        if self._received and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C
         if not self._received:
             self._received = signum
-            log.info("received %s: stopping at the next step", signal.Signals(signum).name)
+            if signum == signal.SIGINT and self._global_zero:
+                log.warning(
+                    "Ctrl-C: stopping after this batch to save last.ckpt; Ctrl-C again stops "
+                    "at once, without saving"
+                )
         previous = self._chained.get(signum)
         if callable(previous) and previous is not signal.default_int_handler:
             previous(signum, frame)

@@ -131,3 +131,15 @@ def test_sigterm_under_ddp_stops_every_process_at_the_same_step(
     assert (last["epoch"], last["global_step"]) == (epoch, step)
     assert out.count("SIGTERM: saved") == 1, out[-4000:]
     assert not [p.name for p in (run_dir / "checkpoints").iterdir() if p.suffix != ".ckpt"]
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_last_ckpt_at_the_step_and_exits_130(small_root, tmp_path):
+    run_dir = tmp_path / "run"
+    cmd = train_command(small_root, run_dir, *EPOCHS2, "data.batch_size=4")
+    status, out = run([*cmd, *signal_at("SIGINT", "train", batch=3)])
+    assert status == 128 + signal.SIGINT, out[-4000:]
+    last = load_last(run_dir)
+    assert (last["epoch"], last["global_step"]) == (0, 4)  # the batch it landed in finished
+    assert f"SIGINT: saved {run_dir / 'checkpoints' / 'last.ckpt'} at epoch 1" in out
+    assert "resume=true" in out and not (run_dir / "metrics.json").exists()
