@@ -267,15 +267,30 @@ class RandomState(L.Callback):
         numpy = np.random.get_state(legacy=False)
         return {
             "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            # A process that has not used CUDA has the seed's states there, and asking for
+            # them would initialise CUDA (in a CPU run on a GPU machine, say).
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
             "numpy": {**numpy, "state": {**numpy["state"], "key": numpy["state"]["key"].tolist()}},
             "python": random.getstate(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         torch.set_rng_state(state["torch"])
-        if state["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda"])
+        cuda = state["cuda"]
+        if cuda and torch.cuda.is_available():
+            # The run that saved may have seen more GPUs than this one, or fewer: each device
+            # both have gets its state back, any other keeps the seed's.
+            visible = torch.cuda.device_count()
+            for index, device_state in enumerate(cuda[:visible]):
+                torch.cuda.set_rng_state(device_state, index)
+            if len(cuda) != visible:
+                log.info(
+                    "resume: the checkpoint has the CUDA random states of %d devices, this "
+                    "process sees %d; restored %d",
+                    len(cuda),
+                    visible,
+                    min(len(cuda), visible),
+                )
         numpy = state["numpy"]
         key = np.array(numpy["state"]["key"], dtype=np.uint32)
         np.random.set_state({**numpy, "state": {**numpy["state"], "key": key}})
