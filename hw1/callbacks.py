@@ -110,23 +110,80 @@ class NonFiniteLossError(RuntimeError):
 
 
 class StopOnNonFiniteLoss(L.Callback):
-    """Stops the run at the first NaN or infinite training loss, naming the step.
+    """Stops the run on a NaN or infinite training loss, naming the first bad step, before
+    anything after that step is saved, on every DDP process at once.
 
     EarlyStopping's check_finite looks only at the monitored metric after validation, once
-    a whole epoch has trained on broken weights. Raising here ends fit before any further
-    checkpoint is written, so ``last.ckpt`` stays the last good one.
+    a whole epoch has trained on broken weights. Reading the loss on the host at every step
+    would make the CPU wait for the GPU to finish each step before it queues the next one;
+    here each step's test stays on the device, and is read every ``check_every_n_steps``
+    steps, before each validation, at the end of training and before any checkpoint is
+    written. So the run may go on for up to that many steps on broken weights, but it
+    names the first bad step, saves nothing after it, and ``last.ckpt`` stays the last good
+    one. Under DDP the processes decide together (a loss that is not finite on one process
+    stops them all), else the others would wait for it in their next collective.
     """
+
+    def __init__(self, check_every_n_steps: int = 1) -> None:
+        self.check_every_n_steps = max(1, int(check_every_n_steps))
+        self._clear()
+
+    def _clear(self) -> None:
+        self._steps: list[tuple[int, int, int]] = []  # (epoch, batch, global step) unchecked
+        self._first: torch.Tensor | None = None  # index in _steps of the first bad loss, or -1
+        self._value: torch.Tensor | None = None  # that loss
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._clear()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        if loss is None or torch.isfinite(loss).all():
+        if loss is None:
             return
+        loss = loss.detach().float().sum()
+        if self._first is None:
+            self._first = torch.full((), -1, dtype=torch.long, device=loss.device)
+            self._value = torch.zeros((), device=loss.device)
+        new = ~torch.isfinite(loss) & (self._first < 0)
+        self._first = torch.where(new, len(self._steps), self._first)
+        self._value = torch.where(new, loss, self._value)
+        self._steps.append((trainer.current_epoch, batch_idx, trainer.global_step))
+        if len(self._steps) >= self.check_every_n_steps:
+            self.check(trainer)
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self.check(trainer)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.check(trainer)
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        self.check(trainer)  # called before the checkpoint is written
+
+    def check(self, trainer: L.Trainer) -> None:
+        """Raises NonFiniteLossError if a loss since the last check was not finite, on any
+        process: under DDP a collective, which every process reaches at the same point (the
+        same number of steps, the same hooks)."""
+        if not self._steps:
+            return
+        found = torch.stack([self._first.float(), self._value])
+        if trainer.world_size > 1:
+            found = trainer.strategy.all_gather(found)
+        rows = found.reshape(-1, 2).tolist()  # the one read on the host
+        steps = self._steps
+        self._clear()
+        bad = [(int(index), value, rank) for rank, (index, value) in enumerate(rows) if index >= 0]
+        if not bad:
+            return
+        index, value, rank = min(bad)
+        epoch, batch_idx, global_step = steps[index]
+        where = f" on process {rank}" if trainer.world_size > 1 else ""
         last = last_checkpoint(trainer)
         kept = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint yet"
         raise NonFiniteLossError(
-            f"training loss is {loss.item()} at epoch {trainer.current_epoch + 1}, batch "
-            f"{batch_idx} (global step {trainer.global_step}): stopped; {kept}. Lower optim.lr, "
-            "or clip gradients with trainer.gradient_clip_val=1.0."
+            f"training loss is {value} at epoch {epoch + 1}, batch {batch_idx} (global step "
+            f"{global_step}){where}: stopped; {kept}. Lower optim.lr, or clip gradients with "
+            "trainer.gradient_clip_val=1.0."
         )
 
 
@@ -238,7 +295,13 @@ class CheckpointOnSignal(L.Callback):
         if not isinstance(exception, SIGTERMException) or not self._stopping:
             return
         path = last_checkpoint(trainer)
-        trainer.save_checkpoint(path, weights_only=False)  # everything resume needs
+        try:
+            trainer.save_checkpoint(path, weights_only=False)  # everything resume needs
+        except NonFiniteLossError as error:  # the weights broke since the last check
+            exception.code = 1 if trainer.is_global_zero else 0
+            if trainer.is_global_zero:
+                log.error("%s; nothing saved on %s", error, signal.Signals(self._stopping).name)
+            return
         name = signal.Signals(self._stopping).name
         # Lightning exits with status 0 here; a scheduler must not take the run as finished.
         # Rank zero's status is the run's: Lightning's DDP launcher kills every process as

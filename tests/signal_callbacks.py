@@ -1,6 +1,6 @@
 """Callbacks that the stop-signal tests add to a training run (``+callbacks.NAME._target_=``)
-to make it misbehave at a chosen point: a signal at a given batch of a given phase.
-Imported by the training subprocesses: ``tests/`` is on their PYTHONPATH."""
+to make it misbehave at a chosen point: a signal at a given batch of a given phase, a NaN
+loss on one process. Imported by the training subprocesses: ``tests/`` is on their PYTHONPATH."""
 
 from __future__ import annotations
 
@@ -35,3 +35,17 @@ class SignalAt(L.Callback):
 
     def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dl_idx=0) -> None:
         self._maybe_send(trainer, "sanity" if trainer.sanity_checking else "validation", batch_idx)
+
+
+class NaNLossAt(L.Callback):
+    """Makes the training loss NaN on the process of rank ``rank`` at global step ``step``
+    only, by filling that process's (normalised, float) batch with NaN."""
+
+    def __init__(self, step: int, rank: int = 0) -> None:
+        self.step = step
+        self.rank = rank
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        if trainer.global_rank == self.rank and trainer.global_step == self.step:
+            print(f"rank {trainer.global_rank}: NaN batch at step {self.step}", flush=True)
+            batch[0].fill_(float("nan"))

@@ -1,11 +1,13 @@
 """How a training run stops: SIGTERM and Ctrl-C in every phase of fit, on one process and
-on two (gloo DDP on the CPU). A callback from ``tests/signal_callbacks.py`` sends the
-signal at a chosen batch, so each phase is hit every time."""
+on two (gloo DDP on the CPU), and a NaN loss on one of two processes. A callback from
+``tests/signal_callbacks.py`` sends the signal (or makes the NaN) at a chosen batch, so
+each phase is hit every time."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 from pathlib import Path
@@ -143,3 +145,30 @@ def test_ctrl_c_saves_last_ckpt_at_the_step_and_exits_130(small_root, tmp_path):
     assert (last["epoch"], last["global_step"]) == (0, 4)  # the batch it landed in finished
     assert f"SIGINT: saved {run_dir / 'checkpoints' / 'last.ckpt'} at epoch 1" in out
     assert "resume=true" in out and not (run_dir / "metrics.json").exists()
+
+
+@pytest.mark.slow
+def test_a_nan_loss_on_one_ddp_process_stops_both_with_the_error(small_root, tmp_path):
+    """Rank 0 alone gets a NaN batch at global step 8 (epoch 2, batch 2, 6 batches an
+    epoch): both processes stop together with the NaN error, neither on the other's closed
+    connection or in a hang, and last.ckpt stays the end of epoch 1."""
+    run_dir = tmp_path / "run"
+    cmd = train_command(
+        small_root, run_dir, *EPOCHS2, "data.batch_size=4", "trainer.strategy=ddp",
+        "trainer.devices=2", "+callbacks.nan._target_=signal_callbacks.NaNLossAt",
+        "+callbacks.nan.step=8", "+callbacks.nan.rank=0",
+    )  # fmt: skip
+    status, out = run(cmd)
+    assert status != 0
+    last_path = run_dir / "checkpoints" / "last.ckpt"
+    assert re.search(
+        r"training loss is nan at epoch 2, batch 2 \(global step 9\) on process 0: stopped; "
+        rf"the last good checkpoint is {re.escape(str(last_path))}",
+        out,
+    ), out[-4000:]
+    assert "RuntimeError" not in out, out[-4000:]  # gloo's errors on a closed connection
+    last = load_last(run_dir)
+    assert (last["epoch"], last["global_step"]) == (0, 6)
+    assert all(
+        torch.isfinite(t).all() for t in last["state_dict"].values() if t.is_floating_point()
+    )
