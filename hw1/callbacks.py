@@ -299,10 +299,12 @@ class CheckpointOnSignal(L.Callback):
             raise KeyboardInterrupt  # a second Ctrl-C
         if not self._received:
             self._received = signum
-            if signum == signal.SIGINT and self._global_zero:
+            if self._global_zero:
+                again = "; Ctrl-C again stops at once, without saving"
                 log.warning(
-                    "Ctrl-C: stopping after this batch to save last.ckpt; Ctrl-C again stops "
-                    "at once, without saving"
+                    "%s: stopping at the end of this batch (or validation) to save last.ckpt%s",
+                    signal.Signals(signum).name,
+                    again if signum == signal.SIGINT else "",
                 )
         previous = self._chained.get(signum)
         if callable(previous) and previous is not signal.default_int_handler:
