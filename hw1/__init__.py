@@ -1,18 +1,12 @@
 """hw1: fine-tune torchvision ResNet/ResNeXt backbones on a folder of images."""
 
-import torch
 from omegaconf import OmegaConf
+
+from hw1.precision import auto_precision
 
 # The competition's rule: a model of fewer than 100 M parameters (train's summary and
 # hw1.report flag any over it).
 PARAM_LIMIT = 100_000_000
-
-
-def _auto_precision() -> str:
-    if not torch.cuda.is_available():
-        return "32-true"
-    return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-
 
 # Registered on import so that conf/ composes the same way from hw1.train, the tests and
 # Hydra's compose API.
@@ -22,7 +16,7 @@ OmegaConf.register_new_resolver(
 OmegaConf.register_new_resolver(
     "hw1.mode", lambda monitor: "max" if "acc" in str(monitor) else "min", replace=True
 )
-OmegaConf.register_new_resolver("hw1.precision", _auto_precision, replace=True)
+OmegaConf.register_new_resolver("hw1.precision", auto_precision, replace=True)
 # A sweep job's directory: its number, then the report's ID when a recipe sets one.
 OmegaConf.register_new_resolver(
     "hw1.job_dir", lambda num, id: f"{num}_{id}" if id else str(num), replace=True

@@ -1,0 +1,127 @@
+"""Checkpoint writes on a full disk: the previous checkpoint must survive a write that
+fails halfway, wherever $TMPDIR is. The file systems are emulated: $TMPDIR on another one
+than the run directory (a rename between them fails with EXDEV, as the kernel's does), and
+the run directory's full after a given number of bytes."""
+
+from __future__ import annotations
+
+import builtins
+import errno
+import io
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from hw1.config import compose_config
+
+
+class FillingFile(io.RawIOBase):
+    """A file opened for writing on a file system with ``room`` bytes left (shared by every
+    file there): writes beyond it fail with ENOSPC, after writing what fits."""
+
+    def __init__(self, raw, disk: dict) -> None:
+        self.raw, self.disk = raw, disk
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        data = memoryview(data).cast("B")
+        fits = min(len(data), self.disk["room"])
+        self.raw.write(data[:fits])
+        self.disk["room"] -= fits
+        if fits < len(data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return fits
+
+    def fileno(self) -> int:
+        return self.raw.fileno()
+
+    def flush(self) -> None:
+        if not self.closed:
+            self.raw.flush()
+
+    def close(self) -> None:
+        if not self.closed:
+            super().close()
+            self.raw.close()
+
+
+@pytest.fixture
+def disks(tmp_path, monkeypatch) -> tuple[Path, dict]:
+    """(run directory, its disk): the run directory and $TMPDIR on two file systems, the
+    binary files written in the run directory filling its disk."""
+    run_dir, tmpdir = tmp_path / "run", tmp_path / "tmp"
+    run_dir.mkdir()
+    tmpdir.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmpdir))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmpdir))
+    disk = {"room": 1 << 40}
+
+    def on_tmp(path) -> bool:
+        return Path(os.path.abspath(path)).is_relative_to(tmpdir)
+
+    def on_run_dir(path) -> bool:
+        return Path(os.path.abspath(path)).is_relative_to(run_dir)
+
+    for name in ("rename", "replace"):
+        real = getattr(os, name)
+
+        def move(src, dst, *args, _real=real, **kwargs):
+            if on_tmp(src) != on_tmp(dst):
+                raise OSError(errno.EXDEV, "Invalid cross-device link", str(src))
+            return _real(src, dst, *args, **kwargs)
+
+        monkeypatch.setattr(os, name, move)
+
+    real_open = builtins.open
+
+    def open_(file, mode="r", *args, **kwargs):
+        f = real_open(file, mode, *args, **kwargs)
+        writes = "b" in mode and any(m in mode for m in "wax+")
+        if writes and isinstance(file, (str, os.PathLike)) and on_run_dir(file):
+            return io.BufferedWriter(FillingFile(f, disk))
+        return f
+
+    monkeypatch.setattr(builtins, "open", open_)
+    monkeypatch.setattr(io, "open", open_)
+    monkeypatch.setattr(shutil, "_USE_CP_SENDFILE", False)  # copies write through open()'s files
+    return run_dir, disk
+
+
+def checkpoint_io(root: Path):
+    """The CheckpointIO of a Trainer built from conf/ as hw1.train builds it."""
+    cfg = compose_config(["trainer=cpu", f"trainer.default_root_dir={root}"])
+    return instantiate(cfg.trainer, logger=False, callbacks=[]).strategy.checkpoint_io
+
+
+def a_checkpoint(value: float) -> dict:
+    return {"state_dict": {"w": torch.full((256, 256), value)}, "epoch": int(value)}
+
+
+def test_a_write_that_fills_the_disk_keeps_the_previous_checkpoint(disks, tmp_path):
+    run_dir, disk = disks
+    plugin = checkpoint_io(tmp_path)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    plugin.save_checkpoint(a_checkpoint(1.0), last)
+    assert torch.load(last, weights_only=True)["epoch"] == 1
+
+    disk["room"] = last.stat().st_size // 2  # the next write fails halfway
+    with pytest.raises(OSError) as failed:
+        plugin.save_checkpoint(a_checkpoint(2.0), last)
+    previous = torch.load(last, weights_only=True)
+    assert previous["epoch"] == 1 and torch.equal(previous["state_dict"]["w"], torch.ones(256, 256))
+    assert sorted(p.name for p in last.parent.iterdir()) == ["last.ckpt"]  # no temporary left
+    assert not [p for p in (tmp_path / "tmp").iterdir() if p.is_file()]
+    assert re.search(r"writing checkpoint .*last\.ckpt failed: No space left", str(failed.value))
+
+    disk["room"] = 1 << 40
+    plugin.save_checkpoint(a_checkpoint(3.0), last)
+    assert torch.load(last, weights_only=True)["epoch"] == 3
+    assert sorted(p.name for p in last.parent.iterdir()) == ["last.ckpt"]
