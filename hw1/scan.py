@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-from PIL import ExifTags, Image, ImageOps
+from PIL import ExifTags, Image, ImageOps, JpegImagePlugin
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension, make_dataset
 
 from hw1.io import write_atomically
@@ -54,11 +54,14 @@ def load_rgb(
 
     ``draft``: given the upright size, the smallest size the caller needs; a JPEG is then
     decoded at the largest 1/2, 1/4 or 1/8 scale that is at least that (PIL's draft mode).
+    It is called once for every format, with the size the returned image has before any
+    reduction, so that a caller drawing from that size sees the upright geometry.
     """
     with Image.open(path) as im:
-        if draft is not None:
-            request_draft(im, draft)
+        drafted = draft is not None and request_draft(im, draft)
         ImageOps.exif_transpose(im, in_place=True)  # in place: no copy of an upright image
+        if draft is not None and not drafted:
+            draft(im.size)  # no draft mode: decoded at full size, now upright whatever the format
         if im.mode.startswith("I;16") or (im.mode == "I" and im.getextrema()[1] > 255):
             im = Image.fromarray((np.asarray(im, dtype=np.uint32) >> 8).astype(np.uint8))
         if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
@@ -72,13 +75,18 @@ def load_rgb(
 _QUARTER_TURNS = (5, 6, 7, 8)
 
 
-def request_draft(im: Image.Image, draft: Callable[[tuple[int, int]], tuple[int, int]]) -> None:
-    """Set PIL's draft mode on an opened image to the size ``draft`` asks for, given and
-    taken upright (a quarter-turned JPEG stores its width as its upright height)."""
-    turned = im.format == "JPEG" and im.getexif().get(ExifTags.Base.Orientation) in _QUARTER_TURNS
+def request_draft(im: Image.Image, draft: Callable[[tuple[int, int]], tuple[int, int]]) -> bool:
+    """Set PIL's draft mode on an opened JPEG to the size ``draft`` asks for, given and
+    taken upright (a quarter-turned JPEG stores its width as its upright height). Other
+    formats have no draft mode, and Pillow reports some (TIFF) already turned: False, and
+    ``draft`` is left uncalled."""
+    if not isinstance(im, JpegImagePlugin.JpegImageFile):
+        return False
+    turned = im.getexif().get(ExifTags.Base.Orientation) in _QUARTER_TURNS
     upright = im.size[::-1] if turned else im.size
     need = draft(upright)
     im.draft("RGB", need[::-1] if turned else need)
+    return True
 
 
 def labelled_files(folder: Path, classes: Sequence[str]) -> list[tuple[str, int]]:
