@@ -24,6 +24,7 @@ from hw1.scan import (
     image_files,
     inspect_images,
     labelled_files,
+    shown,
 )
 
 
@@ -70,7 +71,7 @@ def duplicates(root: Path, found: dict, info: dict[Path, ImageInfo]) -> list[lis
             if info[p].readable:
                 by_hash[info[p].sha1].append((split, p))
     return sorted(
-        [str(p.relative_to(root)) for _, p in group]
+        [shown(p.relative_to(root)) for _, p in group]
         for group in by_hash.values()
         if len({split for split, _ in group}) > 1
     )
@@ -99,8 +100,8 @@ def report(cfg: DictConfig) -> tuple[str, list[str]]:
             problems.append(str(e))
 
     names = class_names(root / "train")
-    shown = ", ".join(names[:30]) + (", ..." if len(names) > 30 else "")
-    lines = [f"dataset {root}", f"classes: {len(names)} ({shown})"]
+    listed = ", ".join(shown(n) for n in names[:30]) + (", ..." if len(names) > 30 else "")
+    lines = [f"dataset {shown(root)}", f"classes: {len(names)} ({listed})"]
     hp = datamodule.hparams
     if hp.folds:
         lines.append(
@@ -112,7 +113,7 @@ def report(cfg: DictConfig) -> tuple[str, list[str]]:
     lines += table(root, found, info)
     bad = [p for files in found.values() for p, _ in files if not info[p].readable]
     lines.append(f"unreadable files: {len(bad)} (train/val ones are left out of training)")
-    lines += [f"  {p.relative_to(root)}" for p in bad]
+    lines += [f"  {shown(p.relative_to(root))}" for p in bad]
     groups = duplicates(root, found, info)
     lines.append(f"files duplicated across splits: {len(groups)}")
     lines += ["  " + " = ".join(group) for group in groups]

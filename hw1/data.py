@@ -26,9 +26,11 @@ from hw1.scan import (
     class_names,
     image_files,
     is_image_file,
+    is_utf8,
     labelled_files,
     load_rgb,
     readable_samples,
+    shown,
 )
 from hw1.splits import fold_split, stratified_split
 from hw1.weights import resolve_weights
@@ -260,6 +262,12 @@ class FolderDataModule(DeviceBatches):
         names = class_names(self.root / "train")
         if not names:
             raise FileNotFoundError(f"{self.root / 'train'} has no class folders.\n{LAYOUT}")
+        not_utf8 = [shown(self.root / "train" / n) for n in names if not is_utf8(n)]
+        if not_utf8:
+            raise ValueError(
+                f"class folder names that are not valid UTF-8, which prediction.csv cannot "
+                f"hold: {', '.join(not_utf8)}. Rename them (in val/ too)."
+            )
         val = set(class_names(self.root / "val")) if self.has_val_dir() else set(names)
         if val != set(names):
             raise ValueError(

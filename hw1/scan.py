@@ -8,6 +8,7 @@ import io
 import json
 import logging
 import os
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,6 +24,22 @@ log = logging.getLogger(__name__)
 
 # The image check's results, kept in the data root so the next run does not decode again.
 SCAN_CACHE = ".hw1-images.json"
+
+
+def shown(path: str | os.PathLike) -> str:
+    """A path for messages: bytes that are not UTF-8 (an old archive's ``caf\\xe9.png``)
+    shown as ``\\xe9``, where printing the raw name would raise."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def is_utf8(name: str) -> bool:
+    """Whether a file name decoded from disk is valid UTF-8 (Python keeps bytes that are
+    not as lone surrogates, which no UTF-8 file such as prediction.csv can hold)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def class_names(folder: str | os.PathLike) -> list[str]:
@@ -179,16 +196,44 @@ def unreadable_images(files: Sequence[Path], root: Path | None = None) -> list[P
     return [f for f in files if not found[f].readable]
 
 
+def _listed(lines: list[str], limit: int = 20) -> str:
+    more = [f"... and {len(lines) - limit} more"] if len(lines) > limit else []
+    return "\n  ".join(lines[:limit] + more)
+
+
 def check_test_images(folder: Path) -> list[Path]:
-    """Every test image needs a row in prediction.csv: one that cannot be read is an error
-    before any work, naming the files."""
+    """The test images, checked as prediction.csv needs them (training, ``hw1.predict``
+    and ``hw1.check`` call this before any work): an error naming the files when two share
+    a name without extension (two rows of the same image_name), a name is not valid UTF-8
+    (prediction.csv is UTF-8), or an image cannot be read (every test image needs a row).
+    An empty list when the folder has no images."""
     files = image_files(folder)
+    problems = []
+    by_stem = defaultdict(list)
+    for f in files:
+        by_stem[f.stem].append(f)
+    groups = [group for group in by_stem.values() if len(group) > 1]
+    same = [" and ".join(shown(f.name) for f in group) for group in groups]
+    if same:
+        problems.append(
+            f"{len(same)} names in {shown(folder)} are shared by several test images, which "
+            f"would give rows of the same image_name:\n  {_listed(same)}\n"
+            "Rename or remove all but one of each."
+        )
+    not_utf8 = [shown(f.name) for f in files if not is_utf8(f.name)]
+    if not_utf8:
+        problems.append(
+            f"{len(not_utf8)} test image names in {shown(folder)} are not valid UTF-8, which "
+            f"prediction.csv cannot hold:\n  {_listed(not_utf8)}\n"
+            "Rename them (e.g. convmv -f latin1 -t utf8 --notest FILE)."
+        )
     bad = unreadable_images(files, folder.parent)
     if bad:
-        shown = "\n  ".join(str(p) for p in bad[:20])
-        more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
-        raise ValueError(
-            f"{len(bad)} of {len(files)} test images in {folder} cannot be read:\n  {shown}{more}\n"
+        problems.append(
+            f"{len(bad)} of {len(files)} test images in {shown(folder)} cannot be read:\n"
+            f"  {_listed([shown(f) for f in bad])}\n"
             "Replace or remove them: every test image needs a row in prediction.csv."
         )
+    if problems:
+        raise ValueError("\n".join(problems))
     return files

@@ -1,13 +1,20 @@
 from __future__ import annotations
 
 import io
+import os
+import re
+import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 from conftest import datamodule, make_hw1_folder
 from PIL import Image
+from test_predict import run_predict
 
 import hw1.scan
+from hw1.check import report
+from hw1.config import compose_config
 from hw1.data import ClassFolders
 from hw1.scan import SCAN_CACHE, class_names, load_rgb
 
@@ -128,3 +135,34 @@ def test_a_read_only_data_root_is_checked_without_a_cache(tmp_path, monkeypatch)
     dm = datamodule(tmp_path)
     dm.validate()
     assert len(dm.samples["train"]) == 4 and not (tmp_path / SCAN_CACHE).exists()
+
+
+def _same_stems(test: Path) -> str:
+    shutil.copy(test / "img-a-0.jpg", test / "img-a-0.png")
+    return "img-a-0.jpg and img-a-0.png"
+
+
+def _not_utf8(test: Path) -> str:
+    name = os.fsdecode(b"caf\xe9.png")  # Latin-1 bytes, from an old archive
+    try:
+        shutil.copy(test / "img-b-0.png", test / name)
+    except (OSError, UnicodeEncodeError):
+        pytest.skip("this file system takes only UTF-8 names")
+    return "caf\\xe9.png"
+
+
+@pytest.mark.parametrize("plant", [_same_stems, _not_utf8])
+def test_test_names_that_make_no_csv_stop_training_predict_and_check(tmp_path, plant):
+    """Two test images of one name without extension (two rows of one image_name) and a
+    name that is not UTF-8 (no UTF-8 CSV holds it): training, hw1.predict and hw1.check
+    refuse before any work, naming the files."""
+    root = tmp_path / "data"
+    make_hw1_folder(root, ["a", "b"], train=2, val=1, test=1)
+    named = plant(root / "test")
+    with pytest.raises(ValueError, match=re.escape(named)):
+        datamodule(root).validate()  # what training runs before building a model
+    with pytest.raises(ValueError, match=re.escape(named)):
+        run_predict(root, tmp_path / "out.csv", "ckpt_path=/never/loaded.ckpt")
+    text, problems = report(compose_config([f"data.root={root}"], config_name="check"))
+    assert len(problems) == 1 and named in problems[0], problems
+    text.encode("utf-8")  # printable, whatever the file names
