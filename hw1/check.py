@@ -111,6 +111,8 @@ def report(cfg: DictConfig) -> tuple[str, list[str]]:
     elif not datamodule.has_val_dir():
         lines.append(f"val: no val/ folder; data.val_split={hp.val_split} of train")
     lines += table(root, found, info)
+    if "test" in found and not found["test"]:
+        lines.append("test/ has no images: no prediction.csv will be written")
     bad = [p for files in found.values() for p, _ in files if not info[p].readable]
     lines.append(f"unreadable files: {len(bad)} (train/val ones are left out of training)")
     lines += [f"  {shown(p.relative_to(root))}" for p in bad]

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,6 +35,8 @@ from hw1.scan import (
 )
 from hw1.splits import fold_split, stratified_split
 from hw1.weights import resolve_weights
+
+log = logging.getLogger(__name__)
 
 LAYOUT = """expected layout:
     <root>/train/<class>/<image>   training images, one folder per class
@@ -254,7 +257,12 @@ class FolderDataModule(DeviceBatches):
         ``samples``; every image is decoded once, the results cached in the data root."""
         self.check_layout()
         if test_images and self.test_dir.is_dir():
-            check_test_images(self.test_dir)
+            tests = check_test_images(self.test_dir)
+            if not tests:
+                log.warning(
+                    "test/ has no images: no prediction.csv will be written (%s)",
+                    shown(self.test_dir),
+                )
         self.class_names = self._class_folders()
         self.samples = self._scan(self.class_names)
 

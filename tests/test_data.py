@@ -269,3 +269,15 @@ def test_a_fit_on_jittered_batches_shows_callbacks_the_jittered_normalised_batch
     trainer.fit(model, datamodule=LoaderDataModule(eval_spec(32), loader))
     x = torch.utils.data.default_collate(samples)[0]
     assert torch.allclose(seen[0], imagenet_normalise(x), atol=1e-5)
+
+
+def test_training_warns_at_the_start_when_test_has_no_images(tmp_path, caplog):
+    make_hw1_folder(tmp_path, ["a", "b"], train=2, val=1, test=0)
+    with caplog.at_level("WARNING", logger="hw1.data"):
+        datamodule(tmp_path).validate()
+    assert "test/ has no images: no prediction.csv will be written" in caplog.text
+    caplog.clear()
+    (tmp_path / "test").rmdir()  # no test/ at all: it is optional, nothing to say
+    with caplog.at_level("WARNING", logger="hw1.data"):
+        datamodule(tmp_path).validate()
+    assert "test/" not in caplog.text

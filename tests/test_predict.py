@@ -156,3 +156,11 @@ def test_names_with_spaces_commas_quotes_and_non_ascii_give_their_csv_rows(tmp_p
     assert rows[0] == ["image_name", "pred_label"]
     assert [r[0] for r in rows[1:]] == sorted(stems)
     assert '"comma,name",' in text and '"say ""cheese""",' in text and "\n花," in text
+
+
+def test_an_empty_test_folder_is_a_clear_error_in_predict(tmp_path):
+    root = tmp_path / "data"
+    make_hw1_folder(root, ["a", "b"], train=1, val=1, test=0)
+    (root / "test" / "notes.txt").write_text("not an image")
+    with pytest.raises(FileNotFoundError, match=f"{root / 'test'} has no images to predict"):
+        run_predict(root, tmp_path / "out.csv", f"ckpt_path={tmp_path / 'never.ckpt'}")

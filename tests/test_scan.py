@@ -93,7 +93,7 @@ def test_unreadable_train_and_val_images_are_left_out_with_one_warning(tmp_path,
     with caplog.at_level("WARNING", logger="hw1.scan"):
         dm.validate()
         dm.setup("fit")
-    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "hw1.scan"]
     assert len(warnings) == 1 and all(str(p) in warnings[0] for p in bad), warnings
     assert (len(dm.train_set), len(dm.val_set)) == (12, 6)
     kept = {Path(p) for p, _ in dm.train_set.samples + dm.val_set.samples}
