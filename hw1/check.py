@@ -24,6 +24,7 @@ from hw1.scan import (
     image_files,
     inspect_images,
     labelled_files,
+    left_out_lines,
     shown,
 )
 
@@ -115,7 +116,7 @@ def report(cfg: DictConfig) -> tuple[str, list[str]]:
         lines.append("test/ has no images: no prediction.csv will be written")
     bad = [p for files in found.values() for p, _ in files if not info[p].readable]
     lines.append(f"unreadable files: {len(bad)} (train/val ones are left out of training)")
-    lines += [f"  {shown(p.relative_to(root))}" for p in bad]
+    lines += [f"  {line}" for line in left_out_lines(bad, info, root)]
     groups = duplicates(root, found, info)
     lines.append(f"files duplicated across splits: {len(groups)}")
     lines += ["  " + " = ".join(group) for group in groups]

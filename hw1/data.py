@@ -60,6 +60,7 @@ class ClassFolders(ImageFolder):
     ):
         self._classes = list(classes)
         self._given = None if samples is None else list(samples)
+        self._gone: set[str] = set()  # files found unreadable during the run, warned once
         super().__init__(root, transform=transform, loader=loader, is_valid_file=is_image_file)
 
     def find_classes(self, directory: str | os.PathLike) -> tuple[list[str], dict[str, int]]:
@@ -68,7 +69,30 @@ class ClassFolders(ImageFolder):
     def make_dataset(self, directory, *args, **kwargs) -> list[tuple[str, int]]:
         if self._given is not None:
             return self._given
-        return super().make_dataset(directory, *args, **kwargs)
+        return labelled_files(Path(directory), self._classes)
+
+    # Neighbours tried in place of a file that cannot be read any more.
+    STAND_INS = 10
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        """Sample ``index``; when its file was removed or changed since the image check
+        (an epoch is long), the next readable sample stands in for it, with one warning
+        per file and loading process, rather than the run stopping."""
+        for k in range(min(self.STAND_INS, len(self.samples))):
+            i = (index + k) % len(self.samples)
+            try:
+                return super().__getitem__(i)
+            except OSError as e:
+                path = self.samples[i][0]
+                if path not in self._gone:
+                    self._gone.add(path)
+                    log.warning(
+                        "%s cannot be read (%s): the next image stands in for it", shown(path), e
+                    )
+        raise OSError(
+            f"{self.STAND_INS} images from {shown(self.samples[index][0])} on cannot be read: was "
+            f"{self.root} moved or unmounted? Check it with python -m hw1.check"
+        )
 
 
 class UnlabeledImages(Dataset):

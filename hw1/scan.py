@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, JpegImagePlugin
-from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension, make_dataset
+from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
 from hw1.io import write_atomically
 
@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 
 # The image check's results, kept in the data root so the next run does not decode again.
 SCAN_CACHE = ".hw1-images.json"
+# The cache's layout: a cache of another version is checked again, not misread.
+SCAN_CACHE_VERSION = 2
 
 
 def shown(path: str | os.PathLike) -> str:
@@ -107,10 +109,48 @@ def request_draft(im: Image.Image, draft: Callable[[tuple[int, int]], tuple[int,
 
 
 def labelled_files(folder: Path, classes: Sequence[str]) -> list[tuple[str, int]]:
-    """(path, class index) of every image under ``folder/<class>/``; empty classes allowed
-    (the data module names them in its own error)."""
+    """(path, class index) of every image under ``folder/<class>/``, in torchvision's
+    ``make_dataset`` order; empty classes allowed (the data module names them in its own
+    error).
+
+    Links to folders are followed, but no real folder twice: a link to a folder already
+    listed (``ln -s . train/c/loop``) would list its images again, or endlessly. Such
+    links are named in one warning.
+    """
     index = {c: i for i, c in enumerate(classes)}
-    return make_dataset(folder, index, is_valid_file=is_image_file, allow_empty=True)
+    seen: set[tuple[int, int]] = set()
+    repeats: list[str] = []
+    samples = []
+    for name in sorted(index):  # as make_dataset: class names as text
+        top = os.path.join(folder, name)
+        if not os.path.isdir(top):
+            continue
+        seen.add(_identity(top))
+        walked = []
+        for root, dirs, files in os.walk(top, followlinks=True):
+            for d in sorted(dirs):
+                key = _identity(os.path.join(root, d))
+                if key in seen:
+                    dirs.remove(d)
+                    repeats.append(os.path.join(root, d))
+                seen.add(key)
+            walked.append((root, files))
+        for root, files in sorted(walked):
+            samples += [
+                (os.path.join(root, f), index[name]) for f in sorted(files) if is_image_file(f)
+            ]
+    if repeats:
+        log.warning(
+            "%d links to folders already listed were not followed (each image is used once):\n  %s",
+            len(repeats),
+            "\n  ".join(f"{shown(r)} -> {shown(os.path.realpath(r))}" for r in repeats),
+        )
+    return samples
+
+
+def _identity(folder: str) -> tuple[int, int]:
+    st = os.stat(folder)
+    return st.st_dev, st.st_ino
 
 
 def image_files(folder: str | os.PathLike) -> list[Path]:
@@ -118,47 +158,87 @@ def image_files(folder: str | os.PathLike) -> list[Path]:
     return sorted(p for p in Path(folder).iterdir() if p.is_file() and is_image_file(p))
 
 
+# Why the image check leaves a file out (ImageInfo.problem), and what to tell the user.
+UNREADABLE, MISSING = "unreadable", "missing"
+_PROBLEM_TEXT = {
+    UNREADABLE: "empty, truncated or not an image",
+    MISSING: "missing: a dangling link, or removed after it was listed",
+}
+
+
 class ImageInfo(NamedTuple):
-    """What decoding a file found: readable, its size (0 x 0 when not) and content hash."""
+    """What checking a file found: readable, its size (0 x 0 when not), content hash, and
+    why it is left out ("" when readable)."""
 
     readable: bool
     width: int
     height: int
     sha1: str
+    problem: str = ""
+
+    def describe(self) -> str:
+        """Why the file is left out, in words."""
+        return _PROBLEM_TEXT[self.problem]
 
 
 def _inspect(path: Path) -> ImageInfo:
     try:
         data = path.read_bytes()
+    except FileNotFoundError:
+        return ImageInfo(False, 0, 0, "", MISSING)
     except OSError:
-        return ImageInfo(False, 0, 0, "")
+        return ImageInfo(False, 0, 0, "", UNREADABLE)
     sha1 = hashlib.sha1(data).hexdigest()
     try:
         width, height = load_rgb(io.BytesIO(data)).size  # decoded as training will
         return ImageInfo(True, width, height, sha1)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
-        return ImageInfo(False, 0, 0, sha1)
+        return ImageInfo(False, 0, 0, sha1, UNREADABLE)
+
+
+def _read_cache(cache_file: Path | None) -> dict[str, list]:
+    """The cached results by path; empty (everything checked again) when there is no
+    cache, or one of another version or shape, which is then replaced."""
+    if cache_file is None or not cache_file.is_file():
+        return {}
+    try:
+        cache = json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        cache = None
+    if (
+        isinstance(cache, dict)
+        and cache.get("version") == SCAN_CACHE_VERSION
+        and isinstance(cache.get("files"), dict)
+    ):
+        return {k: v for k, v in cache["files"].items() if isinstance(v, list) and len(v) == 7}
+    log.warning(
+        "%s is not an image-check cache of this hw1 (an older hw1's, or damaged): checking "
+        "every image again",
+        cache_file,
+    )
+    return {}
 
 
 def inspect_images(files: Sequence[Path], root: Path | None = None) -> dict[Path, ImageInfo]:
     """Decode every file once, in parallel (decoding releases the GIL, so threads suffice).
+    A file that no longer exists (a dangling link, one removed since it was listed) is
+    missing.
 
     With ``root``, results are cached in ``root/.hw1-images.json`` keyed by the path under
     ``root``, file size and mtime: the next run decodes only new or changed files. A
     read-only root is checked every time.
     """
     cache_file = root / SCAN_CACHE if root is not None else None
-    cache: dict[str, list] = {}
-    if cache_file is not None and cache_file.is_file():
-        try:
-            cache = json.loads(cache_file.read_text())
-        except (OSError, ValueError):
-            log.debug("ignoring unreadable image-check cache %s", cache_file)
+    cache = _read_cache(cache_file)
     keys = {f: f.relative_to(root).as_posix() if root is not None else str(f) for f in files}
     found: dict[Path, ImageInfo] = {}
     todo, fresh = [], {}
     for f in files:
-        st = f.stat()
+        try:
+            st = f.stat()
+        except OSError:
+            found[f] = ImageInfo(False, 0, 0, "", MISSING)
+            continue
         fresh[keys[f]] = stamp = [st.st_size, st.st_mtime_ns]
         hit = cache.get(keys[f])
         if hit is not None and hit[:2] == stamp:
@@ -167,33 +247,36 @@ def inspect_images(files: Sequence[Path], root: Path | None = None) -> dict[Path
             todo.append(f)
     with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
         found.update(zip(todo, pool.map(_inspect, todo), strict=True))
-    if cache_file is not None and todo:
-        cache.update({keys[f]: [*fresh[keys[f]], *found[f]] for f in todo})
+    checked = [f for f in todo if found[f].problem != MISSING]
+    if cache_file is not None and checked:
+        cache.update({keys[f]: [*fresh[keys[f]], *found[f]] for f in checked})
         try:
-            write_atomically(cache_file, json.dumps(cache))
+            write_atomically(
+                cache_file, json.dumps({"version": SCAN_CACHE_VERSION, "files": cache})
+            )
         except OSError as e:
             log.debug("image-check cache not written (%s): the next run checks again", e)
     return {f: found[f] for f in files}
 
 
+def left_out_lines(
+    files: Sequence[Path], info: dict[Path, ImageInfo], under: Path | None = None
+) -> list[str]:
+    """One line per file the check leaves out: the path (relative to ``under``) and why."""
+    return [f"{shown(f.relative_to(under) if under else f)}: {info[f].describe()}" for f in files]
+
+
 def readable_samples(samples: Sequence[tuple[str, int]], root: Path) -> list[tuple[str, int]]:
-    """The (path, class index) samples whose image decodes; the others are listed in one
-    warning and left out, so that no epoch or evaluation stops on one bad file."""
-    info = inspect_images([Path(p) for p, _ in samples], root)
-    bad = [p for p, _ in samples if not info[Path(p)].readable]
+    """The (path, class index) samples whose image decodes; the others (unreadable,
+    missing) are listed in one warning and left out, so that no epoch or
+    evaluation stops on one bad file."""
+    paths = [Path(p) for p, _ in samples]
+    info = inspect_images(paths, root)
+    bad = [p for p in paths if not info[p].readable]
     if bad:
-        log.warning(
-            "%d unreadable images left out (empty, truncated or not an image):\n  %s",
-            len(bad),
-            "\n  ".join(bad),
-        )
+        lines = left_out_lines(bad, info)
+        log.warning("%d images left out:\n  %s", len(bad), "\n  ".join(lines))
     return [(p, c) for p, c in samples if info[Path(p)].readable]
-
-
-def unreadable_images(files: Sequence[Path], root: Path | None = None) -> list[Path]:
-    """The files PIL cannot decode (empty, truncated, not an image)."""
-    found = inspect_images(files, root)
-    return [f for f in files if not found[f].readable]
 
 
 def _listed(lines: list[str], limit: int = 20) -> str:
@@ -205,9 +288,18 @@ def check_test_images(folder: Path) -> list[Path]:
     """The test images, checked as prediction.csv needs them (training, ``hw1.predict``
     and ``hw1.check`` call this before any work): an error naming the files when two share
     a name without extension (two rows of the same image_name), a name is not valid UTF-8
-    (prediction.csv is UTF-8), or an image cannot be read (every test image needs a row).
-    An empty list when the folder has no images."""
+    (prediction.csv is UTF-8), or an image is left out by the image check (every test
+    image needs a row). Links to nothing are skipped with a warning; an empty list when
+    the folder has no images."""
     files = image_files(folder)
+    dangling = [p for p in sorted(folder.iterdir()) if is_image_file(p) and not p.exists()]
+    if dangling:
+        log.warning(
+            "%d links to nothing in %s skipped:\n  %s",
+            len(dangling),
+            shown(folder),
+            "\n  ".join(shown(p) for p in dangling),
+        )
     problems = []
     by_stem = defaultdict(list)
     for f in files:
@@ -227,11 +319,13 @@ def check_test_images(folder: Path) -> list[Path]:
             f"prediction.csv cannot hold:\n  {_listed(not_utf8)}\n"
             "Rename them (e.g. convmv -f latin1 -t utf8 --notest FILE)."
         )
-    bad = unreadable_images(files, folder.parent)
+    info = inspect_images(files, folder.parent)
+    bad = [f for f in files if not info[f].readable]
     if bad:
+        lines = left_out_lines(bad, info)
         problems.append(
             f"{len(bad)} of {len(files)} test images in {shown(folder)} cannot be read:\n"
-            f"  {_listed([shown(f) for f in bad])}\n"
+            f"  {_listed(lines)}\n"
             "Replace or remove them: every test image needs a row in prediction.csv."
         )
     if problems:

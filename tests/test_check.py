@@ -35,7 +35,7 @@ def test_the_report_counts_classes_duplicates_bad_files_and_sizes(tmp_path):
     assert lines[5].split() == ["test", "4"]
     assert "  val   40 / 40 / 64; 40 / 40 / 48" in lines
     assert "unreadable files: 1 (train/val ones are left out of training)" in lines
-    assert "  train/b/empty.jpg" in lines
+    assert "  train/b/empty.jpg: empty, truncated or not an image" in lines
     # copies within train/c are not across splits; train/a/1.jpg is
     assert "files duplicated across splits: 1" in lines
     assert "  train/a/1.jpg = val/a/dup.jpg = test/dup.jpg" in lines

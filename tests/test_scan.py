@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import shutil
@@ -16,7 +17,7 @@ import hw1.scan
 from hw1.check import report
 from hw1.config import compose_config
 from hw1.data import ClassFolders
-from hw1.scan import SCAN_CACHE, class_names, load_rgb
+from hw1.scan import SCAN_CACHE, class_names, labelled_files, load_rgb
 
 
 def test_integer_class_folders_are_ordered_numerically(int_classes_root):
@@ -135,6 +136,76 @@ def test_a_read_only_data_root_is_checked_without_a_cache(tmp_path, monkeypatch)
     dm = datamodule(tmp_path)
     dm.validate()
     assert len(dm.samples["train"]) == 4 and not (tmp_path / SCAN_CACHE).exists()
+
+
+def test_links_to_folders_already_listed_are_not_followed_again(tmp_path, caplog):
+    make_hw1_folder(tmp_path, ["a", "b"], train=3, val=1, test=0)
+    (tmp_path / "train" / "a" / "loop").symlink_to(".")  # ln -s . train/a/loop
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    Image.new("RGB", (8, 8)).save(pool / "extra.jpg")
+    (tmp_path / "train" / "b" / "more").symlink_to(pool)  # a link elsewhere: followed once
+    (tmp_path / "train" / "b" / "again").symlink_to(pool)
+    with caplog.at_level("WARNING", logger="hw1.scan"):
+        found = labelled_files(tmp_path / "train", ["a", "b"])
+    names = [str(Path(p).relative_to(tmp_path / "train")) for p, _ in found]
+    assert names == [
+        "a/0.jpg",
+        "a/1.jpg",
+        "a/2.jpg",
+        "b/0.jpg",
+        "b/1.jpg",
+        "b/2.jpg",
+        "b/again/extra.jpg",
+    ]
+    warning = caplog.records[-1].getMessage()
+    assert "2 links to folders already listed were not followed" in warning
+    assert f"{tmp_path / 'train' / 'a' / 'loop'} -> {tmp_path / 'train' / 'a'}" in warning
+    assert f"{tmp_path / 'train' / 'b' / 'more'} -> {pool}" in warning
+
+
+def test_dangling_links_and_vanished_files_are_left_out_and_named(tmp_path, caplog, monkeypatch):
+    make_hw1_folder(tmp_path, ["a", "b"], train=3, val=1, test=1)
+    dangling = tmp_path / "train" / "a" / "gone.jpg"
+    dangling.symlink_to(tmp_path / "nowhere.jpg")
+    (tmp_path / "test" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    vanishing = tmp_path / "train" / "b" / "1.jpg"
+    real_stat = Path.stat
+
+    def removed_after_listing(self, *args, **kwargs):  # listed by the walk, gone at the check
+        if self == vanishing:
+            raise FileNotFoundError(2, "No such file or directory", str(self))
+        return real_stat(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "stat", removed_after_listing)
+    dm = datamodule(tmp_path)
+    with caplog.at_level("WARNING", logger="hw1.scan"):
+        dm.validate()
+    warnings = "\n".join(r.getMessage() for r in caplog.records)
+    assert f"{tmp_path / 'test' / 'gone.png'}" in warnings  # a test link to nothing: skipped
+    assert f"{dangling}: missing: a dangling link, or removed after it was listed" in warnings
+    assert f"{vanishing}: missing: a dangling link" in warnings
+    kept = [Path(p) for p, _ in dm.samples["train"]]
+    assert len(kept) == 5 and dangling not in kept and vanishing not in kept
+
+
+@pytest.mark.parametrize("cache", ["[1, 2, 3]", '{"0.jpg": "x"}', "old"])
+def test_a_cache_of_another_shape_or_version_is_rebuilt_with_a_warning(tmp_path, caplog, cache):
+    make_hw1_folder(tmp_path, ["a", "b"], train=2, val=1, test=0)
+    bad = tmp_path / "train" / "a" / "empty.jpg"
+    bad.write_bytes(b"")
+    if cache == "old":  # an earlier layout, {path: [size, mtime_ns, readable, w, h, sha1]}
+        st = bad.stat()
+        cache = json.dumps({"train/a/empty.jpg": [st.st_size, st.st_mtime_ns, True, 8, 8, ""]})
+    (tmp_path / SCAN_CACHE).write_text(cache)
+    dm = datamodule(tmp_path)
+    with caplog.at_level("WARNING", logger="hw1.scan"):
+        dm.validate()
+    assert f"{tmp_path / SCAN_CACHE} is not an image-check cache of this hw1" in caplog.text
+    assert len(dm.samples["train"]) == 4  # empty.jpg is checked, not taken from the cache
+    rebuilt = json.loads((tmp_path / SCAN_CACHE).read_text())
+    assert rebuilt["version"] == hw1.scan.SCAN_CACHE_VERSION
+    assert "train/a/empty.jpg" in rebuilt["files"]
 
 
 def _same_stems(test: Path) -> str:
