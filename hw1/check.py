@@ -87,13 +87,14 @@ def report(cfg: DictConfig) -> tuple[str, list[str]]:
     except FileNotFoundError as e:
         return "\n".join([f"dataset {root}", *problem_lines([str(e)])]), [str(e)]
     found = split_files(root)
-    info = inspect_images([p for files in found.values() for p, _ in files], root)
+    limit = datamodule.hparams.max_image_pixels
+    info = inspect_images([p for files in found.values() for p, _ in files], root, limit)
 
     problems = []
     # what training meets: class folders, empty classes; the test images are checked next
     checks = [lambda: datamodule.validate(test_images=False)]
     if "test" in found:
-        checks.append(lambda: check_test_images(datamodule.test_dir))
+        checks.append(lambda: check_test_images(datamodule.test_dir, limit))
     for check in checks:
         try:
             check()
@@ -116,7 +117,7 @@ def report(cfg: DictConfig) -> tuple[str, list[str]]:
         lines.append("test/ has no images: no prediction.csv will be written")
     bad = [p for files in found.values() for p, _ in files if not info[p].readable]
     lines.append(f"unreadable files: {len(bad)} (train/val ones are left out of training)")
-    lines += [f"  {line}" for line in left_out_lines(bad, info, root)]
+    lines += [f"  {line}" for line in left_out_lines(bad, info, limit, root)]
     groups = duplicates(root, found, info)
     lines.append(f"files duplicated across splits: {len(groups)}")
     lines += ["  " + " = ".join(group) for group in groups]

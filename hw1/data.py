@@ -220,12 +220,15 @@ class FolderDataModule(DeviceBatches):
         folds: int | None = None,
         fold: int = 0,
         eval_size: int | None = None,
+        max_image_pixels: int | None = None,
     ) -> None:
         """``pipeline``: the train augmentation's implementation, ``fast`` or
         ``reference`` (``train_pipeline``). ``folds=K``: cross-validation,
         train and val pooled and dealt into K stratified, seeded folds; ``fold`` is the one
         validated on. ``eval_size``: evaluate (val, TTA, predict) at another size than
-        ``image_size`` trains at, e.g. train at 224 and test at 288."""
+        ``image_size`` trains at, e.g. train at 224 and test at 288. ``max_image_pixels``:
+        larger images are left out (test images: an error), their size reported; default
+        Pillow's limit (``hw1.scan.DEFAULT_MAX_PIXELS``)."""
         super().__init__()
         if val_split is not None and not 0 < val_split < 1:
             raise ValueError(f"data.val_split={val_split}: use null or a fraction in (0, 1)")
@@ -281,7 +284,7 @@ class FolderDataModule(DeviceBatches):
         ``samples``; every image is decoded once, the results cached in the data root."""
         self.check_layout()
         if test_images and self.test_dir.is_dir():
-            tests = check_test_images(self.test_dir)
+            tests = check_test_images(self.test_dir, self.hparams.max_image_pixels)
             if not tests:
                 log.warning(
                     "test/ has no images: no prediction.csv will be written (%s)",
@@ -315,7 +318,8 @@ class FolderDataModule(DeviceBatches):
         there is no val/ folder and data.val_split is set."""
         splits = ("train", "val") if self.has_val_dir() else ("train",)
         found = {split: labelled_files(self.root / split, names) for split in splits}
-        readable = set(readable_samples([x for s in splits for x in found[s]], self.root))
+        every = [x for s in splits for x in found[s]]
+        readable = set(readable_samples(every, self.root, self.hparams.max_image_pixels))
         kept = {s: [x for x in found[s] if x in readable] for s in splits}
         empty = [
             str(self.root / split / names[c])

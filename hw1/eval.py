@@ -63,9 +63,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         raise ValueError(
             f"{folder} has class folders the checkpoint was not trained on: {sorted(unknown)}"
         )
-    dataset = ClassFolders(
-        folder, names, samples=readable_samples(labelled_files(folder, names), folder.parent)
+    readable = readable_samples(
+        labelled_files(folder, names), folder.parent, cfg.data.max_image_pixels
     )
+    dataset = ClassFolders(folder, names, samples=readable)
     if not len(dataset):
         raise FileNotFoundError(
             f"{shown(folder)} has no readable images in its class folders to evaluate"

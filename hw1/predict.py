@@ -119,7 +119,7 @@ def predict(cfg: DictConfig) -> Path:
     if not test_dir.is_dir():
         raise FileNotFoundError(f"data.root={cfg.data.root}: no test/ folder to predict")
     # before any model is loaded: nothing is written on error
-    if not check_test_images(test_dir):
+    if not check_test_images(test_dir, cfg.data.max_image_pixels):
         raise FileNotFoundError(f"{shown(test_dir)} has no images to predict")
     models = load_ensemble(checkpoint_paths(cfg.ckpt_path))
     class_names = models[0].class_names

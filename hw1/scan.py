@@ -8,6 +8,7 @@ import io
 import json
 import logging
 import os
+import threading
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +27,18 @@ log = logging.getLogger(__name__)
 SCAN_CACHE = ".hw1-images.json"
 # The cache's layout: a cache of another version is checked again, not misread.
 SCAN_CACHE_VERSION = 2
+
+# Pillow's limit: Image.open refuses an image of more pixels as a decompression bomb.
+DEFAULT_MAX_PIXELS = 2 * (Image.MAX_IMAGE_PIXELS or 89_478_485)
+# The image check compares each header's size with data.max_image_pixels before decoding,
+# so Pillow's own process-wide limit is off: it would hide a too-large image's size behind
+# "not an image", and stop an image the user allowed in a DataLoader worker that never
+# saw the setting.
+Image.MAX_IMAGE_PIXELS = None
+# Images above this many pixels are decoded one at a time by the image check: eight
+# threads decoding 100-megapixel images at once would take gigabytes.
+LARGE_IMAGE_PIXELS = 4096 * 4096
+_large_decodes = threading.Semaphore(1)
 
 
 def shown(path: str | os.PathLike) -> str:
@@ -159,7 +172,7 @@ def image_files(folder: str | os.PathLike) -> list[Path]:
 
 
 # Why the image check leaves a file out (ImageInfo.problem), and what to tell the user.
-UNREADABLE, MISSING = "unreadable", "missing"
+UNREADABLE, MISSING, TOO_LARGE = "unreadable", "missing", "too large"
 _PROBLEM_TEXT = {
     UNREADABLE: "empty, truncated or not an image",
     MISSING: "missing: a dangling link, or removed after it was listed",
@@ -167,8 +180,8 @@ _PROBLEM_TEXT = {
 
 
 class ImageInfo(NamedTuple):
-    """What checking a file found: readable, its size (0 x 0 when not), content hash, and
-    why it is left out ("" when readable)."""
+    """What checking a file found: readable, its size (the header's when too large, else
+    0 x 0 when not readable), content hash, and why it is left out ("" when readable)."""
 
     readable: bool
     width: int
@@ -176,12 +189,18 @@ class ImageInfo(NamedTuple):
     sha1: str
     problem: str = ""
 
-    def describe(self) -> str:
+    def describe(self, max_pixels: int | None = None) -> str:
         """Why the file is left out, in words."""
+        if self.problem == TOO_LARGE:
+            limit = max_pixels or DEFAULT_MAX_PIXELS
+            return (
+                f"too large: {self.width} x {self.height} = {self.width * self.height:,} pixels,"
+                f" over data.max_image_pixels={limit} (raise it to use the image)"
+            )
         return _PROBLEM_TEXT[self.problem]
 
 
-def _inspect(path: Path) -> ImageInfo:
+def _inspect(path: Path, max_pixels: int) -> ImageInfo:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -190,10 +209,28 @@ def _inspect(path: Path) -> ImageInfo:
         return ImageInfo(False, 0, 0, "", UNREADABLE)
     sha1 = hashlib.sha1(data).hexdigest()
     try:
-        width, height = load_rgb(io.BytesIO(data)).size  # decoded as training will
+        with Image.open(io.BytesIO(data)) as im:  # the header only: no pixels decoded yet
+            pixels = im.width * im.height
+            if pixels > max_pixels:
+                return ImageInfo(False, im.width, im.height, sha1, TOO_LARGE)
+        if pixels > LARGE_IMAGE_PIXELS:
+            with _large_decodes:
+                width, height = load_rgb(io.BytesIO(data)).size
+        else:
+            width, height = load_rgb(io.BytesIO(data)).size  # decoded as training will
         return ImageInfo(True, width, height, sha1)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+    except (OSError, SyntaxError, ValueError):
         return ImageInfo(False, 0, 0, sha1, UNREADABLE)
+
+
+def _within(info: ImageInfo, max_pixels: int) -> ImageInfo | None:
+    """A cached result under this run's pixel limit; None when the file must be decoded
+    again (it was too large for an earlier, lower limit)."""
+    if info.problem == TOO_LARGE and info.width * info.height <= max_pixels:
+        return None
+    if info.readable and info.width * info.height > max_pixels:
+        return ImageInfo(False, info.width, info.height, info.sha1, TOO_LARGE)
+    return info
 
 
 def _read_cache(cache_file: Path | None) -> dict[str, list]:
@@ -219,15 +256,19 @@ def _read_cache(cache_file: Path | None) -> dict[str, list]:
     return {}
 
 
-def inspect_images(files: Sequence[Path], root: Path | None = None) -> dict[Path, ImageInfo]:
-    """Decode every file once, in parallel (decoding releases the GIL, so threads suffice).
-    A file that no longer exists (a dangling link, one removed since it was listed) is
-    missing.
+def inspect_images(
+    files: Sequence[Path], root: Path | None = None, max_pixels: int | None = None
+) -> dict[Path, ImageInfo]:
+    """Decode every file once, in parallel (decoding releases the GIL, so threads suffice),
+    images over ``LARGE_IMAGE_PIXELS`` one at a time. A file of more than ``max_pixels``
+    (default: Pillow's limit) is not decoded: it is too large. A file that no longer
+    exists (a dangling link, one removed since it was listed) is missing.
 
     With ``root``, results are cached in ``root/.hw1-images.json`` keyed by the path under
     ``root``, file size and mtime: the next run decodes only new or changed files. A
     read-only root is checked every time.
     """
+    limit = max_pixels or DEFAULT_MAX_PIXELS
     cache_file = root / SCAN_CACHE if root is not None else None
     cache = _read_cache(cache_file)
     keys = {f: f.relative_to(root).as_posix() if root is not None else str(f) for f in files}
@@ -241,12 +282,13 @@ def inspect_images(files: Sequence[Path], root: Path | None = None) -> dict[Path
             continue
         fresh[keys[f]] = stamp = [st.st_size, st.st_mtime_ns]
         hit = cache.get(keys[f])
-        if hit is not None and hit[:2] == stamp:
-            found[f] = ImageInfo(*hit[2:])
+        info = _within(ImageInfo(*hit[2:]), limit) if hit is not None and hit[:2] == stamp else None
+        if info is not None:
+            found[f] = info
         else:
             todo.append(f)
     with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
-        found.update(zip(todo, pool.map(_inspect, todo), strict=True))
+        found.update(zip(todo, pool.map(lambda f: _inspect(f, limit), todo), strict=True))
     checked = [f for f in todo if found[f].problem != MISSING]
     if cache_file is not None and checked:
         cache.update({keys[f]: [*fresh[keys[f]], *found[f]] for f in checked})
@@ -260,21 +302,25 @@ def inspect_images(files: Sequence[Path], root: Path | None = None) -> dict[Path
 
 
 def left_out_lines(
-    files: Sequence[Path], info: dict[Path, ImageInfo], under: Path | None = None
+    files: Sequence[Path], info: dict[Path, ImageInfo], limit: int | None, under: Path | None = None
 ) -> list[str]:
     """One line per file the check leaves out: the path (relative to ``under``) and why."""
-    return [f"{shown(f.relative_to(under) if under else f)}: {info[f].describe()}" for f in files]
+    return [
+        f"{shown(f.relative_to(under) if under else f)}: {info[f].describe(limit)}" for f in files
+    ]
 
 
-def readable_samples(samples: Sequence[tuple[str, int]], root: Path) -> list[tuple[str, int]]:
+def readable_samples(
+    samples: Sequence[tuple[str, int]], root: Path, max_pixels: int | None = None
+) -> list[tuple[str, int]]:
     """The (path, class index) samples whose image decodes; the others (unreadable,
-    missing) are listed in one warning and left out, so that no epoch or
+    missing, too large) are listed in one warning and left out, so that no epoch or
     evaluation stops on one bad file."""
     paths = [Path(p) for p, _ in samples]
-    info = inspect_images(paths, root)
+    info = inspect_images(paths, root, max_pixels)
     bad = [p for p in paths if not info[p].readable]
     if bad:
-        lines = left_out_lines(bad, info)
+        lines = left_out_lines(bad, info, max_pixels)
         log.warning("%d images left out:\n  %s", len(bad), "\n  ".join(lines))
     return [(p, c) for p, c in samples if info[Path(p)].readable]
 
@@ -284,7 +330,7 @@ def _listed(lines: list[str], limit: int = 20) -> str:
     return "\n  ".join(lines[:limit] + more)
 
 
-def check_test_images(folder: Path) -> list[Path]:
+def check_test_images(folder: Path, max_pixels: int | None = None) -> list[Path]:
     """The test images, checked as prediction.csv needs them (training, ``hw1.predict``
     and ``hw1.check`` call this before any work): an error naming the files when two share
     a name without extension (two rows of the same image_name), a name is not valid UTF-8
@@ -319,10 +365,10 @@ def check_test_images(folder: Path) -> list[Path]:
             f"prediction.csv cannot hold:\n  {_listed(not_utf8)}\n"
             "Rename them (e.g. convmv -f latin1 -t utf8 --notest FILE)."
         )
-    info = inspect_images(files, folder.parent)
+    info = inspect_images(files, folder.parent, max_pixels)
     bad = [f for f in files if not info[f].readable]
     if bad:
-        lines = left_out_lines(bad, info)
+        lines = left_out_lines(bad, info, max_pixels)
         problems.append(
             f"{len(bad)} of {len(files)} test images in {shown(folder)} cannot be read:\n"
             f"  {_listed(lines)}\n"

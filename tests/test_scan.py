@@ -112,7 +112,7 @@ def test_the_image_check_is_cached_next_to_the_data(tmp_path, monkeypatch):
     monkeypatch.setattr(hw1.scan, "load_rgb", lambda f: decoded.append(f) or real(f))
 
     datamodule(tmp_path).validate()
-    assert len(decoded) == 7 + 4 + 4  # train (bad.jpg too: its bytes are tried), val, test
+    assert len(decoded) == 6 + 4 + 4  # train, val, test (bad.jpg has no image header)
     assert (tmp_path / SCAN_CACHE).is_file()
 
     decoded.clear()
@@ -136,6 +136,25 @@ def test_a_read_only_data_root_is_checked_without_a_cache(tmp_path, monkeypatch)
     dm = datamodule(tmp_path)
     dm.validate()
     assert len(dm.samples["train"]) == 4 and not (tmp_path / SCAN_CACHE).exists()
+
+
+def huge_png(path: Path, width: int, height: int) -> None:
+    """A valid 1-bit PNG of ``width`` x ``height`` pixels, all black, written row block by
+    row block: small on disk and in memory, whatever size its header claims."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    z = zlib.compressobj(9)
+    rows = b"\0" * ((width + 7) // 8 + 1) * 100  # 100 rows: filter byte 0, then zeros
+    idat = b"".join(z.compress(rows) for _ in range(height // 100)) + z.flush()
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1-bit greyscale
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    )
 
 
 def test_links_to_folders_already_listed_are_not_followed_again(tmp_path, caplog):
@@ -187,6 +206,74 @@ def test_dangling_links_and_vanished_files_are_left_out_and_named(tmp_path, capl
     assert f"{vanishing}: missing: a dangling link" in warnings
     kept = [Path(p) for p, _ in dm.samples["train"]]
     assert len(kept) == 5 and dangling not in kept and vanishing not in kept
+
+
+def test_huge_images_are_reported_too_large_with_their_size_without_decoding(tmp_path, caplog):
+    make_hw1_folder(tmp_path, ["a", "b"], train=2, val=1, test=0)
+    huge = tmp_path / "train" / "a" / "scan.png"
+    huge_png(huge, 20000, 10000)  # 200 megapixels, over Pillow's limit
+    assert huge.stat().st_size < 100_000
+    dm = datamodule(tmp_path)
+    with caplog.at_level("WARNING", logger="hw1.scan"):
+        dm.validate()
+    assert (
+        f"{huge}: too large: 20000 x 10000 = 200,000,000 pixels, over "
+        "data.max_image_pixels=178956970 (raise it to use the image)"
+    ) in caplog.text
+    assert len(dm.samples["train"]) == 4
+    (tmp_path / "test" / "scan.png").write_bytes(huge.read_bytes())
+    with pytest.raises(ValueError, match=r"(?s)1 of 1 test images.*scan\.png: too large: 20000 x"):
+        datamodule(tmp_path).validate()
+
+
+def test_data_max_image_pixels_sets_the_limit_over_a_cached_check(tmp_path, caplog):
+    make_hw1_folder(tmp_path, ["a", "b"], train=2, val=1, test=0, size=40)  # 1600 pixels
+    dm = datamodule(tmp_path)
+    dm.validate()
+    assert len(dm.samples["train"]) == 4  # Pillow's limit; the results are cached
+    big = tmp_path / "train" / "a" / "big.png"
+    Image.new("RGB", (60, 40)).save(big)  # 2400 pixels
+    small = datamodule(tmp_path, max_image_pixels=2000)
+    with caplog.at_level("WARNING", logger="hw1.scan"):
+        small.validate()
+    assert (
+        f"{big}: too large: 60 x 40 = 2,400 pixels, over data.max_image_pixels=2000" in caplog.text
+    )
+    assert len(small.samples["train"]) == 4  # cached and new files alike
+    raised = datamodule(tmp_path, max_image_pixels=2400)
+    raised.validate()
+    assert len(raised.samples["train"]) == 5
+
+
+def test_the_check_decodes_large_images_one_at_a_time(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    for i in range(6):
+        Image.new("RGB", (40, 40)).save(tmp_path / f"large{i}.png")
+        Image.new("RGB", (20, 20)).save(tmp_path / f"small{i}.png")
+    monkeypatch.setattr(hw1.scan, "LARGE_IMAGE_PIXELS", 1000)
+    active = {"large": 0, "small": 0}
+    most = {"large": 0, "small": 0}
+    lock = threading.Lock()
+    real = hw1.scan.load_rgb
+
+    def counted(f):
+        size = Image.open(f).width
+        kind = "large" if size == 40 else "small"
+        with lock:
+            active[kind] += 1
+            most[kind] = max(most[kind], active[kind])
+        time.sleep(0.05)
+        with lock:
+            active[kind] -= 1
+        return real(f)
+
+    monkeypatch.setattr(hw1.scan, "load_rgb", counted)
+    monkeypatch.setattr(hw1.scan.os, "cpu_count", lambda: 4)  # eight threads
+    info = hw1.scan.inspect_images(sorted(tmp_path.iterdir()))
+    assert all(i.readable for i in info.values())
+    assert most["large"] == 1 and most["small"] > 1, most
 
 
 @pytest.mark.parametrize("cache", ["[1, 2, 3]", '{"0.jpg": "x"}', "old"])
