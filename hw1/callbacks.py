@@ -7,7 +7,6 @@ import contextlib
 import logging
 import os
 import random
-import secrets
 import signal
 import threading
 from pathlib import Path
@@ -23,6 +22,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from hw1.figures import confusion_image, hwc, labelled_grid, to_uint8
+from hw1.io import temporary_beside
 from hw1.presets import EvalSpec
 
 log = logging.getLogger(__name__)
@@ -119,7 +119,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return super().save_checkpoint(checkpoint, path, storage_options)
         target = Path(str(path).removeprefix("file://"))
         target.parent.mkdir(parents=True, exist_ok=True)
-        temporary = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        temporary = temporary_beside(target)
         try:
             with open(temporary, "xb") as f:  # created with the umask's permissions
                 torch.save(checkpoint, f)

@@ -24,6 +24,8 @@ from hw1.scan import (
     image_files,
     inspect_images,
     labelled_files,
+    left_out_lines,
+    shown,
 )
 
 
@@ -70,7 +72,7 @@ def duplicates(root: Path, found: dict, info: dict[Path, ImageInfo]) -> list[lis
             if info[p].readable:
                 by_hash[info[p].sha1].append((split, p))
     return sorted(
-        [str(p.relative_to(root)) for _, p in group]
+        [shown(p.relative_to(root)) for _, p in group]
         for group in by_hash.values()
         if len({split for split, _ in group}) > 1
     )
@@ -85,13 +87,14 @@ def report(cfg: DictConfig) -> tuple[str, list[str]]:
     except FileNotFoundError as e:
         return "\n".join([f"dataset {root}", *problem_lines([str(e)])]), [str(e)]
     found = split_files(root)
-    info = inspect_images([p for files in found.values() for p, _ in files], root)
+    limit = datamodule.hparams.max_image_pixels
+    info = inspect_images([p for files in found.values() for p, _ in files], root, limit)
 
     problems = []
     # what training meets: class folders, empty classes; the test images are checked next
     checks = [lambda: datamodule.validate(test_images=False)]
     if "test" in found:
-        checks.append(lambda: check_test_images(datamodule.test_dir))
+        checks.append(lambda: check_test_images(datamodule.test_dir, limit))
     for check in checks:
         try:
             check()
@@ -99,8 +102,8 @@ def report(cfg: DictConfig) -> tuple[str, list[str]]:
             problems.append(str(e))
 
     names = class_names(root / "train")
-    shown = ", ".join(names[:30]) + (", ..." if len(names) > 30 else "")
-    lines = [f"dataset {root}", f"classes: {len(names)} ({shown})"]
+    listed = ", ".join(shown(n) for n in names[:30]) + (", ..." if len(names) > 30 else "")
+    lines = [f"dataset {shown(root)}", f"classes: {len(names)} ({listed})"]
     hp = datamodule.hparams
     if hp.folds:
         lines.append(
@@ -110,9 +113,11 @@ def report(cfg: DictConfig) -> tuple[str, list[str]]:
     elif not datamodule.has_val_dir():
         lines.append(f"val: no val/ folder; data.val_split={hp.val_split} of train")
     lines += table(root, found, info)
+    if "test" in found and not found["test"]:
+        lines.append("test/ has no images: no prediction.csv will be written")
     bad = [p for files in found.values() for p, _ in files if not info[p].readable]
     lines.append(f"unreadable files: {len(bad)} (train/val ones are left out of training)")
-    lines += [f"  {p.relative_to(root)}" for p in bad]
+    lines += [f"  {line}" for line in left_out_lines(bad, info, limit, root)]
     groups = duplicates(root, found, info)
     lines.append(f"files duplicated across splits: {len(groups)}")
     lines += ["  " + " = ".join(group) for group in groups]

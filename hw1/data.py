@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,12 +27,16 @@ from hw1.scan import (
     class_names,
     image_files,
     is_image_file,
+    is_utf8,
     labelled_files,
     load_rgb,
     readable_samples,
+    shown,
 )
 from hw1.splits import fold_split, stratified_split
 from hw1.weights import resolve_weights
+
+log = logging.getLogger(__name__)
 
 LAYOUT = """expected layout:
     <root>/train/<class>/<image>   training images, one folder per class
@@ -55,6 +60,7 @@ class ClassFolders(ImageFolder):
     ):
         self._classes = list(classes)
         self._given = None if samples is None else list(samples)
+        self._gone: set[str] = set()  # files found unreadable during the run, warned once
         super().__init__(root, transform=transform, loader=loader, is_valid_file=is_image_file)
 
     def find_classes(self, directory: str | os.PathLike) -> tuple[list[str], dict[str, int]]:
@@ -63,7 +69,30 @@ class ClassFolders(ImageFolder):
     def make_dataset(self, directory, *args, **kwargs) -> list[tuple[str, int]]:
         if self._given is not None:
             return self._given
-        return super().make_dataset(directory, *args, **kwargs)
+        return labelled_files(Path(directory), self._classes)
+
+    # Neighbours tried in place of a file that cannot be read any more.
+    STAND_INS = 10
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        """Sample ``index``; when its file was removed or changed since the image check
+        (an epoch is long), the next readable sample stands in for it, with one warning
+        per file and loading process, rather than the run stopping."""
+        for k in range(min(self.STAND_INS, len(self.samples))):
+            i = (index + k) % len(self.samples)
+            try:
+                return super().__getitem__(i)
+            except OSError as e:
+                path = self.samples[i][0]
+                if path not in self._gone:
+                    self._gone.add(path)
+                    log.warning(
+                        "%s cannot be read (%s): the next image stands in for it", shown(path), e
+                    )
+        raise OSError(
+            f"{self.STAND_INS} images from {shown(self.samples[index][0])} on cannot be read: was "
+            f"{self.root} moved or unmounted? Check it with python -m hw1.check"
+        )
 
 
 class UnlabeledImages(Dataset):
@@ -191,12 +220,15 @@ class FolderDataModule(DeviceBatches):
         folds: int | None = None,
         fold: int = 0,
         eval_size: int | None = None,
+        max_image_pixels: int | None = None,
     ) -> None:
         """``pipeline``: the train augmentation's implementation, ``fast`` or
         ``reference`` (``train_pipeline``). ``folds=K``: cross-validation,
         train and val pooled and dealt into K stratified, seeded folds; ``fold`` is the one
         validated on. ``eval_size``: evaluate (val, TTA, predict) at another size than
-        ``image_size`` trains at, e.g. train at 224 and test at 288."""
+        ``image_size`` trains at, e.g. train at 224 and test at 288. ``max_image_pixels``:
+        larger images are left out (test images: an error), their size reported; default
+        Pillow's limit (``hw1.scan.DEFAULT_MAX_PIXELS``)."""
         super().__init__()
         if val_split is not None and not 0 < val_split < 1:
             raise ValueError(f"data.val_split={val_split}: use null or a fraction in (0, 1)")
@@ -252,7 +284,12 @@ class FolderDataModule(DeviceBatches):
         ``samples``; every image is decoded once, the results cached in the data root."""
         self.check_layout()
         if test_images and self.test_dir.is_dir():
-            check_test_images(self.test_dir)
+            tests = check_test_images(self.test_dir, self.hparams.max_image_pixels)
+            if not tests:
+                log.warning(
+                    "test/ has no images: no prediction.csv will be written (%s)",
+                    shown(self.test_dir),
+                )
         self.class_names = self._class_folders()
         self.samples = self._scan(self.class_names)
 
@@ -260,6 +297,12 @@ class FolderDataModule(DeviceBatches):
         names = class_names(self.root / "train")
         if not names:
             raise FileNotFoundError(f"{self.root / 'train'} has no class folders.\n{LAYOUT}")
+        not_utf8 = [shown(self.root / "train" / n) for n in names if not is_utf8(n)]
+        if not_utf8:
+            raise ValueError(
+                f"class folder names that are not valid UTF-8, which prediction.csv cannot "
+                f"hold: {', '.join(not_utf8)}. Rename them (in val/ too)."
+            )
         val = set(class_names(self.root / "val")) if self.has_val_dir() else set(names)
         if val != set(names):
             raise ValueError(
@@ -275,7 +318,8 @@ class FolderDataModule(DeviceBatches):
         there is no val/ folder and data.val_split is set."""
         splits = ("train", "val") if self.has_val_dir() else ("train",)
         found = {split: labelled_files(self.root / split, names) for split in splits}
-        readable = set(readable_samples([x for s in splits for x in found[s]], self.root))
+        every = [x for s in splits for x in found[s]]
+        readable = set(readable_samples(every, self.root, self.hparams.max_image_pixels))
         kept = {s: [x for x in found[s] if x in readable] for s in splits}
         empty = [
             str(self.root / split / names[c])

@@ -28,7 +28,7 @@ from hw1.predict import (
     output_path,
     save_probs,
 )
-from hw1.scan import class_names, labelled_files, readable_samples
+from hw1.scan import class_names, labelled_files, readable_samples, shown
 
 
 def confusion_report(confusion: torch.Tensor, names: list[str], top: int = 10) -> dict[str, Any]:
@@ -63,9 +63,14 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         raise ValueError(
             f"{folder} has class folders the checkpoint was not trained on: {sorted(unknown)}"
         )
-    dataset = ClassFolders(
-        folder, names, samples=readable_samples(labelled_files(folder, names), folder.parent)
+    readable = readable_samples(
+        labelled_files(folder, names), folder.parent, cfg.data.max_image_pixels
     )
+    dataset = ClassFolders(folder, names, samples=readable)
+    if not len(dataset):
+        raise FileNotFoundError(
+            f"{shown(folder)} has no readable images in its class folders to evaluate"
+        )
     targets = torch.tensor(dataset.targets)
 
     L.seed_everything(cfg.seed)

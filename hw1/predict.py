@@ -25,7 +25,7 @@ from hw1.data import UnlabeledImages, view_loader
 from hw1.io import csv_text, write_atomically
 from hw1.model import Classifier
 from hw1.presets import EvalSpec
-from hw1.scan import check_test_images
+from hw1.scan import check_test_images, shown
 
 
 def checkpoint_paths(ckpt_path: str | Sequence[str] | None) -> list[Path]:
@@ -118,7 +118,9 @@ def predict(cfg: DictConfig) -> Path:
     test_dir = Path(cfg.data.root) / "test"
     if not test_dir.is_dir():
         raise FileNotFoundError(f"data.root={cfg.data.root}: no test/ folder to predict")
-    check_test_images(test_dir)  # before any model is loaded: nothing is written on error
+    # before any model is loaded: nothing is written on error
+    if not check_test_images(test_dir, cfg.data.max_image_pixels):
+        raise FileNotFoundError(f"{shown(test_dir)} has no images to predict")
     models = load_ensemble(checkpoint_paths(cfg.ckpt_path))
     class_names = models[0].class_names
 

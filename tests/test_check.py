@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
 
 from conftest import make_hw1_folder
 from PIL import Image
+from test_scan import huge_png
 
 from hw1.check import report
 from hw1.config import compose_config
@@ -35,7 +37,7 @@ def test_the_report_counts_classes_duplicates_bad_files_and_sizes(tmp_path):
     assert lines[5].split() == ["test", "4"]
     assert "  val   40 / 40 / 64; 40 / 40 / 48" in lines
     assert "unreadable files: 1 (train/val ones are left out of training)" in lines
-    assert "  train/b/empty.jpg" in lines
+    assert "  train/b/empty.jpg: empty, truncated or not an image" in lines
     # copies within train/c are not across splits; train/a/1.jpg is
     assert "files duplicated across splits: 1" in lines
     assert "  train/a/1.jpg = val/a/dup.jpg = test/dup.jpg" in lines
@@ -75,3 +77,23 @@ def test_check_reports_a_missing_root_and_takes_val_split(tmp_path):
     text, problems = report(cfg)
     assert problems == [] and "data.folds=2, fold 1 validated on" in text
     assert "val_split" not in text
+
+
+def test_check_says_why_each_file_is_left_out_and_when_test_is_empty(tmp_path):
+    root = tmp_path / "data"
+    make_hw1_folder(root, ["a", "b"], train=3, val=1, test=0)
+    (root / "train" / "a" / "gone.jpg").symlink_to(root / "nowhere.jpg")
+    huge_png(root / "train" / "b" / "scan.png", 20000, 10000)
+    latin1 = root / "train" / "b" / os.fsdecode(b"caf\xe9.jpg")
+    latin1.write_bytes(b"")
+    text, problems = report(compose_config([f"data.root={root}"], config_name="check"))
+    assert problems == [], problems
+    lines = text.splitlines()
+    assert "unreadable files: 3 (train/val ones are left out of training)" in lines
+    assert "  train/a/gone.jpg: missing: a dangling link, or removed after it was listed" in lines
+    assert "  train/b/caf\\xe9.jpg: empty, truncated or not an image" in lines
+    assert (
+        "  train/b/scan.png: too large: 20000 x 10000 = 200,000,000 pixels, over "
+        "data.max_image_pixels=178956970 (raise it to use the image)"
+    ) in lines
+    assert "test/ has no images: no prediction.csv will be written" in lines

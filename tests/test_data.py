@@ -269,3 +269,32 @@ def test_a_fit_on_jittered_batches_shows_callbacks_the_jittered_normalised_batch
     trainer.fit(model, datamodule=LoaderDataModule(eval_spec(32), loader))
     x = torch.utils.data.default_collate(samples)[0]
     assert torch.allclose(seen[0], imagenet_normalise(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("pipeline", ["fast", "reference"])
+def test_a_file_removed_during_training_is_replaced_and_reported_once(tmp_path, caplog, pipeline):
+    make_hw1_folder(tmp_path, ["a", "b"], train=4, val=1, test=0)
+    (tmp_path / "test").rmdir()
+    dm = datamodule(tmp_path, pipeline=pipeline)
+    dm.validate()
+    dm.setup("fit")
+    gone = tmp_path / "train" / "a" / "2.jpg"
+    gone.unlink()  # after the image check, as a sync or a cleanup job might
+    with caplog.at_level("WARNING", logger="hw1.data"):
+        for _ in range(2):  # two epochs
+            assert sum(len(y) for _, y in dm.train_dataloader()) == 8  # every batch whole
+    warnings = [r.getMessage() for r in caplog.records if r.name == "hw1.data"]
+    assert len(warnings) == 1 and f"{gone} cannot be read" in warnings[0], warnings
+    assert "the next image stands in for it" in warnings[0]
+
+
+def test_training_warns_at_the_start_when_test_has_no_images(tmp_path, caplog):
+    make_hw1_folder(tmp_path, ["a", "b"], train=2, val=1, test=0)
+    with caplog.at_level("WARNING", logger="hw1.data"):
+        datamodule(tmp_path).validate()
+    assert "test/ has no images: no prediction.csv will be written" in caplog.text
+    caplog.clear()
+    (tmp_path / "test").rmdir()  # no test/ at all: it is optional, nothing to say
+    with caplog.at_level("WARNING", logger="hw1.data"):
+        datamodule(tmp_path).validate()
+    assert "test/" not in caplog.text

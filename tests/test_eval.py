@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import make_hw1_folder
 from PIL import Image
-from test_predict import tiny_model
+from test_predict import saved_tiny_model, tiny_model
 
 from hw1.config import compose_config
 from hw1.eval import confusion_report, evaluate
@@ -47,3 +47,16 @@ def test_eval_leaves_out_unreadable_images(tmp_path):
     overrides += [f"output={tmp_path / 'eval.json'}", "data.num_workers=0"]
     results = evaluate(compose_config(overrides, config_name="eval"))
     assert results["images"] == 24
+
+
+def test_a_split_without_images_is_a_clear_error_in_eval(tmp_path):
+    root = tmp_path / "data"
+    make_hw1_folder(root, [str(i) for i in range(12)], train=1, val=1, test=0)
+    for image in (root / "val").rglob("*.jpg"):
+        image.unlink()
+    ckpt = saved_tiny_model(tmp_path / "tiny.ckpt")
+    overrides = [f"ckpt_path={ckpt}", f"data.root={root}", "trainer=cpu", "tta=none"]
+    overrides += [f"output={tmp_path / 'eval.json'}", "data.num_workers=0"]
+    with pytest.raises(FileNotFoundError, match=f"{root / 'val'} has no readable images"):
+        evaluate(compose_config(overrides, config_name="eval"))
+    assert not (tmp_path / "eval.json").exists()

@@ -232,3 +232,27 @@ def test_erasing_on_the_fast_pipeline_fills_with_the_mean_colour():
     erased = (out != 255).all(dim=0)
     assert erased.any()
     assert out[:, erased].unique(dim=1).T.tolist() == [[124, 116, 104]]  # ImageNet's mean
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP", "TIFF", "JPEG"])
+def test_exif_turned_images_of_every_format_get_the_references_geometry(tmp_path, fmt):
+    """An image stored 120 x 40 with EXIF orientation 6 is 40 x 120 upright, whatever its
+    format: the fast pipeline draws its crop for that size, and its output matches the
+    reference's steps on the upright image with the same parameters."""
+    upright = photo(40, 120, seed=1)
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = 6  # shown turned a quarter clockwise
+    path = tmp_path / f"turned.{fmt.lower()}"
+    stored = upright.transpose(Image.Transpose.ROTATE_90)  # what orientation 6 turns back
+    options = {"quality": 95} if fmt == "JPEG" else {"lossless": True} if fmt == "WEBP" else {}
+    stored.save(path, format=fmt, exif=exif, **options)
+    assert load_rgb(path).size == (40, 120)
+    fast = FastTrainPreset(eval_spec(32), jitter=(0, 0, 0, 0), rotation=0, translate=(0, 0))
+    decode = DraftDecoder(fast)
+    for seed in range(8):
+        torch.manual_seed(seed)
+        draw = fast.draw(40, 120)
+        torch.manual_seed(seed)
+        out = finish(decode(path)).float()
+        reference = reference_apply(load_rgb(path), draw, 32).float()
+        assert (out - reference).abs().mean() < 4, (seed, draw)

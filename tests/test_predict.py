@@ -133,3 +133,34 @@ def test_unreadable_test_image_stops_predict_before_writing(tmp_path):
     ):
         run_predict(root, out, "ckpt_path=/never/loaded.ckpt")
     assert not out.parent.exists() or not any(out.parent.iterdir())
+
+
+def saved_tiny_model(path) -> str:
+    model = tiny_model()
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}, path)
+    return str(path)
+
+
+def test_names_with_spaces_commas_quotes_and_non_ascii_give_their_csv_rows(tmp_path):
+    root = tmp_path / "data"
+    make_hw1_folder(root, ["a", "b"], train=1, val=1, test=0)
+    stems = ["with space", "comma,name", 'say "cheese"', "it's", "花", "naïve; x"]
+    for i, stem in enumerate(stems):
+        Image.new("RGB", (40, 40), (40 * i, 0, 0)).save(root / "test" / f"{stem}.jpg")
+    out = tmp_path / "prediction.csv"
+    run_predict(root, out, f"ckpt_path={saved_tiny_model(tmp_path / 'tiny.ckpt')}", "tta=none")
+    raw = out.read_bytes()
+    text = raw.decode("utf-8")  # UTF-8, as graders read it
+    with open(out, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["image_name", "pred_label"]
+    assert [r[0] for r in rows[1:]] == sorted(stems)
+    assert '"comma,name",' in text and '"say ""cheese""",' in text and "\n花," in text
+
+
+def test_an_empty_test_folder_is_a_clear_error_in_predict(tmp_path):
+    root = tmp_path / "data"
+    make_hw1_folder(root, ["a", "b"], train=1, val=1, test=0)
+    (root / "test" / "notes.txt").write_text("not an image")
+    with pytest.raises(FileNotFoundError, match=f"{root / 'test'} has no images to predict"):
+        run_predict(root, tmp_path / "out.csv", f"ckpt_path={tmp_path / 'never.ckpt'}")
