@@ -66,6 +66,7 @@ class Backbone(nn.Module):
         self.net = net
         self.trainable_stages = trainable_stages
         self.frozen: tuple[str, ...] = ()
+        self.held = False
         self.freeze_stages(trainable_stages)
         self.channels_last = channels_last
         if channels_last:
@@ -88,6 +89,14 @@ class Backbone(nn.Module):
             getattr(self.net, name).requires_grad_(name not in self.frozen)
         self.train(self.training)
 
+    def hold(self, held: bool) -> None:
+        """While held (FreezeBackbone's first epochs) the BatchNorm layers of every stage stay
+        in eval mode, as a frozen stage's do; the parameters keep ``requires_grad``, so that
+        DDP registers them and compiled graphs keep their guards, and the callback drops
+        their gradients before each optimizer step."""
+        self.held = held
+        self.train(self.training)
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The parameters ``trainable_stages`` trains, also while a callback holds the whole
         backbone frozen for a few epochs (so that they are in the optimizer from the start)."""
@@ -100,7 +109,7 @@ class Backbone(nn.Module):
         # Lightning calls model.train() at every epoch start; frozen BatchNorm must keep its
         # pretrained running statistics, which nn.Module offers no per-module switch for.
         super().train(mode)
-        for name in self.frozen:
+        for name in STEM + STAGES if self.held else self.frozen:
             getattr(self.net, name).eval()
         return self
 

@@ -188,9 +188,14 @@ def test_freeze_backbone_leaves_it_unchanged_for_its_epochs_then_trains_it():
     model.load_state_dict(start)
     after_two = fit(2)
     assert not all(torch.equal(after_two[k], start[k]) for k in backbone)
-    # While frozen, the backbone is in the optimizer all the same: one group, as without.
-    FreezeBackbone(epochs=1).freeze_before_training(model)
-    assert not any(p.requires_grad for p in model.backbone.parameters())
+    # While frozen, the backbone is in the optimizer all the same (one group, as without),
+    # its parameters require gradients (DDP registers only those that do) and its
+    # BatchNorm layers are in eval mode, whatever train() says.
+    model.backbone.hold(True)
+    model.train()
+    assert all(p.requires_grad for p in model.backbone.parameters())
+    norms = [m for m in model.backbone.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert norms and not any(m.training for m in norms)
     (group,) = model.configure_optimizers()["optimizer"].param_groups
     assert len(group["params"]) == len(list(model.parameters()))
 
