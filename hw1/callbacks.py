@@ -17,7 +17,6 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
-from lightning.pytorch.callbacks import BaseFinetuning
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -76,29 +75,32 @@ class TensorBoardFigures(L.Callback):
             writer.add_image("val/confusion", hwc(image), trainer.global_step, dataformats="HWC")
 
 
-class FreezeBackbone(BaseFinetuning):
+class FreezeBackbone(L.Callback):
     """Train only the head for the first ``epochs`` epochs, then the backbone as configured
     (``model.trainable_stages``).
 
-    Lightning's BackboneFinetuning adds the backbone to the optimizer as a new parameter
-    group when it unfreezes it, which a per-group LR schedule (hw1's cosine) cannot follow.
-    Here the backbone is in the optimizer from the start and only gets no gradients while
-    frozen, with its BatchNorm in eval mode, so the schedule and the optimizer stay as
-    they are.
+    The backbone is in the optimizer from the start and its parameters require gradients
+    throughout; while frozen, its BatchNorm layers are in eval mode and its gradients are
+    dropped before each optimizer step, which then leaves it as it is (no update, no weight
+    decay, no moment estimates). So the optimizer and the LR schedule stay as they are, and
+    under DDP every process's backbone stays the same: DDP synchronises only the parameters
+    that require gradients when it wraps the model, which happens after a callback's
+    ``setup``, where Lightning's BaseFinetuning switches them off. The frozen epochs cost
+    as much as the others, as the backbone's gradients are still computed.
     """
 
     def __init__(self, epochs: int = 1) -> None:
-        super().__init__()
         self.epochs = epochs
 
-    def freeze_before_training(self, pl_module: L.LightningModule) -> None:
-        if self.epochs > 0:
-            pl_module.backbone.freeze_stages(0)
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        # Every epoch, not only the first and the last frozen one: a resumed run too.
+        pl_module.backbone.hold(trainer.current_epoch < self.epochs)
 
-    def finetune_function(self, pl_module: L.LightningModule, epoch: int, optimizer) -> None:
-        # From epoch N on, not only at it: a run resumed later is frozen again by setup.
-        if epoch >= self.epochs:
-            pl_module.backbone.freeze_stages(pl_module.backbone.trainable_stages)
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        # After DDP's all-reduce, before gradient clipping and the step.
+        if pl_module.backbone.held:
+            for p in pl_module.backbone.parameters():
+                p.grad = None
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

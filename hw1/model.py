@@ -40,10 +40,13 @@ class Backbone(nn.Module):
         trainable_stages: int | None = None,
         channels_last: bool = False,
         compile: bool = False,
+        compile_backend: str = "inductor",
     ) -> None:
         """``channels_last``: NHWC weights and inputs, the layout tensor cores and oneDNN
         convolve fastest; ``compile``: ``torch.compile`` the network in place (its state
-        dict keeps its keys, so checkpoints load either way)."""
+        dict keeps its keys, so checkpoints load either way) with ``compile_backend``
+        (``inductor`` generates kernels, with a C++ compiler on the CPU and Triton on GPUs;
+        ``aot_eager`` and ``eager`` trace the network but need no compiler)."""
         super().__init__()
         if trainable_stages is not None and not 0 <= trainable_stages <= len(STAGES):
             raise ValueError(f"model.trainable_stages={trainable_stages}: use null or 0..4")
@@ -63,12 +66,13 @@ class Backbone(nn.Module):
         self.net = net
         self.trainable_stages = trainable_stages
         self.frozen: tuple[str, ...] = ()
+        self.held = False
         self.freeze_stages(trainable_stages)
         self.channels_last = channels_last
         if channels_last:
             net.to(memory_format=torch.channels_last)
         if compile:
-            net.compile()
+            net.compile(backend=compile_backend)
 
     @staticmethod
     def frozen_by(trainable_stages: int | None) -> tuple[str, ...]:
@@ -85,6 +89,14 @@ class Backbone(nn.Module):
             getattr(self.net, name).requires_grad_(name not in self.frozen)
         self.train(self.training)
 
+    def hold(self, held: bool) -> None:
+        """While held (FreezeBackbone's first epochs) the BatchNorm layers of every stage stay
+        in eval mode, as a frozen stage's do; the parameters keep ``requires_grad``, so that
+        DDP registers them and compiled graphs keep their guards, and the callback drops
+        their gradients before each optimizer step."""
+        self.held = held
+        self.train(self.training)
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The parameters ``trainable_stages`` trains, also while a callback holds the whole
         backbone frozen for a few epochs (so that they are in the optimizer from the start)."""
@@ -97,7 +109,7 @@ class Backbone(nn.Module):
         # Lightning calls model.train() at every epoch start; frozen BatchNorm must keep its
         # pretrained running statistics, which nn.Module offers no per-module switch for.
         super().train(mode)
-        for name in self.frozen:
+        for name in STEM + STAGES if self.held else self.frozen:
             getattr(self.net, name).eval()
         return self
 
@@ -335,14 +347,16 @@ class Classifier(L.LightningModule):
         """The trained model of a checkpoint, in eval mode, on the CPU.
 
         Built from the checkpoint's own hyper-parameters with ``weights=None``: its state
-        dict replaces the pretrained weights anyway, so nothing is downloaded.
+        dict replaces the pretrained weights anyway, so nothing is downloaded. Never
+        compiled, whatever ``model.compile`` trained with: prediction is one pass over the
+        data, which compiling would outlast, and it must run where no compiler is.
         """
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"ckpt_path={path}: no such checkpoint")
         ckpt = safe_load(path)
         hparams = dict(ckpt["hyper_parameters"])
-        hparams["model"] = {**hparams["model"], "weights": None}
+        hparams["model"] = {**hparams["model"], "weights": None, "compile": False}
         model = cls(**hparams)
         model.load_state_dict(ckpt["state_dict"])
         model.val_history = ckpt.get("val_history", [])
