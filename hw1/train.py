@@ -139,6 +139,8 @@ def summary_text(metrics: dict[str, Any], run_dir: Path) -> str:
     for label, key in (("best ckpt", "best_ckpt"), ("prediction", "prediction_csv")):
         if metrics.get(key):
             lines.append(f"  {label:<14} {metrics[key]}")
+    if "prediction_error" in metrics:
+        lines.append(f"  prediction     FAILED: {metrics['prediction_error']}")
     lines.append(f"  metrics        {run_dir / 'metrics.json'}")
     lines.append(f"  TensorBoard    tensorboard --logdir {run_dir}")
     return "\n".join(lines)
@@ -166,14 +168,40 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         model, datamodule=datamodule, ckpt_path=resume_point(cfg, trainer), weights_only=True
     )
     metrics = fit_metrics(cfg, trainer, model, datamodule, time.time() - fit_start)
-
-    rows = predict_test_folder(trainer, model, datamodule, metrics["best_ckpt"])
-    if rows is not None and trainer.is_global_zero:
-        metrics |= write_prediction(rows, run_dir, datamodule.root)
     metrics["wall_time_s"] = round(time.time() - start, 1)
-    if trainer.is_global_zero:
-        write_run_outputs(cfg, trainer, metrics, run_dir)
+    if trainer.is_global_zero:  # the fit's record, whatever predicting does
+        write_atomically(run_dir / "metrics.json", json.dumps(metrics, indent=2))
+
+    try:
+        rows = predict_test_folder(trainer, model, datamodule, metrics["best_ckpt"])
+        if rows is not None and trainer.is_global_zero:
+            metrics |= write_prediction(rows, run_dir, datamodule.root)
+    except Exception as e:
+        # Re-raised once the fit's outputs are complete: the run exits non-zero, as it
+        # delivered no prediction.csv, and the error is reported as any other.
+        metrics["prediction_error"] = f"{type(e).__name__}: {e}"
+        log.error(prediction_failed_text(cfg, metrics, datamodule.root))
+        raise
+    finally:
+        metrics["wall_time_s"] = round(time.time() - start, 1)
+        if trainer.is_global_zero:
+            write_run_outputs(cfg, trainer, metrics, run_dir)
     return metrics
+
+
+def prediction_failed_text(cfg: DictConfig, metrics: dict[str, Any], data_root: Path) -> str:
+    """What a failed end-of-training prediction kept, and how to predict again."""
+    ckpt = metrics["best_ckpt"] or metrics["last_ckpt"]
+    again = (
+        f"predict again with: python -m hw1.predict ckpt_path={ckpt} data.root={data_root} "
+        f"tta={cfg.tta}"
+        if ckpt
+        else "no checkpoint was saved to predict from"
+    )
+    return (
+        f"the end-of-training prediction failed, no prediction.csv: {metrics['prediction_error']}"
+        f"\nmetrics.json, the checkpoints and the TensorBoard logs are kept; {again}"
+    )
 
 
 def require_multirun_for_a_family(cfg: DictConfig) -> None:
@@ -258,7 +286,7 @@ def write_run_outputs(
         logger.log_hyperparams(
             flat_hparams(cfg), {k: v for k, v in results.items() if v is not None}
         )
-        logger.finalize("success")
+        logger.finalize("failed" if "prediction_error" in metrics else "success")
     print(summary_text(metrics, run_dir))
 
 
