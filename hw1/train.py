@@ -6,9 +6,12 @@ then predict the test folder with the best checkpoint and write ``metrics.json``
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +19,11 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
+from hydra._internal.utils import get_args_parser
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
+from hydra.errors import OverrideParseException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -71,10 +78,54 @@ def resume_point(cfg: DictConfig, trainer: L.Trainer) -> str | None:
     last = last_checkpoint(trainer)
     if not last.is_file():
         raise FileNotFoundError(
-            f"resume=true: no {last}. Point Hydra at the run to continue, with the run's "
-            "other overrides: resume=true hydra.run.dir=outputs/DATE/TIME"
+            f"resume=true: no {last}. Point Hydra at the run to continue: "
+            "resume=true hydra.run.dir=outputs/DATE/TIME"
         )
     return str(last)
+
+
+# Keys of a run's saved overrides that a resume never takes: it continues from the run
+# directory's last.ckpt, not from the checkpoint the run itself started from.
+NOT_RESUMED = {"resume", "ckpt_path"}
+
+
+def with_run_overrides(argv: list[str]) -> tuple[list[str], str | None]:
+    """``argv`` with, for ``resume=true hydra.run.dir=DIR``, the run's own overrides from
+    ``DIR/.hydra/overrides.yaml`` put before the command line's, which win: an override of
+    a key given on the command line is not taken. Also the log line naming those taken
+    (None when none are). Anything Hydra would refuse is left for Hydra to report."""
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):  # Hydra reports a bad command line
+            args, _ = get_args_parser().parse_known_args(argv[1:])
+        parser = OverridesParser.create()
+        given = parser.parse_overrides(args.overrides)
+    except (SystemExit, OverrideParseException):
+        return argv, None
+    last = {o.key_or_group: o for o in given}  # the last of a key is the one Hydra applies
+    resume, run_dir = last.get("resume"), last.get("hydra.run.dir")
+    if args.multirun or resume is None or resume.value() is not True or run_dir is None:
+        return argv, None
+    path = Path(str(run_dir.value())) / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return argv, None
+    saved = [str(o) for o in OmegaConf.load(path)]
+    keys = {override_key(o) for o in given} | NOT_RESUMED
+    taken = [
+        text
+        for text, o in zip(saved, parser.parse_overrides(saved), strict=True)
+        if override_key(o) not in keys
+    ]
+    if not taken:
+        return argv, None
+    first = argv.index(args.overrides[0], 1)  # Hydra's parser wants the overrides together
+    note = f"resume=true: took the run's overrides from {path}: {' '.join(taken)}"
+    return [*argv[:first], *taken, *argv[first:]], note
+
+
+def override_key(override: Override) -> str:
+    """The config key (or group, with its package) an override sets."""
+    package = f"@{override.package}" if override.package else ""
+    return f"{override.key_or_group}{package}"
 
 
 def accuracy_against(rows: list[tuple[str, str]], labels_csv: Path) -> float:
@@ -290,11 +341,26 @@ def write_run_outputs(
     print(summary_text(metrics, run_dir))
 
 
+# with_run_overrides's log line, set by main() before Hydra composes the config and logged
+# once Hydra has set up the run's logging.
+taken_overrides_note: str | None = None
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
-def main(cfg: DictConfig) -> float | None:
+def run(cfg: DictConfig) -> float | None:
+    if taken_overrides_note:
+        log.info(taken_overrides_note)
     torch.set_float32_matmul_precision("high")
     metrics = train(cfg)
     return metrics["best_val_acc"]  # for Hydra sweepers that optimise a value
+
+
+def main() -> None:
+    """``python -m hw1.train``: a resumed run's own overrides join the command line before
+    Hydra composes the config (Hydra has no hook that runs earlier)."""
+    global taken_overrides_note
+    sys.argv, taken_overrides_note = with_run_overrides(sys.argv)
+    run()
 
 
 if __name__ == "__main__":
