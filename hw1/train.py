@@ -32,6 +32,7 @@ from hw1 import PARAM_LIMIT
 from hw1.callbacks import last_checkpoint
 from hw1.data import FolderDataModule
 from hw1.demo import TEST_LABELS
+from hw1.errors import UserFileNotFoundError, UserValueError, reported
 from hw1.io import csv_text, write_atomically
 from hw1.model import Classifier
 from hw1.predict import collect, submission_rows
@@ -71,13 +72,13 @@ def resume_point(cfg: DictConfig, trainer: L.Trainer) -> str | None:
     run directory's ``last.ckpt``; None starts afresh."""
     if cfg.ckpt_path:
         if not Path(cfg.ckpt_path).is_file():
-            raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint")
+            raise UserFileNotFoundError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint")
         return str(cfg.ckpt_path)
     if not cfg.resume:
         return None
     last = last_checkpoint(trainer)
     if not last.is_file():
-        raise FileNotFoundError(
+        raise UserFileNotFoundError(
             f"resume=true: no {last}. Point Hydra at the run to continue: "
             "resume=true hydra.run.dir=outputs/DATE/TIME"
         )
@@ -257,7 +258,7 @@ def prediction_failed_text(cfg: DictConfig, metrics: dict[str, Any], data_root: 
 
 def require_multirun_for_a_family(cfg: DictConfig) -> None:
     if cfg.family and HydraConfig.get().mode == RunMode.RUN:
-        raise ValueError(
+        raise UserValueError(
             f"experiment={cfg.family} is a sweep of the report's family {cfg.family!r}: run it "
             f"with -m (python -m hw1.train -m experiment={cfg.family}), or one of its runs "
             f"with recipe=ID"
@@ -351,7 +352,8 @@ def run(cfg: DictConfig) -> float | None:
     if taken_overrides_note:
         log.info(taken_overrides_note)
     torch.set_float32_matmul_precision("high")
-    metrics = train(cfg)
+    with reported():
+        metrics = train(cfg)
     return metrics["best_val_acc"]  # for Hydra sweepers that optimise a value
 
 
