@@ -20,6 +20,7 @@ from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from hw1.errors import UserRuntimeError
 from hw1.figures import confusion_image, hwc, labelled_grid, to_uint8
 from hw1.io import temporary_beside
 from hw1.presets import EvalSpec
@@ -163,8 +164,8 @@ def last_checkpoint(trainer: L.Trainer) -> Path:
     return folder / "last.ckpt"
 
 
-class NonFiniteLossError(RuntimeError):
-    pass
+class NonFiniteLossError(UserRuntimeError):
+    """A NaN or infinite training loss: the settings (learning rate, clipping) to change."""
 
 
 class StopOnNonFiniteLoss(L.Callback):

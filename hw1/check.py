@@ -17,6 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from hw1.data import FolderDataModule
+from hw1.errors import reported
 from hw1.scan import (
     ImageInfo,
     check_test_images,
@@ -134,7 +135,8 @@ def problem_lines(problems: list[str]) -> list[str]:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="check")
 def main(cfg: DictConfig) -> None:
-    text, problems = report(cfg)
+    with reported():
+        text, problems = report(cfg)
     print(text)
     if problems:
         sys.exit(1)

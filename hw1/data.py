@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets import ImageFolder
 
 from hw1 import demo
+from hw1.errors import UserFileNotFoundError, UserValueError
 from hw1.fast_pipeline import DraftDecoder, FastTrainPreset, Jittered
 from hw1.presets import EvalSpec, ViewStack, eval_preset, eval_spec, train_preset
 from hw1.scan import (
@@ -144,7 +145,7 @@ def train_pipeline(name: str, spec: EvalSpec, **augment: Any):
         return FastTrainPreset(spec, **augment)
     if name == "reference":
         return train_preset(spec, **augment)
-    raise ValueError(f"data.pipeline={name}: use fast or reference")
+    raise UserValueError(f"data.pipeline={name}: use fast or reference")
 
 
 class Normalise:
@@ -231,9 +232,9 @@ class FolderDataModule(DeviceBatches):
         Pillow's limit (``hw1.scan.DEFAULT_MAX_PIXELS``)."""
         super().__init__()
         if val_split is not None and not 0 < val_split < 1:
-            raise ValueError(f"data.val_split={val_split}: use null or a fraction in (0, 1)")
+            raise UserValueError(f"data.val_split={val_split}: use null or a fraction in (0, 1)")
         if folds is not None and not (folds >= 2 and 0 <= fold < folds):
-            raise ValueError(
+            raise UserValueError(
                 f"data.folds={folds} data.fold={fold}: use folds >= 2, 0 <= fold < folds"
             )
         # Not logged: train logs the whole run's settings. Kept in checkpoints, which load
@@ -268,11 +269,11 @@ class FolderDataModule(DeviceBatches):
     def check_layout(self) -> None:
         """The folders training needs: root, train/, and val/ unless data.val_split."""
         if not self.root.is_dir():
-            raise FileNotFoundError(f"data.root={self.root}: no such folder.\n{LAYOUT}")
+            raise UserFileNotFoundError(f"data.root={self.root}: no such folder.\n{LAYOUT}")
         if not (self.root / "train").is_dir():
-            raise FileNotFoundError(f"data.root={self.root} has no train/ folder.\n{LAYOUT}")
+            raise UserFileNotFoundError(f"data.root={self.root} has no train/ folder.\n{LAYOUT}")
         if not self.has_val_dir() and self.hparams.val_split is None and self.hparams.folds is None:
-            raise FileNotFoundError(
+            raise UserFileNotFoundError(
                 f"data.root={self.root} has no val/ folder: add one, or hold out a seeded, "
                 f"stratified part of train with data.val_split=0.1.\n{LAYOUT}"
             )
@@ -296,16 +297,16 @@ class FolderDataModule(DeviceBatches):
     def _class_folders(self) -> list[str]:
         names = class_names(self.root / "train")
         if not names:
-            raise FileNotFoundError(f"{self.root / 'train'} has no class folders.\n{LAYOUT}")
+            raise UserFileNotFoundError(f"{self.root / 'train'} has no class folders.\n{LAYOUT}")
         not_utf8 = [shown(self.root / "train" / n) for n in names if not is_utf8(n)]
         if not_utf8:
-            raise ValueError(
+            raise UserValueError(
                 f"class folder names that are not valid UTF-8, which prediction.csv cannot "
                 f"hold: {', '.join(not_utf8)}. Rename them (in val/ too)."
             )
         val = set(class_names(self.root / "val")) if self.has_val_dir() else set(names)
         if val != set(names):
-            raise ValueError(
+            raise UserValueError(
                 f"train/ and val/ under {self.root} have different class folders: "
                 f"missing in val: {sorted(set(names) - val)}; "
                 f"missing in train: {sorted(val - set(names))}"
@@ -327,7 +328,7 @@ class FolderDataModule(DeviceBatches):
             for c in sorted(set(range(len(names))) - {c for _, c in kept[split]})
         ]
         if empty:
-            raise ValueError(
+            raise UserValueError(
                 "class folders without a readable image: " + ", ".join(empty) + ". Add "
                 "images or remove the folder (from train/ and val/ alike)."
             )
@@ -376,7 +377,7 @@ class FolderDataModule(DeviceBatches):
     def predict_dataloader(self) -> DataLoader:
         """The test folder, each image as its TTA views (``tta``: report or none)."""
         if self.test_set is None:
-            raise FileNotFoundError(f"{self.test_dir}: no test folder to predict")
+            raise UserFileNotFoundError(f"{self.test_dir}: no test folder to predict")
         hp = self.hparams
         return view_loader(
             self.test_set, self.eval_spec, hp.tta, hp.seed, hp.batch_size, hp.num_workers

@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from hw1.errors import UserFileExistsError, UserValueError, reported
+
 ARCHIVE = Path(__file__).parent / "demo_data" / "fashion_mnist_demo.npz"
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 
@@ -78,7 +80,9 @@ def draw(
         idx = rng.permutation(np.flatnonzero((train_y == c) & free_train))
         test_idx = rng.permutation(np.flatnonzero((t10k_y == c) & free_t10k))
         if len(idx) < n_train + n_val or len(test_idx) < per_class["test"]:
-            raise ValueError(f"{source} has too few free images of {CLASSES[c]} for {per_class}")
+            raise UserValueError(
+                f"{source} has too few free images of {CLASSES[c]} for {per_class}"
+            )
         picked["train"].append(idx[:n_train])
         picked["val"].append(idx[n_train : n_train + n_val])
         picked["test"].append(test_idx[: per_class["test"]])
@@ -118,7 +122,9 @@ def make_subset(
     none of the demo's images: a held-out check of settings chosen on the demo."""
     root = Path(root)
     if (root / TEST_LABELS).exists():
-        raise FileExistsError(f"{root} already holds a data set; remove it or pick another root")
+        raise UserFileExistsError(
+            f"{root} already holds a data set; remove it or pick another root"
+        )
     demo = np.load(archive)
     used = {"train": np.concatenate([demo["train_idx"], demo["val_idx"]]), "t10k": demo["test_idx"]}
     return write_layout(draw(source, seed, per_class, exclude=used), root)
@@ -183,4 +189,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    with reported():
+        main(sys.argv[1:])

@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 from torchmetrics.functional.classification import multiclass_confusion_matrix
 
 from hw1.data import ClassFolders
+from hw1.errors import UserFileNotFoundError, UserValueError, reported
 from hw1.figures import confusion_image, png_bytes
 from hw1.io import write_atomically
 from hw1.predict import (
@@ -54,13 +55,15 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     output = output_path(cfg, "eval.json")
     folder = Path(cfg.data.root) / cfg.split
     if not folder.is_dir():
-        raise FileNotFoundError(f"data.root={cfg.data.root}: no {cfg.split}/ folder to evaluate")
+        raise UserFileNotFoundError(
+            f"data.root={cfg.data.root}: no {cfg.split}/ folder to evaluate"
+        )
     paths = checkpoint_paths(cfg.ckpt_path)
     models = load_ensemble(paths)
     names = models[0].class_names
     unknown = set(class_names(folder)) - set(names)
     if unknown:
-        raise ValueError(
+        raise UserValueError(
             f"{folder} has class folders the checkpoint was not trained on: {sorted(unknown)}"
         )
     readable = readable_samples(
@@ -68,7 +71,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     )
     dataset = ClassFolders(folder, names, samples=readable)
     if not len(dataset):
-        raise FileNotFoundError(
+        raise UserFileNotFoundError(
             f"{shown(folder)} has no readable images in its class folders to evaluate"
         )
     targets = torch.tensor(dataset.targets)
@@ -104,7 +107,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
-    evaluate(cfg)
+    with reported():
+        evaluate(cfg)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 from torchvision.models import WeightsEnum, get_model
 from torchvision.transforms import v2
 
+from hw1.errors import UserFileNotFoundError, UserRuntimeError, UserValueError
 from hw1.weights import check_fits, download_hint, resolve_weights, safe_load
 
 STAGES = ("layer1", "layer2", "layer3", "layer4")
@@ -49,12 +50,12 @@ class Backbone(nn.Module):
         ``aot_eager`` and ``eager`` trace the network but need no compiler)."""
         super().__init__()
         if trainable_stages is not None and not 0 <= trainable_stages <= len(STAGES):
-            raise ValueError(f"model.trainable_stages={trainable_stages}: use null or 0..4")
+            raise UserValueError(f"model.trainable_stages={trainable_stages}: use null or 0..4")
         resolved = resolve_weights(arch, weights)
         try:
             net = get_model(arch, weights=resolved if isinstance(resolved, WeightsEnum) else None)
         except (URLError, ConnectionError, TimeoutError) as e:
-            raise RuntimeError(download_hint(resolved)) from e
+            raise UserRuntimeError(download_hint(resolved)) from e
         self.num_features: int = net.fc.in_features
         net.fc = nn.Identity()
         if isinstance(resolved, Path):
@@ -135,7 +136,7 @@ def make_head(
             nn.Linear(256, C),
         )  # fmt: skip
     if not isinstance(dropout, (int, float)):
-        raise ValueError(f"head.dropout={dropout}: head {name} takes one number")
+        raise UserValueError(f"head.dropout={dropout}: head {name} takes one number")
     p = dropout
     heads = {
         "v0": lambda: [nn.Dropout(p), nn.Linear(F, C)],
@@ -150,7 +151,7 @@ def make_head(
         ],
     }  # fmt: skip
     if name not in heads:
-        raise ValueError(f"head.name={name}: use one of v0, v1, v2, v3, v4")
+        raise UserValueError(f"head.name={name}: use one of v0, v1, v2, v3, v4")
     return nn.Sequential(*heads[name]())
 
 
@@ -176,7 +177,9 @@ def cosine_then_flat(
     ``eta_min`` is the head's floor and the backbone keeps its ratio to it.
     """
     if not 0 <= warmup_epochs < T_max:
-        raise ValueError(f"sched.warmup_epochs={warmup_epochs}: use 0 <= warmup < T_max={T_max}")
+        raise UserValueError(
+            f"sched.warmup_epochs={warmup_epochs}: use 0 <= warmup < T_max={T_max}"
+        )
     head_lr = optimizer.param_groups[0]["lr"]
     curve = partial(
         _cosine_then_flat,
@@ -353,7 +356,7 @@ class Classifier(L.LightningModule):
         """
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"ckpt_path={path}: no such checkpoint")
+            raise UserFileNotFoundError(f"ckpt_path={path}: no such checkpoint")
         ckpt = safe_load(path)
         hparams = dict(ckpt["hyper_parameters"])
         hparams["model"] = {**hparams["model"], "weights": None, "compile": False}

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, ListConfig
 from torch.utils.data import Dataset
 
 from hw1.data import UnlabeledImages, view_loader
+from hw1.errors import UserFileNotFoundError, UserValueError, reported
 from hw1.io import csv_text, write_atomically
 from hw1.model import Classifier
 from hw1.presets import EvalSpec
@@ -30,7 +31,7 @@ from hw1.scan import check_test_images, shown
 
 def checkpoint_paths(ckpt_path: str | Sequence[str] | None) -> list[Path]:
     if ckpt_path is None:
-        raise ValueError("ckpt_path is required: ckpt_path=PATH or ckpt_path=[A,B,C]")
+        raise UserValueError("ckpt_path is required: ckpt_path=PATH or ckpt_path=[A,B,C]")
     paths = ckpt_path if isinstance(ckpt_path, (list, tuple, ListConfig)) else [ckpt_path]
     return [Path(p) for p in paths]
 
@@ -39,7 +40,7 @@ def load_ensemble(paths: Sequence[Path]) -> list[Classifier]:
     models = [Classifier.from_checkpoint(p) for p in paths]
     for path, model in zip(paths[1:], models[1:], strict=True):
         if model.class_names != models[0].class_names:
-            raise ValueError(
+            raise UserValueError(
                 f"{path} was trained on other classes than {paths[0]}: an ensemble needs "
                 "checkpoints of the same class folders"
             )
@@ -117,10 +118,10 @@ def predict(cfg: DictConfig) -> Path:
     output = output_path(cfg, "prediction.csv")
     test_dir = Path(cfg.data.root) / "test"
     if not test_dir.is_dir():
-        raise FileNotFoundError(f"data.root={cfg.data.root}: no test/ folder to predict")
+        raise UserFileNotFoundError(f"data.root={cfg.data.root}: no test/ folder to predict")
     # before any model is loaded: nothing is written on error
     if not check_test_images(test_dir, cfg.data.max_image_pixels):
-        raise FileNotFoundError(f"{shown(test_dir)} has no images to predict")
+        raise UserFileNotFoundError(f"{shown(test_dir)} has no images to predict")
     models = load_ensemble(checkpoint_paths(cfg.ckpt_path))
     class_names = models[0].class_names
 
@@ -144,7 +145,8 @@ def predict(cfg: DictConfig) -> Path:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
 def main(cfg: DictConfig) -> None:
-    predict(cfg)
+    with reported():
+        predict(cfg)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
 from torchvision.transforms.v2 import functional as F
 
+from hw1.errors import UserValueError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # torchvision's classic evaluation ratio (resize 256, crop 224), used when no torchvision
@@ -116,7 +118,7 @@ def policy_transforms(policy: str | None) -> list[T.Transform]:
     if policy is None:
         return []
     if policy not in POLICIES:
-        raise ValueError(f"data.augment.policy={policy}: use null, {', '.join(POLICIES)}")
+        raise UserValueError(f"data.augment.policy={policy}: use null, {', '.join(POLICIES)}")
     return [POLICIES[policy]()]
 
 
@@ -146,7 +148,7 @@ class ViewStack:
 
     def __init__(self, spec: EvalSpec, tta: str = "report", seed: int = 0) -> None:
         if tta not in ("report", "none"):
-            raise ValueError(f"tta={tta}: use report or none")
+            raise UserValueError(f"tta={tta}: use report or none")
         self.tta, self.seed, self.spec = tta, seed, spec
         self.plain = T.Compose([*_resize_crop(spec), T.PILToTensor()])
         self.rotate = T.RandomRotation(10, interpolation=spec.interpolation)

@@ -19,6 +19,7 @@ from PIL import ImageOps
 from torchvision.transforms import v2 as T
 
 from hw1.data import ClassFolders, FolderDataModule, UnlabeledImages
+from hw1.errors import UserFileNotFoundError, reported
 from hw1.figures import labelled_grid, png_bytes, to_uint8
 from hw1.io import write_atomically
 from hw1.predict import output_path
@@ -39,7 +40,7 @@ def preview(cfg: DictConfig) -> Path:
             folder, datamodule.class_names, samples=datamodule.samples[cfg.split]
         )
     if not len(dataset):
-        raise FileNotFoundError(f"{folder}: no images to preview")
+        raise UserFileNotFoundError(f"{folder}: no images to preview")
     spec = datamodule.eval_spec
     picked = sorted(random.Random(cfg.seed).sample(range(len(dataset)), min(cfg.n, len(dataset))))
     torch.manual_seed(cfg.seed)
@@ -75,7 +76,8 @@ def preview_tile(crop: int) -> int:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="preview")
 def main(cfg: DictConfig) -> None:
-    preview(cfg)
+    with reported():
+        preview(cfg)
 
 
 if __name__ == "__main__":

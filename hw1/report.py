@@ -29,6 +29,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from hw1 import PARAM_LIMIT
+from hw1.errors import UserFileNotFoundError, reported
 from hw1.figures import line_chart, png_bytes, stack
 from hw1.io import write_atomically
 
@@ -63,7 +64,7 @@ def difference_interval(a: float, n_a: int, b: float, n_b: int) -> tuple[float, 
 def find_runs(dirs: list[Path]) -> list[Path]:
     runs = sorted({m.parent for d in dirs for m in Path(d).rglob("metrics.json")})
     if not runs:
-        raise FileNotFoundError(
+        raise UserFileNotFoundError(
             f"no metrics.json under {', '.join(map(str, dirs))}: give the directories of "
             "finished runs, e.g. outputs/multirun/DATE/TIME"
         )
@@ -359,4 +360,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with reported():
+        main()

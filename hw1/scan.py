@@ -19,6 +19,7 @@ import numpy as np
 from PIL import ExifTags, Image, ImageOps, JpegImagePlugin
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
+from hw1.errors import UserValueError
 from hw1.io import write_atomically
 
 log = logging.getLogger(__name__)
@@ -375,5 +376,5 @@ def check_test_images(folder: Path, max_pixels: int | None = None) -> list[Path]
             "Replace or remove them: every test image needs a row in prediction.csv."
         )
     if problems:
-        raise ValueError("\n".join(problems))
+        raise UserValueError("\n".join(problems))
     return files

@@ -6,9 +6,12 @@ then predict the test folder with the best checkpoint and write ``metrics.json``
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +19,11 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
+from hydra._internal.utils import get_args_parser
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
+from hydra.errors import OverrideParseException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -25,6 +32,7 @@ from hw1 import PARAM_LIMIT
 from hw1.callbacks import last_checkpoint
 from hw1.data import FolderDataModule
 from hw1.demo import TEST_LABELS
+from hw1.errors import UserFileNotFoundError, UserValueError, reported
 from hw1.io import csv_text, write_atomically
 from hw1.model import Classifier
 from hw1.predict import collect, submission_rows
@@ -64,17 +72,61 @@ def resume_point(cfg: DictConfig, trainer: L.Trainer) -> str | None:
     run directory's ``last.ckpt``; None starts afresh."""
     if cfg.ckpt_path:
         if not Path(cfg.ckpt_path).is_file():
-            raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint")
+            raise UserFileNotFoundError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint")
         return str(cfg.ckpt_path)
     if not cfg.resume:
         return None
     last = last_checkpoint(trainer)
     if not last.is_file():
-        raise FileNotFoundError(
-            f"resume=true: no {last}. Point Hydra at the run to continue, with the run's "
-            "other overrides: resume=true hydra.run.dir=outputs/DATE/TIME"
+        raise UserFileNotFoundError(
+            f"resume=true: no {last}. Point Hydra at the run to continue: "
+            "resume=true hydra.run.dir=outputs/DATE/TIME"
         )
     return str(last)
+
+
+# Keys of a run's saved overrides that a resume never takes: it continues from the run
+# directory's last.ckpt, not from the checkpoint the run itself started from.
+NOT_RESUMED = {"resume", "ckpt_path"}
+
+
+def with_run_overrides(argv: list[str]) -> tuple[list[str], str | None]:
+    """``argv`` with, for ``resume=true hydra.run.dir=DIR``, the run's own overrides from
+    ``DIR/.hydra/overrides.yaml`` put before the command line's, which win: an override of
+    a key given on the command line is not taken. Also the log line naming those taken
+    (None when none are). Anything Hydra would refuse is left for Hydra to report."""
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):  # Hydra reports a bad command line
+            args, _ = get_args_parser().parse_known_args(argv[1:])
+        parser = OverridesParser.create()
+        given = parser.parse_overrides(args.overrides)
+    except (SystemExit, OverrideParseException):
+        return argv, None
+    last = {o.key_or_group: o for o in given}  # the last of a key is the one Hydra applies
+    resume, run_dir = last.get("resume"), last.get("hydra.run.dir")
+    if args.multirun or resume is None or resume.value() is not True or run_dir is None:
+        return argv, None
+    path = Path(str(run_dir.value())) / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return argv, None
+    saved = [str(o) for o in OmegaConf.load(path)]
+    keys = {override_key(o) for o in given} | NOT_RESUMED
+    taken = [
+        text
+        for text, o in zip(saved, parser.parse_overrides(saved), strict=True)
+        if override_key(o) not in keys
+    ]
+    if not taken:
+        return argv, None
+    first = argv.index(args.overrides[0], 1)  # Hydra's parser wants the overrides together
+    note = f"resume=true: took the run's overrides from {path}: {' '.join(taken)}"
+    return [*argv[:first], *taken, *argv[first:]], note
+
+
+def override_key(override: Override) -> str:
+    """The config key (or group, with its package) an override sets."""
+    package = f"@{override.package}" if override.package else ""
+    return f"{override.key_or_group}{package}"
 
 
 def accuracy_against(rows: list[tuple[str, str]], labels_csv: Path) -> float:
@@ -139,6 +191,8 @@ def summary_text(metrics: dict[str, Any], run_dir: Path) -> str:
     for label, key in (("best ckpt", "best_ckpt"), ("prediction", "prediction_csv")):
         if metrics.get(key):
             lines.append(f"  {label:<14} {metrics[key]}")
+    if "prediction_error" in metrics:
+        lines.append(f"  prediction     FAILED: {metrics['prediction_error']}")
     lines.append(f"  metrics        {run_dir / 'metrics.json'}")
     lines.append(f"  TensorBoard    tensorboard --logdir {run_dir}")
     return "\n".join(lines)
@@ -166,19 +220,45 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         model, datamodule=datamodule, ckpt_path=resume_point(cfg, trainer), weights_only=True
     )
     metrics = fit_metrics(cfg, trainer, model, datamodule, time.time() - fit_start)
-
-    rows = predict_test_folder(trainer, model, datamodule, metrics["best_ckpt"])
-    if rows is not None and trainer.is_global_zero:
-        metrics |= write_prediction(rows, run_dir, datamodule.root)
     metrics["wall_time_s"] = round(time.time() - start, 1)
-    if trainer.is_global_zero:
-        write_run_outputs(cfg, trainer, metrics, run_dir)
+    if trainer.is_global_zero:  # the fit's record, whatever predicting does
+        write_atomically(run_dir / "metrics.json", json.dumps(metrics, indent=2))
+
+    try:
+        rows = predict_test_folder(trainer, model, datamodule, metrics["best_ckpt"])
+        if rows is not None and trainer.is_global_zero:
+            metrics |= write_prediction(rows, run_dir, datamodule.root)
+    except Exception as e:
+        # Re-raised once the fit's outputs are complete: the run exits non-zero, as it
+        # delivered no prediction.csv, and the error is reported as any other.
+        metrics["prediction_error"] = f"{type(e).__name__}: {e}"
+        log.error(prediction_failed_text(cfg, metrics, datamodule.root))
+        raise
+    finally:
+        metrics["wall_time_s"] = round(time.time() - start, 1)
+        if trainer.is_global_zero:
+            write_run_outputs(cfg, trainer, metrics, run_dir)
     return metrics
+
+
+def prediction_failed_text(cfg: DictConfig, metrics: dict[str, Any], data_root: Path) -> str:
+    """What a failed end-of-training prediction kept, and how to predict again."""
+    ckpt = metrics["best_ckpt"] or metrics["last_ckpt"]
+    again = (
+        f"predict again with: python -m hw1.predict ckpt_path={ckpt} data.root={data_root} "
+        f"tta={cfg.tta}"
+        if ckpt
+        else "no checkpoint was saved to predict from"
+    )
+    return (
+        f"the end-of-training prediction failed, no prediction.csv: {metrics['prediction_error']}"
+        f"\nmetrics.json, the checkpoints and the TensorBoard logs are kept; {again}"
+    )
 
 
 def require_multirun_for_a_family(cfg: DictConfig) -> None:
     if cfg.family and HydraConfig.get().mode == RunMode.RUN:
-        raise ValueError(
+        raise UserValueError(
             f"experiment={cfg.family} is a sweep of the report's family {cfg.family!r}: run it "
             f"with -m (python -m hw1.train -m experiment={cfg.family}), or one of its runs "
             f"with recipe=ID"
@@ -258,15 +338,31 @@ def write_run_outputs(
         logger.log_hyperparams(
             flat_hparams(cfg), {k: v for k, v in results.items() if v is not None}
         )
-        logger.finalize("success")
+        logger.finalize("failed" if "prediction_error" in metrics else "success")
     print(summary_text(metrics, run_dir))
 
 
+# with_run_overrides's log line, set by main() before Hydra composes the config and logged
+# once Hydra has set up the run's logging.
+taken_overrides_note: str | None = None
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
-def main(cfg: DictConfig) -> float | None:
+def run(cfg: DictConfig) -> float | None:
+    if taken_overrides_note:
+        log.info(taken_overrides_note)
     torch.set_float32_matmul_precision("high")
-    metrics = train(cfg)
+    with reported():
+        metrics = train(cfg)
     return metrics["best_val_acc"]  # for Hydra sweepers that optimise a value
+
+
+def main() -> None:
+    """``python -m hw1.train``: a resumed run's own overrides join the command line before
+    Hydra composes the config (Hydra has no hook that runs earlier)."""
+    global taken_overrides_note
+    sys.argv, taken_overrides_note = with_run_overrides(sys.argv)
+    run()
 
 
 if __name__ == "__main__":

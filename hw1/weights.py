@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from torchvision.models import WeightsEnum, get_model_weights
 
+from hw1.errors import UserFileNotFoundError, UserValueError
+
 
 def resolve_weights(arch: str, weights: str | os.PathLike | None) -> WeightsEnum | Path | None:
     """``model.weights`` is null, a torchvision weights name of ``arch``, or a state-dict file."""
@@ -21,14 +23,14 @@ def resolve_weights(arch: str, weights: str | os.PathLike | None) -> WeightsEnum
     if os.sep in text or text.endswith((".pth", ".pt")) or Path(text).exists():
         path = Path(text).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(f"model.weights={text}: no such state-dict file")
+            raise UserFileNotFoundError(f"model.weights={text}: no such state-dict file")
         return path
     enum = get_model_weights(arch)
     try:
         return enum.verify(text)
     except (KeyError, ValueError):
         names = ", ".join(dict.fromkeys(["DEFAULT", *enum.__members__]))
-        raise ValueError(
+        raise UserValueError(
             f"model.weights={text}: {arch} has no such torchvision weights. "
             f"It has: {names}; or use null (random init) or a path to a state-dict file."
         ) from None
@@ -52,7 +54,7 @@ def safe_load(path: Path) -> dict[str, Any]:
     except pickle.UnpicklingError as e:
         found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
         what = f"it would call {found.group(1)}" if found else str(e).splitlines()[0]
-        raise ValueError(
+        raise UserValueError(
             f"{path}: refused to load: it holds more than tensors and plain containers "
             f"({what}). Loading a checkpoint runs the code it holds: use only files you "
             "trust, saved by hw1, Lightning or torchvision."
@@ -81,7 +83,7 @@ def check_fits(
         if keys
     ]
     if problems:
-        raise ValueError(
+        raise UserValueError(
             f"{what} does not fit {arch}: " + "; ".join(problems) + ". Is it a state dict "
             f"of torchvision's {arch}?"
         )
