@@ -181,7 +181,14 @@ class DeviceBatches(L.LightningDataModule):
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         x, *rest = batch
-        return self.normalise(x), *rest
+        return self.normalise(x, self.input_dtype()), *rest
+
+    def input_dtype(self) -> torch.dtype:
+        """The dtype the model takes: its own, bfloat16 or float16 under
+        ``trainer.precision=bf16-true`` or ``16-true`` (mixed precision keeps a float32
+        model and casts inside autocast); float32 outside a Trainer."""
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        return module.dtype if module is not None else torch.float32
 
 
 class LoaderDataModule(DeviceBatches):

@@ -298,3 +298,43 @@ def test_training_warns_at_the_start_when_test_has_no_images(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="hw1.data"):
         datamodule(tmp_path).validate()
     assert "test/" not in caplog.text
+
+
+@pytest.mark.parametrize("precision", ["bf16-true", "16-true"])
+@pytest.mark.parametrize("pipeline", ["fast", "reference"])
+def test_true_half_precisions_train_validate_and_predict_on_both_pipelines(
+    tmp_path, pipeline, precision
+):
+    """Under bf16-true and 16-true the model's weights are half floats: every batch (the
+    fast pipeline's uint8 and Jittered ones, the reference's floats, the TTA views) must
+    reach it in that dtype."""
+    seen = {}
+
+    class Spy(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen["train"] = batch[0].dtype
+
+        def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, *_):
+            seen["val"] = batch[0].dtype
+
+        def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, *_):
+            seen["predict"] = batch[0].dtype
+
+    make_hw1_folder(tmp_path, ["a", "b"], train=4, val=2, test=2, size=36)
+    data = datamodule(tmp_path, pipeline=pipeline)
+    model = classifier(classes=2)
+    if precision == "16-true":  # AdamW's default 1e-8 is 0 in float16 (check_eps refuses it)
+        model.hparams.optim = {**model.hparams.optim, "eps": 1e-4}
+    before = model.head[0].weight.detach().clone()
+    trainer = L.Trainer(
+        accelerator="cpu", precision=precision, fast_dev_run=True, logger=False,
+        callbacks=[Spy()], enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(model, datamodule=data)
+    assert not torch.equal(model.head[0].weight.float(), before)  # an optimizer step happened
+    predictions = trainer.predict(model, datamodule=data)
+    half = torch.bfloat16 if precision == "bf16-true" else torch.float16
+    assert seen == {"train": half, "val": half, "predict": half}
+    probs = torch.cat([p for _, p in predictions])
+    assert probs.shape == (4, 2) and probs.dtype == torch.float32  # 4 images x 4 views
+    assert torch.allclose(probs.sum(1), torch.ones(4), atol=1e-2)
