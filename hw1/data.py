@@ -129,7 +129,8 @@ class Views(Dataset):
 def view_loader(
     dataset: Dataset, spec: EvalSpec, tta: str, seed: int, batch_size: int, num_workers: int
 ) -> DataLoader:
-    """Batches of (B, views, C, H, W) for prediction with test-time augmentation."""
+    """Batches of uint8 (B, views, C, H, W) for prediction with test-time augmentation,
+    normalised on the device by the data module that serves them."""
     return DataLoader(
         Views(dataset, ViewStack(spec, tta, seed)),
         batch_size=batch_size,
@@ -149,10 +150,10 @@ def train_pipeline(name: str, spec: EvalSpec, **augment: Any):
 
 
 class Normalise:
-    """The last steps of the fast train pipeline, batched on the batch's device: the
-    deferred colour jitter of ``Jittered`` batches, then uint8 to normalised floats. Float
-    batches come normalised from their preset (the reference pipeline, eval, TTA views) and
-    are only cast to ``dtype``."""
+    """The last steps of every uint8 batch, on the batch's device: the deferred colour
+    jitter of ``Jittered`` batches (the fast train pipeline), then uint8 to normalised
+    floats (also the eval view and the TTA views). Float batches come normalised from their
+    preset (the reference train pipeline) and are only cast to ``dtype``."""
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         self.mean = torch.tensor(mean).view(1, -1, 1, 1)
@@ -192,16 +193,22 @@ class DeviceBatches(L.LightningDataModule):
 
 
 class LoaderDataModule(DeviceBatches):
-    """A ready training DataLoader as a data module, so that ``Trainer.fit`` finishes its
-    batches as it does FolderDataModule's (benchmarks, tests)."""
+    """Ready DataLoaders as a data module, so that ``Trainer.fit`` and ``Trainer.predict``
+    finish their batches as they do FolderDataModule's (hw1.predict, hw1.eval, benchmarks,
+    tests)."""
 
-    def __init__(self, spec: EvalSpec, train: DataLoader) -> None:
+    def __init__(
+        self, spec: EvalSpec, train: DataLoader | None = None, predict: DataLoader | None = None
+    ) -> None:
         super().__init__()
         self.normalise = Normalise(spec.mean, spec.std)
-        self.train = train
+        self.train, self.predict = train, predict
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> DataLoader | None:
         return self.train
+
+    def predict_dataloader(self) -> DataLoader | None:
+        return self.predict
 
 
 class FolderDataModule(DeviceBatches):

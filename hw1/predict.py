@@ -21,7 +21,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig
 from torch.utils.data import Dataset
 
-from hw1.data import UnlabeledImages, view_loader
+from hw1.data import LoaderDataModule, UnlabeledImages, view_loader
 from hw1.errors import UserFileNotFoundError, UserValueError, reported
 from hw1.io import csv_text, write_atomically
 from hw1.model import Classifier
@@ -63,7 +63,8 @@ def ensemble_probs(
         spec = EvalSpec.from_dict(model.hparams.preprocess)
         loader = view_loader(dataset, spec, tta, seed, batch_size, num_workers)
         # Under DDP every process gets the same rows in the same order: the models add up.
-        keys, probs = predict_rows(trainer, model, loader)
+        batches = LoaderDataModule(spec, predict=loader)  # normalises on the device
+        keys, probs = predict_rows(trainer, model, datamodule=batches)
         total = probs if total is None else total + probs
     return keys, total / len(models)
 

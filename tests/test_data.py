@@ -9,6 +9,8 @@ import torch
 from conftest import datamodule, make_hw1_folder, photo
 from test_model import classifier
 from torch import nn
+from torchvision.transforms import v2 as T
+from torchvision.transforms.v2 import functional as TF
 from torchvision.transforms.v2.functional import to_pil_image
 
 from hw1.data import ClassFolders, LoaderDataModule, Normalise, UnlabeledImages, train_pipeline
@@ -218,7 +220,7 @@ def test_uint8_batches_are_normalised_on_the_device_floats_pass_unchanged():
     )
     out, y = data.on_after_batch_transfer((x, torch.tensor([1, 2])), 0)
     assert torch.allclose(out, expected, atol=1e-6) and y.tolist() == [1, 2]
-    views = torch.randn(2, 4, 3, 8, 8)  # a TTA batch from ViewStack: already normalised
+    views = torch.randn(2, 4, 3, 8, 8)  # floats come normalised (the reference pipeline)
     assert data.on_after_batch_transfer((views, ["a", "b"]), 0)[0] is views
     assert "mean" not in model.state_dict()  # checkpoints keep their keys
 
@@ -338,3 +340,29 @@ def test_true_half_precisions_train_validate_and_predict_on_both_pipelines(
     probs = torch.cat([p for _, p in predictions])
     assert probs.shape == (4, 2) and probs.dtype == torch.float32  # 4 images x 4 views
     assert torch.allclose(probs.sum(1), torch.ones(4), atol=1e-2)
+
+
+def test_validation_and_tta_batches_travel_as_uint8_and_are_normalised_on_the_device(tmp_path):
+    """A quarter of float32's bytes through the loader's pipes and to the GPU; on the
+    device they become what the presets' float path gives."""
+    make_hw1_folder(tmp_path, ["a", "b"], train=2, val=2, test=2, size=45)
+    data = datamodule(tmp_path)
+    data.setup(None)
+    spec = data.eval_spec
+    mean, std = spec.mean, spec.std
+    x, y = next(iter(data.val_dataloader()))
+    assert x.dtype == torch.uint8 and x.shape == (4, 3, 32, 32)
+    out, labels = data.on_after_batch_transfer((x, y), 0)
+    pil = [data.val_set.loader(path) for path, _ in data.val_set.samples[:4]]
+    as_floats = T.Compose([
+        T.Resize(spec.resize, interpolation=spec.interpolation), T.CenterCrop(spec.crop),
+        T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(mean, std),
+    ])  # fmt: skip
+    torch.testing.assert_close(out, torch.stack([as_floats(p) for p in pil]), atol=1e-6, rtol=0)
+    assert torch.equal(labels, y)
+    views, keys = next(iter(data.predict_dataloader()))
+    assert views.dtype == torch.uint8 and views.shape == (4, 4, 3, 32, 32)
+    out, same_keys = data.on_after_batch_transfer((views, keys), 0)
+    # Bit for bit what the views' float path gives: predictions keep their bytes.
+    assert torch.equal(out, TF.normalize(views.float().div(255), mean, std))
+    assert same_keys == keys
