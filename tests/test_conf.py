@@ -328,3 +328,24 @@ def test_a_slurm_job_asking_for_n_cpus_gets_n_minus_one_workers(monkeypatch):
     monkeypatch.setenv("SLURM_CPUS_PER_TASK", str(launcher.cpus_per_task))
     workers = compose_config(["trainer=ddp", "trainer.devices=4"]).data.num_workers
     assert workers == launcher.cpus_per_task - 1
+
+
+@pytest.mark.parametrize(
+    ("overrides", "gpus", "expected"),
+    [
+        (["trainer=gpu"], 0, True),
+        (["trainer=ddp", "model=resnet50"], 0, True),
+        (["trainer=gpu", "model.channels_last=false"], 0, False),  # the user's word wins
+        (["trainer=cpu"], 1, False),
+        ([], 1, True),  # trainer.accelerator=auto on a machine with a GPU: the GPU
+        ([], 0, False),
+        (["trainer.accelerator=cpu"], 1, False),
+    ],
+)
+def test_runs_on_a_gpu_use_channels_last_unless_turned_off(monkeypatch, overrides, gpus, expected):
+    """NHWC is the layout tensor cores convolve in: every convolutional backbone takes it
+    on a GPU."""
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    assert compose_config(overrides).model.channels_last is expected
+    for name in MODELS:
+        assert compose_config([*overrides, f"model={name}"]).model.channels_last is expected
