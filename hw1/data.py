@@ -211,6 +211,16 @@ class LoaderDataModule(DeviceBatches):
         return self.predict
 
 
+def local_rank() -> int:
+    """This process's rank on its node, before any process group exists: DDP's launchers
+    (Lightning's, torchrun, SLURM's srun) put it in the environment; 0 without DDP."""
+    for name in ("LOCAL_RANK", "SLURM_LOCALID"):
+        value = os.environ.get(name, "")
+        if value.isdigit():
+            return int(value)
+    return 0
+
+
 class FolderDataModule(DeviceBatches):
     """Train/val/test folders in the HW1 layout with the report's augmentation.
 
@@ -296,9 +306,13 @@ class FolderDataModule(DeviceBatches):
         """Raise what would stop training, before any model is built: a missing folder,
         unreadable test images (unless ``test_images=False``), class folders that differ
         between train/ and val/ or hold no readable image. Sets ``class_names`` and
-        ``samples``; every image is decoded once, the results cached in the data root."""
+        ``samples``; every image is decoded once, the results cached in the data root.
+
+        Under DDP every process validates: only local rank zero decodes the images (and
+        sets ``samples``); the others check the folders and read its cache in ``setup``."""
         self.check_layout()
-        if test_images and self.test_dir.is_dir():
+        decodes = local_rank() == 0
+        if decodes and test_images and self.test_dir.is_dir():
             tests = check_test_images(self.test_dir, self.hparams.max_image_pixels)
             if not tests:
                 log.warning(
@@ -306,7 +320,8 @@ class FolderDataModule(DeviceBatches):
                     shown(self.test_dir),
                 )
         self.class_names = self._class_folders()
-        self.samples = self._scan(self.class_names)
+        if decodes:
+            self.samples = self._scan(self.class_names)
 
     def _class_folders(self) -> list[str]:
         names = class_names(self.root / "train")
@@ -356,8 +371,12 @@ class FolderDataModule(DeviceBatches):
 
     def setup(self, stage: str | None = None) -> None:
         if stage in ("fit", "validate", None) and self.val_set is None:
-            if self.samples is None:
+            if self.class_names is None:
                 self.validate()
+            if self.trainer is not None:  # DDP: wait for local rank zero's image check
+                self.trainer.strategy.barrier("hw1 image check")
+            if self.samples is None:  # another process decoded them: its cache has them
+                self.samples = self._scan(self.class_names)
             train, val = self.samples["train"], self.samples["val"]
             folder = self.root / "train"
             if isinstance(self.train_transform, FastTrainPreset):  # it decodes, too

@@ -13,6 +13,7 @@ from torchvision.transforms import v2 as T
 from torchvision.transforms.v2 import functional as TF
 from torchvision.transforms.v2.functional import to_pil_image
 
+from hw1 import scan
 from hw1.data import ClassFolders, LoaderDataModule, Normalise, UnlabeledImages, train_pipeline
 from hw1.fast_pipeline import FastTrainPreset, Jittered, finish
 from hw1.presets import IMAGENET_MEAN, IMAGENET_STD, eval_spec
@@ -366,3 +367,32 @@ def test_validation_and_tta_batches_travel_as_uint8_and_are_normalised_on_the_de
     # Bit for bit what the views' float path gives: predictions keep their bytes.
     assert torch.equal(out, TF.normalize(views.float().div(255), mean, std))
     assert same_keys == keys
+
+
+def test_only_local_rank_zero_decodes_the_images_the_other_ranks_read_its_cache(
+    tmp_path, monkeypatch
+):
+    """Under DDP every process runs the entry point: local rank zero checks every image
+    before fit and caches the results in the data root; the others check the folders, and
+    read the cache in setup, which Lightning calls after a barrier."""
+    make_hw1_folder(tmp_path, ["a", "b"], train=3, val=2, test=2)
+    decoded = []
+    inspect = scan._inspect
+    monkeypatch.setattr(
+        scan, "_inspect", lambda path, *a: decoded.append(path) or inspect(path, *a)
+    )
+    monkeypatch.delenv("SLURM_LOCALID", raising=False)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    other = datamodule(tmp_path)
+    other.validate()
+    assert decoded == [] and other.class_names == ["a", "b"]
+    with pytest.raises(FileNotFoundError, match="no train/ folder"):
+        datamodule(tmp_path / "test").validate()  # the folders are checked on every rank
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    zero = datamodule(tmp_path)
+    zero.validate()
+    assert len(decoded) == 6 + 4 + 4  # train, val and test images, once each
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    other.setup("fit")
+    assert len(decoded) == 14  # from the cache
+    assert other.samples == zero.samples and len(other.val_set) == 4
