@@ -2,7 +2,8 @@
 
 from omegaconf import OmegaConf
 
-from hw1.precision import auto_precision
+from hw1.config import default_workers
+from hw1.precision import auto_precision, on_gpu
 
 # The competition's rule: a model of fewer than 100 M parameters (train's summary and
 # hw1.report flag any over it).
@@ -17,6 +18,8 @@ OmegaConf.register_new_resolver(
     "hw1.mode", lambda monitor: "max" if "acc" in str(monitor) else "min", replace=True
 )
 OmegaConf.register_new_resolver("hw1.precision", auto_precision, replace=True)
+OmegaConf.register_new_resolver("hw1.on_gpu", on_gpu, replace=True)
+OmegaConf.register_new_resolver("hw1.workers", default_workers, replace=True)
 # A sweep job's directory: its number, then the report's ID when a recipe sets one.
 OmegaConf.register_new_resolver(
     "hw1.job_dir", lambda num, id: f"{num}_{id}" if id else str(num), replace=True

@@ -64,7 +64,7 @@ from hw1.fast_pipeline import DraftDecoder
 from hw1.io import write_atomically
 from hw1.model import Classifier
 from hw1.predict import predict
-from hw1.presets import ViewStack, eval_spec
+from hw1.presets import EvalSpec, ViewStack, eval_spec
 
 
 def make_photos(folder: Path, n: int, seed: int = 0) -> list[Path]:
@@ -95,25 +95,35 @@ def cached_photos(n: int) -> Path:
 
 
 def per_view_probs(
-    model: Classifier, views_per_image: Iterable[torch.Tensor], device: str | torch.device = "cpu"
+    model: Classifier,
+    views_per_image: Iterable[torch.Tensor],
+    spec: EvalSpec,
+    device: str | torch.device = "cpu",
 ) -> torch.Tensor:
     """The report's way: every view of every image through the model on its own (a batch
-    of one), the softmax averaged over each image's views."""
+    of one), the softmax averaged over each image's views. The uint8 views are normalised
+    on the device, as hw1.predict's data module does."""
+    normalise = Normalise(spec.mean, spec.std)
     out = []
     for views in views_per_image:
-        views = views.to(device)
+        views = normalise(views.to(device))
         probs = [model(v[None]).softmax(dim=1)[0].float() for v in views]
         out.append(torch.stack(probs).mean(dim=0))
     return torch.stack(out).cpu()
 
 
 def per_image_tta(model: Classifier, dataset: UnlabeledImages, stack: ViewStack) -> torch.Tensor:
-    return per_view_probs(model, (stack(dataset[i][0], i) for i in range(len(dataset))))
+    views = (stack(dataset[i][0], i) for i in range(len(dataset)))
+    return per_view_probs(model, views, stack.spec)
 
 
-def batched(model: Classifier, loader, device: str | torch.device = "cpu") -> torch.Tensor:
-    """hw1.predict's way: a batch of images and all their views in one forward pass."""
-    return torch.cat([model.predict_probs(x.to(device)) for x, _ in loader]).cpu()
+def batched(
+    model: Classifier, loader: DataLoader, spec: EvalSpec, device: str | torch.device = "cpu"
+) -> torch.Tensor:
+    """hw1.predict's way: a batch of images and all their views in one forward pass, the
+    uint8 views normalised on the device."""
+    normalise = Normalise(spec.mean, spec.std)
+    return torch.cat([model.predict_probs(normalise(x.to(device))) for x, _ in loader]).cpu()
 
 
 def time_rounds(contenders: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
@@ -143,13 +153,13 @@ def bench_tta(args: argparse.Namespace) -> None:
         plain_loader = view_loader(dataset, spec, "none", 0, args.batch_size, 0)
         with torch.inference_mode():
             same = torch.allclose(
-                per_image_tta(model, dataset, stack), batched(model, tta_loader), atol=1e-5
+                per_image_tta(model, dataset, stack), batched(model, tta_loader, spec), atol=1e-5
             )
             seconds = time_alternating(
                 {
                     "per-image TTA loop": lambda: per_image_tta(model, dataset, stack),
-                    "batched TTA": lambda: batched(model, tta_loader),
-                    "batched single view": lambda: batched(model, plain_loader),
+                    "batched TTA": lambda: batched(model, tta_loader, spec),
+                    "batched single view": lambda: batched(model, plain_loader, spec),
                 },
                 rounds=args.rounds,
             )
@@ -520,8 +530,9 @@ class GpuCheck:
         """Training images/s and peak memory on in-memory batches, per precision."""
         figures = {}
         for name, precision, overrides in (
-            ("fp32", "32-true", ()),
-            ("bf16", "bf16-mixed", ()),
+            # NCHW spelled out: on a GPU channels-last is the default.
+            ("fp32", "32-true", ("model.channels_last=false",)),
+            ("bf16", "bf16-mixed", ("model.channels_last=false",)),
             ("bf16_channels_last", "bf16-mixed", ("model.channels_last=true",)),
         ):
             speed = self.fit(
@@ -585,9 +596,9 @@ class GpuCheck:
         loader = DataLoader(TensorDataset(views, keys), batch_size=size.batch_size)
         single = DataLoader(TensorDataset(views[:, 0], keys), batch_size=size.batch_size)
         contenders = {
-            "per_image_loop": lambda: per_view_probs(model, views, self.device),
-            "batched_tta": lambda: batched(model, loader, self.device),
-            "single_view": lambda: batched(model, single, self.device),
+            "per_image_loop": lambda: per_view_probs(model, views, spec, self.device),
+            "batched_tta": lambda: batched(model, loader, spec, self.device),
+            "single_view": lambda: batched(model, single, spec, self.device),
         }
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16):
             rounds = time_rounds(contenders, size.rounds + 1)

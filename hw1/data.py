@@ -129,7 +129,8 @@ class Views(Dataset):
 def view_loader(
     dataset: Dataset, spec: EvalSpec, tta: str, seed: int, batch_size: int, num_workers: int
 ) -> DataLoader:
-    """Batches of (B, views, C, H, W) for prediction with test-time augmentation."""
+    """Batches of uint8 (B, views, C, H, W) for prediction with test-time augmentation,
+    normalised on the device by the data module that serves them."""
     return DataLoader(
         Views(dataset, ViewStack(spec, tta, seed)),
         batch_size=batch_size,
@@ -149,10 +150,10 @@ def train_pipeline(name: str, spec: EvalSpec, **augment: Any):
 
 
 class Normalise:
-    """The last steps of the fast train pipeline, batched on the batch's device: the
-    deferred colour jitter of ``Jittered`` batches, then uint8 to normalised floats. Float
-    batches come normalised from their preset (the reference pipeline, eval, TTA views) and
-    are only cast to ``dtype``."""
+    """The last steps of every uint8 batch, on the batch's device: the deferred colour
+    jitter of ``Jittered`` batches (the fast train pipeline), then uint8 to normalised
+    floats (also the eval view and the TTA views). Float batches come normalised from their
+    preset (the reference train pipeline) and are only cast to ``dtype``."""
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         self.mean = torch.tensor(mean).view(1, -1, 1, 1)
@@ -181,20 +182,43 @@ class DeviceBatches(L.LightningDataModule):
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         x, *rest = batch
-        return self.normalise(x), *rest
+        return self.normalise(x, self.input_dtype()), *rest
+
+    def input_dtype(self) -> torch.dtype:
+        """The dtype the model takes: its own, bfloat16 or float16 under
+        ``trainer.precision=bf16-true`` or ``16-true`` (mixed precision keeps a float32
+        model and casts inside autocast); float32 outside a Trainer."""
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        return module.dtype if module is not None else torch.float32
 
 
 class LoaderDataModule(DeviceBatches):
-    """A ready training DataLoader as a data module, so that ``Trainer.fit`` finishes its
-    batches as it does FolderDataModule's (benchmarks, tests)."""
+    """Ready DataLoaders as a data module, so that ``Trainer.fit`` and ``Trainer.predict``
+    finish their batches as they do FolderDataModule's (hw1.predict, hw1.eval, benchmarks,
+    tests)."""
 
-    def __init__(self, spec: EvalSpec, train: DataLoader) -> None:
+    def __init__(
+        self, spec: EvalSpec, train: DataLoader | None = None, predict: DataLoader | None = None
+    ) -> None:
         super().__init__()
         self.normalise = Normalise(spec.mean, spec.std)
-        self.train = train
+        self.train, self.predict = train, predict
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> DataLoader | None:
         return self.train
+
+    def predict_dataloader(self) -> DataLoader | None:
+        return self.predict
+
+
+def local_rank() -> int:
+    """This process's rank on its node, before any process group exists: DDP's launchers
+    (Lightning's, torchrun, SLURM's srun) put it in the environment; 0 without DDP."""
+    for name in ("LOCAL_RANK", "SLURM_LOCALID"):
+        value = os.environ.get(name, "")
+        if value.isdigit():
+            return int(value)
+    return 0
 
 
 class FolderDataModule(DeviceBatches):
@@ -282,9 +306,13 @@ class FolderDataModule(DeviceBatches):
         """Raise what would stop training, before any model is built: a missing folder,
         unreadable test images (unless ``test_images=False``), class folders that differ
         between train/ and val/ or hold no readable image. Sets ``class_names`` and
-        ``samples``; every image is decoded once, the results cached in the data root."""
+        ``samples``; every image is decoded once, the results cached in the data root.
+
+        Under DDP every process validates: only local rank zero decodes the images (and
+        sets ``samples``); the others check the folders and read its cache in ``setup``."""
         self.check_layout()
-        if test_images and self.test_dir.is_dir():
+        decodes = local_rank() == 0
+        if decodes and test_images and self.test_dir.is_dir():
             tests = check_test_images(self.test_dir, self.hparams.max_image_pixels)
             if not tests:
                 log.warning(
@@ -292,7 +320,8 @@ class FolderDataModule(DeviceBatches):
                     shown(self.test_dir),
                 )
         self.class_names = self._class_folders()
-        self.samples = self._scan(self.class_names)
+        if decodes:
+            self.samples = self._scan(self.class_names)
 
     def _class_folders(self) -> list[str]:
         names = class_names(self.root / "train")
@@ -342,8 +371,12 @@ class FolderDataModule(DeviceBatches):
 
     def setup(self, stage: str | None = None) -> None:
         if stage in ("fit", "validate", None) and self.val_set is None:
-            if self.samples is None:
+            if self.class_names is None:
                 self.validate()
+            if self.trainer is not None:  # DDP: wait for local rank zero's image check
+                self.trainer.strategy.barrier("hw1 image check")
+            if self.samples is None:  # another process decoded them: its cache has them
+                self.samples = self._scan(self.class_names)
             train, val = self.samples["train"], self.samples["val"]
             folder = self.root / "train"
             if isinstance(self.train_transform, FastTrainPreset):  # it decodes, too

@@ -74,7 +74,6 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         raise UserFileNotFoundError(
             f"{shown(folder)} has no readable images in its class folders to evaluate"
         )
-    targets = torch.tensor(dataset.targets)
 
     L.seed_everything(cfg.seed)
     trainer = inference_trainer(cfg, output)
@@ -87,12 +86,17 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     probs_by_tta = {}
     for tta in dict.fromkeys(["none", cfg.tta]):
         args = (trainer, models, dataset, tta, cfg.seed, cfg.data.batch_size, cfg.data.num_workers)
-        _, probs_by_tta[tta] = ensemble_probs(*args)
+        # The keys are the class indices, in the order of the rows (under DDP, not the
+        # dataset's: each process predicted its share).
+        keys, probs_by_tta[tta] = ensemble_probs(*args)
+        targets = torch.tensor(keys)
         acc = (probs_by_tta[tta].argmax(dim=1) == targets).float().mean().item()
         results["acc" if tta == "none" else "acc_tta"] = acc
     probs = probs_by_tta[cfg.tta]
     confusion = multiclass_confusion_matrix(probs.argmax(dim=1), targets, num_classes=len(names))
     results |= confusion_report(confusion, names)
+    if not trainer.is_global_zero:  # DDP: every process has every row, one writes
+        return results
 
     write_atomically(output, json.dumps(results, indent=2))
     write_atomically(

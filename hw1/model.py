@@ -217,6 +217,21 @@ class BatchMix:
         return self.mix(x, y)
 
 
+def check_eps(optimizer: torch.optim.Optimizer, dtype: torch.dtype) -> None:
+    """Refuse an Adam-style ``eps`` that the weights' dtype rounds to 0: float16 weights
+    (``trainer.precision=16-true``) and AdamW's 1e-8, which turns them NaN at the first
+    step (a gradient whose squared moment underflows is divided by 0)."""
+    for group in optimizer.param_groups:
+        eps = group.get("eps")
+        if isinstance(eps, float) and eps > 0 and torch.tensor(eps, dtype=dtype) == 0:
+            raise ValueError(
+                f"optim.eps={eps} is 0 in {dtype} (trainer.precision=16-true): the weights "
+                "would turn NaN at the first step. Train with trainer.precision=16-mixed "
+                "(float16 compute, float32 weights) or bf16-true, or raise the optimizer's "
+                "eps: ++optim.eps=1e-4"
+            )
+
+
 class Classifier(L.LightningModule):
     """Backbone + head, trained with cross-entropy, on normalised float images (the data
     module finishes its batches on the device: ``hw1.data.DeviceBatches``).
@@ -319,6 +334,7 @@ class Classifier(L.LightningModule):
         if factor != 1.0:
             params = [{"params": head}, {"params": backbone, "lr": optim["lr"] * factor}]
         optimizer = instantiate(optim)(params)
+        check_eps(optimizer, self.dtype)
         scheduler = instantiate(self.hparams.sched)(optimizer)
         return {
             "optimizer": optimizer,

@@ -1,4 +1,5 @@
-"""trainer.precision from trainer.accelerator, decided without initialising CUDA."""
+"""The defaults that follow trainer.accelerator, trainer.precision and model.channels_last,
+decided without initialising CUDA."""
 
 import ctypes
 import logging
@@ -56,3 +57,12 @@ def auto_precision(accelerator: str = "auto") -> str:
         )
         return "16-mixed"
     return "bf16-mixed" if capability >= (8, 0) else "16-mixed"
+
+
+def on_gpu(accelerator: str = "auto") -> bool:
+    """model.channels_last's default: true for a run on a GPU (trainer.accelerator gpu or
+    cuda, or auto on a machine with one), where NHWC is the layout tensor cores convolve
+    in; false on the CPU."""
+    if str(accelerator) in ("gpu", "cuda"):
+        return True
+    return str(accelerator) == "auto" and torch.cuda.device_count() > 0

@@ -21,7 +21,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig
 from torch.utils.data import Dataset
 
-from hw1.data import UnlabeledImages, view_loader
+from hw1.data import LoaderDataModule, UnlabeledImages, view_loader
 from hw1.errors import UserFileNotFoundError, UserValueError, reported
 from hw1.io import csv_text, write_atomically
 from hw1.model import Classifier
@@ -62,15 +62,38 @@ def ensemble_probs(
     for model in models:
         spec = EvalSpec.from_dict(model.hparams.preprocess)
         loader = view_loader(dataset, spec, tta, seed, batch_size, num_workers)
-        keys, probs = collect(trainer.predict(model, loader))
+        # Under DDP every process gets the same rows in the same order: the models add up.
+        batches = LoaderDataModule(spec, predict=loader)  # normalises on the device
+        keys, probs = predict_rows(trainer, model, datamodule=batches)
         total = probs if total is None else total + probs
     return keys, total / len(models)
+
+
+def predict_rows(
+    trainer: L.Trainer, model: Classifier, *args: Any, **kwargs: Any
+) -> tuple[list[Any], torch.Tensor]:
+    """``trainer.predict(model, *args, **kwargs)`` as (keys, probs): one key list and one
+    tensor of every image. Under DDP each process predicts its share, and every process
+    gets all of them, in rank order."""
+    keys, probs = collect(trainer.predict(model, *args, **kwargs))
+    if trainer.world_size > 1:
+        keys, probs = gather_rows(keys, probs)
+    return keys, probs
 
 
 def collect(batches: list[tuple[Any, torch.Tensor]]) -> tuple[list[Any], torch.Tensor]:
     """``Trainer.predict``'s (keys, probs) batches as one key list and one tensor."""
     keys = [k for batch_keys, _ in batches for k in _as_list(batch_keys)]
     return keys, torch.cat([p for _, p in batches])
+
+
+def gather_rows(keys: list[Any], probs: torch.Tensor) -> tuple[list[Any], torch.Tensor]:
+    """Every process's (keys, probs), on every process. all_gather_object because keys
+    may be strings, and the shares may differ in length (Lightning's predict sampler
+    repeats no image to even them out)."""
+    shares: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(shares, (keys, probs.cpu()))
+    return [k for share, _ in shares for k in share], torch.cat([p for _, p in shares])
 
 
 def _as_list(keys: Any) -> list[Any]:
@@ -126,8 +149,9 @@ def predict(cfg: DictConfig) -> Path:
     class_names = models[0].class_names
 
     L.seed_everything(cfg.seed)
+    trainer = inference_trainer(cfg, output)
     names, probs = ensemble_probs(
-        inference_trainer(cfg, output),
+        trainer,
         models,
         UnlabeledImages(test_dir),
         cfg.tta,
@@ -136,6 +160,8 @@ def predict(cfg: DictConfig) -> Path:
         cfg.data.num_workers,
     )
     rows = submission_rows(names, probs, class_names)
+    if not trainer.is_global_zero:  # DDP: every process has every row, one writes
+        return output
     write_atomically(output, csv_text([("image_name", "pred_label"), *rows]))
     if cfg.save_probs:
         save_probs(output.with_suffix(".probs.npz"), names, class_names, probs)

@@ -15,7 +15,6 @@ import torch
 from torchvision.models import WeightsEnum
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
-from torchvision.transforms.v2 import functional as F
 
 from hw1.errors import UserValueError
 
@@ -127,19 +126,22 @@ def _resize_crop(spec: EvalSpec) -> list[T.Transform]:
 
 
 def eval_preset(spec: EvalSpec) -> T.Compose:
-    return T.Compose([*_resize_crop(spec), *_to_normalised_tensor(spec)])
+    """The eval view as a uint8 (C, H, W) tensor: a quarter of float32's bytes through the
+    loader and to the device, where the data module normalises it (``hw1.data.Normalise``)."""
+    return T.Compose([*_resize_crop(spec), T.PILToTensor()])
 
 
 class ViewStack:
-    """The test-time views of one image as one (views, C, H, W) tensor, so a batch of
-    images and all their views goes through the model in a single call.
+    """The test-time views of one image as one uint8 (views, C, H, W) tensor, so a batch of
+    images and all their views goes through the model in a single call; the data module
+    normalises them on the device (``hw1.data.Normalise``), as it does the eval view.
 
     ``tta="report"``: the report's four views: the plain eval view, its
     horizontal flip, a RandomRotation(10) of it, and a RandomResizedCrop(scale=(0.8, 1.0))
     of the image. ``tta="none"``: the plain eval view alone.
 
-    The flip and the rotation reuse the plain view's resize and crop, and the views are
-    normalised together: one resize of the full image instead of three. The random views
+    The flip and the rotation reuse the plain view's resize and crop: one resize of the
+    full image instead of three. The random views
     draw from a generator seeded by (seed, image index): the same seed gives the same views
     whatever the batch size, worker count or order.
     """
@@ -169,4 +171,4 @@ class ViewStack:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self.seed * 1_000_003 + index)
                 views = torch.stack([plain, plain.flip(-1), self.rotate(plain), self.crop(image)])
-        return F.normalize(views.float().div(255), self.spec.mean, self.spec.std)
+        return views

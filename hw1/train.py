@@ -35,7 +35,7 @@ from hw1.demo import TEST_LABELS
 from hw1.errors import UserFileNotFoundError, UserValueError, reported
 from hw1.io import csv_text, write_atomically
 from hw1.model import Classifier
-from hw1.predict import collect, submission_rows
+from hw1.predict import predict_rows, submission_rows
 from hw1.weights import safe_load
 
 log = logging.getLogger(__name__)
@@ -51,20 +51,8 @@ def predict_folder(
         # checkpoint to EMAWeightAveraging, which puts the raw weights back in place of
         # the averaged ones its state_dict holds, the ones that were validated.
         model.load_state_dict(safe_load(ckpt_path)["state_dict"])
-    predictions = trainer.predict(model, datamodule=datamodule)
-    names, probs = collect(predictions)
-    if trainer.world_size > 1:  # DDP: each process predicted its own share of the folder
-        names, probs = gather_rows(names, probs)
+    names, probs = predict_rows(trainer, model, datamodule=datamodule)
     return submission_rows(names, probs, model.class_names)
-
-
-def gather_rows(names: list[str], probs: torch.Tensor) -> tuple[list[str], torch.Tensor]:
-    """Every process's (names, probs), on every process. all_gather_object because names
-    are strings, and the shares may differ in length (Lightning's predict sampler repeats
-    no image to even them out)."""
-    shares: list[Any] = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(shares, (names, probs.cpu()))
-    return [n for share, _ in shares for n in share], torch.cat([p for _, p in shares])
 
 
 def resume_point(cfg: DictConfig, trainer: L.Trainer) -> str | None:

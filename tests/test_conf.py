@@ -291,3 +291,61 @@ def test_device_side_model_options_reach_the_backbone():
     backbone = instantiate(cfg.model)
     assert backbone.channels_last and cfg.model.compile is False
     assert backbone.net.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize(
+    ("cpus", "slurm", "overrides", "workers"),
+    [
+        (4, None, [], 3),  # one CPU stays with the training process
+        (1, None, [], 0),  # no CPU to spare: load in the training process
+        (64, None, [], 8),  # capped: more workers cost memory and start-up, not speed
+        (64, "6", [], 5),  # SLURM's --cpus-per-task, whatever the node has
+        (33, None, ["trainer=ddp", "trainer.devices=4"], 7),  # 4 processes share 33 CPUs
+        (64, "9", ["trainer=ddp", "trainer.devices=4"], 8),  # SLURM gives each task its own
+        (64, None, ["experiment=demo"], 1),  # the demo's own number stays
+    ],
+)
+def test_data_workers_follow_the_cpus_the_process_may_use(
+    monkeypatch, cpus, slurm, overrides, workers
+):
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(cpus)))
+    if slurm is None:
+        monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
+    else:
+        monkeypatch.setenv("SLURM_CPUS_PER_TASK", slurm)
+    names = ("train",) if "experiment=demo" in overrides else ("train", "predict", "eval")
+    for name in names:
+        assert compose_config(overrides, config_name=name).data.num_workers == workers, name
+    assert compose_config([*overrides, "data.num_workers=2"]).data.num_workers == 2
+
+
+def test_a_slurm_job_asking_for_n_cpus_gets_n_minus_one_workers(monkeypatch):
+    cfg = compose_config(["hydra/launcher=slurm", "trainer=ddp"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    # srun's task gets them too: SLURM 22.05 on no longer passes sbatch's on to it.
+    assert "export SRUN_CPUS_PER_TASK=$SLURM_CPUS_PER_TASK" in launcher.setup
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(128)))
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", str(launcher.cpus_per_task))
+    workers = compose_config(["trainer=ddp", "trainer.devices=4"]).data.num_workers
+    assert workers == launcher.cpus_per_task - 1
+
+
+@pytest.mark.parametrize(
+    ("overrides", "gpus", "expected"),
+    [
+        (["trainer=gpu"], 0, True),
+        (["trainer=ddp", "model=resnet50"], 0, True),
+        (["trainer=gpu", "model.channels_last=false"], 0, False),  # the user's word wins
+        (["trainer=cpu"], 1, False),
+        ([], 1, True),  # trainer.accelerator=auto on a machine with a GPU: the GPU
+        ([], 0, False),
+        (["trainer.accelerator=cpu"], 1, False),
+    ],
+)
+def test_runs_on_a_gpu_use_channels_last_unless_turned_off(monkeypatch, overrides, gpus, expected):
+    """NHWC is the layout tensor cores convolve in: every convolutional backbone takes it
+    on a GPU."""
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    assert compose_config(overrides).model.channels_last is expected
+    for name in MODELS:
+        assert compose_config([*overrides, f"model={name}"]).model.channels_last is expected

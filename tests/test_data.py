@@ -9,8 +9,11 @@ import torch
 from conftest import datamodule, make_hw1_folder, photo
 from test_model import classifier
 from torch import nn
+from torchvision.transforms import v2 as T
+from torchvision.transforms.v2 import functional as TF
 from torchvision.transforms.v2.functional import to_pil_image
 
+from hw1 import scan
 from hw1.data import ClassFolders, LoaderDataModule, Normalise, UnlabeledImages, train_pipeline
 from hw1.fast_pipeline import FastTrainPreset, Jittered, finish
 from hw1.presets import IMAGENET_MEAN, IMAGENET_STD, eval_spec
@@ -218,7 +221,7 @@ def test_uint8_batches_are_normalised_on_the_device_floats_pass_unchanged():
     )
     out, y = data.on_after_batch_transfer((x, torch.tensor([1, 2])), 0)
     assert torch.allclose(out, expected, atol=1e-6) and y.tolist() == [1, 2]
-    views = torch.randn(2, 4, 3, 8, 8)  # a TTA batch from ViewStack: already normalised
+    views = torch.randn(2, 4, 3, 8, 8)  # floats come normalised (the reference pipeline)
     assert data.on_after_batch_transfer((views, ["a", "b"]), 0)[0] is views
     assert "mean" not in model.state_dict()  # checkpoints keep their keys
 
@@ -298,3 +301,98 @@ def test_training_warns_at_the_start_when_test_has_no_images(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="hw1.data"):
         datamodule(tmp_path).validate()
     assert "test/" not in caplog.text
+
+
+@pytest.mark.parametrize("precision", ["bf16-true", "16-true"])
+@pytest.mark.parametrize("pipeline", ["fast", "reference"])
+def test_true_half_precisions_train_validate_and_predict_on_both_pipelines(
+    tmp_path, pipeline, precision
+):
+    """Under bf16-true and 16-true the model's weights are half floats: every batch (the
+    fast pipeline's uint8 and Jittered ones, the reference's floats, the TTA views) must
+    reach it in that dtype."""
+    seen = {}
+
+    class Spy(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen["train"] = batch[0].dtype
+
+        def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, *_):
+            seen["val"] = batch[0].dtype
+
+        def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, *_):
+            seen["predict"] = batch[0].dtype
+
+    make_hw1_folder(tmp_path, ["a", "b"], train=4, val=2, test=2, size=36)
+    data = datamodule(tmp_path, pipeline=pipeline)
+    model = classifier(classes=2)
+    if precision == "16-true":  # AdamW's default 1e-8 is 0 in float16 (check_eps refuses it)
+        model.hparams.optim = {**model.hparams.optim, "eps": 1e-4}
+    before = model.head[0].weight.detach().clone()
+    trainer = L.Trainer(
+        accelerator="cpu", precision=precision, fast_dev_run=True, logger=False,
+        callbacks=[Spy()], enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(model, datamodule=data)
+    assert not torch.equal(model.head[0].weight.float(), before)  # an optimizer step happened
+    predictions = trainer.predict(model, datamodule=data)
+    half = torch.bfloat16 if precision == "bf16-true" else torch.float16
+    assert seen == {"train": half, "val": half, "predict": half}
+    probs = torch.cat([p for _, p in predictions])
+    assert probs.shape == (4, 2) and probs.dtype == torch.float32  # 4 images x 4 views
+    assert torch.allclose(probs.sum(1), torch.ones(4), atol=1e-2)
+
+
+def test_validation_and_tta_batches_travel_as_uint8_and_are_normalised_on_the_device(tmp_path):
+    """A quarter of float32's bytes through the loader's pipes and to the GPU; on the
+    device they become what the presets' float path gives."""
+    make_hw1_folder(tmp_path, ["a", "b"], train=2, val=2, test=2, size=45)
+    data = datamodule(tmp_path)
+    data.setup(None)
+    spec = data.eval_spec
+    mean, std = spec.mean, spec.std
+    x, y = next(iter(data.val_dataloader()))
+    assert x.dtype == torch.uint8 and x.shape == (4, 3, 32, 32)
+    out, labels = data.on_after_batch_transfer((x, y), 0)
+    pil = [data.val_set.loader(path) for path, _ in data.val_set.samples[:4]]
+    as_floats = T.Compose([
+        T.Resize(spec.resize, interpolation=spec.interpolation), T.CenterCrop(spec.crop),
+        T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(mean, std),
+    ])  # fmt: skip
+    torch.testing.assert_close(out, torch.stack([as_floats(p) for p in pil]), atol=1e-6, rtol=0)
+    assert torch.equal(labels, y)
+    views, keys = next(iter(data.predict_dataloader()))
+    assert views.dtype == torch.uint8 and views.shape == (4, 4, 3, 32, 32)
+    out, same_keys = data.on_after_batch_transfer((views, keys), 0)
+    # Bit for bit what the views' float path gives: predictions keep their bytes.
+    assert torch.equal(out, TF.normalize(views.float().div(255), mean, std))
+    assert same_keys == keys
+
+
+def test_only_local_rank_zero_decodes_the_images_the_other_ranks_read_its_cache(
+    tmp_path, monkeypatch
+):
+    """Under DDP every process runs the entry point: local rank zero checks every image
+    before fit and caches the results in the data root; the others check the folders, and
+    read the cache in setup, which Lightning calls after a barrier."""
+    make_hw1_folder(tmp_path, ["a", "b"], train=3, val=2, test=2)
+    decoded = []
+    inspect = scan._inspect
+    monkeypatch.setattr(
+        scan, "_inspect", lambda path, *a: decoded.append(path) or inspect(path, *a)
+    )
+    monkeypatch.delenv("SLURM_LOCALID", raising=False)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    other = datamodule(tmp_path)
+    other.validate()
+    assert decoded == [] and other.class_names == ["a", "b"]
+    with pytest.raises(FileNotFoundError, match="no train/ folder"):
+        datamodule(tmp_path / "test").validate()  # the folders are checked on every rank
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    zero = datamodule(tmp_path)
+    zero.validate()
+    assert len(decoded) == 6 + 4 + 4  # train, val and test images, once each
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    other.setup("fit")
+    assert len(decoded) == 14  # from the cache
+    assert other.samples == zero.samples and len(other.val_set) == 4

@@ -230,6 +230,22 @@ def test_bf16_and_channels_last_training_steps_run_on_the_cpu(precision, channel
     assert probs.shape == (2, 10) and torch.allclose(probs.sum(1), torch.ones(2))
 
 
+def test_16_true_with_adamws_default_eps_is_refused_before_any_step():
+    """AdamW's eps of 1e-8 is 0 in float16: the first step would divide by it."""
+    import lightning as L
+
+    model = classifier()
+    before = model.head[0].weight.detach().clone()
+    trainer = L.Trainer(
+        accelerator="cpu", precision="16-true", fast_dev_run=True, logger=False,
+        enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match=r"optim\.eps=1e-08 is 0 in torch\.float16.*16-mixed"):
+        trainer.fit(model, datamodule=LoaderDataModule(eval_spec(32), _uint8_batches()))
+    weight = model.head[0].weight
+    assert torch.equal(weight, before.to(weight.dtype))  # converted, never stepped
+
+
 def test_compile_wires_through_and_keeps_the_state_dict_keys(monkeypatch):
     """The flag compiles the network in place with the configured backend, so checkpoints
     keep their keys (tests/test_compile.py compiles for real)."""

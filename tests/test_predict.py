@@ -8,12 +8,14 @@ import pytest
 import torch
 from conftest import make_hw1_folder
 from PIL import Image
+from torchvision.transforms.v2 import functional as F
 
 from hw1.bench import batched, per_image_tta
 from hw1.config import compose_config
-from hw1.data import UnlabeledImages, view_loader
+from hw1.data import Normalise, UnlabeledImages, view_loader
+from hw1.io import csv_text
 from hw1.model import Classifier
-from hw1.predict import predict
+from hw1.predict import collect, predict, submission_rows
 from hw1.presets import EvalSpec, ViewStack, eval_preset
 
 
@@ -43,7 +45,7 @@ def test_batched_tta_equals_the_per_image_computation(int_classes_root):
     dataset = UnlabeledImages(root / "test")
     with torch.inference_mode():
         loop = per_image_tta(model, dataset, ViewStack(spec, seed=3))
-        together = batched(model, view_loader(dataset, spec, "report", 3, 5, 0))
+        together = batched(model, view_loader(dataset, spec, "report", 3, 5, 0), spec)
     assert together.shape == (24, 12)
     torch.testing.assert_close(together, loop, atol=1e-5, rtol=1e-4)
 
@@ -65,11 +67,12 @@ def test_tta_none_is_the_plain_eval_prediction(int_classes_root):
     model, spec = tiny_model(), EvalSpec(crop=32, resize=37)
     dataset = UnlabeledImages(root / "test")
     with torch.inference_mode():
-        none = batched(model, view_loader(dataset, spec, "none", 0, 8, 0))
+        none = batched(model, view_loader(dataset, spec, "none", 0, 8, 0), spec)
+        normalise = Normalise(spec.mean, spec.std)
         plain = torch.stack(
-            [model(eval_preset(spec)(img)[None]).softmax(1)[0] for img, _ in dataset]
+            [model(normalise(eval_preset(spec)(img)[None])).softmax(1)[0] for img, _ in dataset]
         )
-        report = batched(model, view_loader(dataset, spec, "report", 0, 8, 0))
+        report = batched(model, view_loader(dataset, spec, "report", 0, 8, 0), spec)
     torch.testing.assert_close(none, plain, atol=1e-5, rtol=1e-4)
     assert not torch.allclose(none, report, atol=1e-4)
 
@@ -98,6 +101,30 @@ def test_same_seed_same_bytes_and_tta_flag_is_honoured(trained_run, tmp_path):
     none = np.load(tmp_path / "none.probs.npz")["probs"]
     report = np.load(tmp_path / "report.probs.npz")["probs"]
     assert not np.allclose(none, report, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_views_normalised_on_the_device_keep_the_predictions_bytes(trained_run, tmp_path):
+    """The TTA views travel as uint8 and are normalised where the model runs: the
+    probabilities are bit for bit those of views normalised in the loader as floats, so
+    prediction.csv keeps its bytes."""
+    root, _, run_dir = trained_run
+    ckpt = run_dir / "checkpoints" / "best.ckpt"
+    args = (f"ckpt_path={ckpt}", "save_probs=true", "seed=42", "data.batch_size=5")
+    out = run_predict(root, tmp_path / "p.csv", *args)
+    model = Classifier.from_checkpoint(ckpt)
+    spec = EvalSpec.from_dict(model.hparams.preprocess)
+    with torch.inference_mode():
+        batches = [
+            (keys, model.predict_probs(F.normalize(x.float().div(255), spec.mean, spec.std)))
+            for x, keys in view_loader(UnlabeledImages(root / "test"), spec, "report", 42, 5, 0)
+        ]
+    names, probs = collect(batches)
+    saved = np.load(tmp_path / "p.probs.npz")
+    assert list(saved["keys"]) == names
+    assert torch.equal(torch.from_numpy(saved["probs"]), probs)
+    rows = submission_rows(names, probs, model.class_names)
+    assert out.read_bytes() == csv_text([("image_name", "pred_label"), *rows]).encode()
 
 
 @pytest.mark.slow

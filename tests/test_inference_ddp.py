@@ -1,0 +1,79 @@
+"""hw1.predict and hw1.eval on two processes (gloo DDP on the CPU) give what one gives:
+each process predicts its share of the images, rank zero gathers them and writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from hw1.config import compose_config
+from hw1.eval import evaluate
+from hw1.predict import predict
+
+DDP = [
+    "trainer.accelerator=cpu",
+    "trainer.devices=2",
+    "trainer.strategy=ddp",
+    "trainer.precision=32-true",
+]
+DEADLINE_S = 240
+
+
+def run_module(module: str, *overrides: str) -> str:
+    """``python -m module overrides`` in its own process group, so that DDP's other rank
+    is killed with it if it outlives the deadline."""
+    cmd = [sys.executable, "-m", module, *overrides]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        out, _ = proc.communicate(timeout=DEADLINE_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        pytest.fail(f"still running after {DEADLINE_S} s:\n{out.decode(errors='replace')[-4000:]}")
+    text = out.decode(errors="replace")
+    assert proc.returncode == 0, text[-4000:]
+    return text
+
+
+def common(trained_run, tmp_path, name: str) -> list[str]:
+    root, _, run_dir = trained_run
+    return [
+        f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}",
+        f"data.root={root}",
+        f"output={tmp_path / name}",
+        f"hydra.run.dir={tmp_path / 'hydra'}",
+        "data.num_workers=0",
+        "data.batch_size=5",  # shares of 12 and 12 images, last batches of 2
+        "tta=report",
+        "seed=3",
+    ]
+
+
+@pytest.mark.slow
+def test_predict_on_two_processes_writes_the_bytes_of_one(trained_run, tmp_path):
+    predict(compose_config([*common(trained_run, tmp_path, "one.csv"), "trainer=cpu"], "predict"))
+    out = run_module("hw1.predict", *common(trained_run, tmp_path, "two.csv"), *DDP)
+    one, two = (tmp_path / "one.csv").read_bytes(), (tmp_path / "two.csv").read_bytes()
+    assert two.count(b"\n") == one.count(b"\n") == 25  # header + 24 test images
+    assert two == one
+    assert out.count('"prediction_csv"') == 1  # rank zero alone reports
+
+
+@pytest.mark.slow
+def test_eval_on_two_processes_reports_the_accuracy_of_one(trained_run, tmp_path):
+    one = evaluate(
+        compose_config([*common(trained_run, tmp_path, "one.json"), "trainer=cpu"], "eval")
+    )
+    run_module("hw1.eval", *common(trained_run, tmp_path, "two.json"), *DDP)
+    two = json.loads((tmp_path / "two.json").read_text())
+    assert two["images"] == one["images"] == 36
+    assert (two["acc"], two["acc_tta"]) == (one["acc"], one["acc_tta"])
+    assert two["per_class_acc"] == one["per_class_acc"]
+    assert two["most_confused"] == one["most_confused"]
