@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -106,3 +107,28 @@ def datamodule(root, **kw) -> FolderDataModule:
     """A FolderDataModule sized for the CPU: 32 px crops, batches of 4, resnet18's spec."""
     kw = {"image_size": 32, "batch_size": 4, "num_workers": 0, "arch": "resnet18", **kw}
     return FolderDataModule(root=root, **kw)
+
+
+TESTS = Path(__file__).resolve().parent
+
+
+def run_in_process_group(cmd: list[str], timeout: float) -> tuple[int, str]:
+    """(exit status, stdout and stderr) of a command with ``tests/`` importable (the probe and
+    signal callbacks).
+    It runs in its own process group, killed whole if it outlives ``timeout`` (a DDP
+    process that hangs keeps the pipes open): the test then fails with its output."""
+    path = os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONPATH": path},
+        start_new_session=True,
+    )
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        raise AssertionError(f"still running after {timeout} s:\n{out.decode()[-4000:]}") from None
+    return proc.returncode, out.decode(errors="replace")

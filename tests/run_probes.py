@@ -5,36 +5,10 @@ Imported by the training subprocesses: ``tests/`` is on their PYTHONPATH."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 from pathlib import Path
 
 import lightning as L
 import torch
-
-TESTS = Path(__file__).resolve().parent
-
-
-def run_with_probes(cmd: list[str], timeout: float) -> tuple[int, str]:
-    """(exit status, stdout and stderr) of a training command with ``tests/`` importable.
-    It runs in its own process group, killed whole if it outlives ``timeout`` (a DDP
-    process that hangs keeps the pipes open): the test then fails with its output."""
-    path = os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])
-    proc = subprocess.Popen(
-        cmd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONPATH": path},
-        start_new_session=True,
-    )
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        raise AssertionError(f"still running after {timeout} s:\n{out.decode()[-4000:]}") from None
-    return proc.returncode, out.decode(errors="replace")
 
 
 class DynamoCounts(L.Callback):

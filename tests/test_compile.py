@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_hw1_folder, train_command
-from run_probes import run_with_probes
+from conftest import make_hw1_folder, run_in_process_group, train_command
 from torch import nn
 
 from hw1.config import compose_config
@@ -41,7 +40,7 @@ def compiled_run(tmp_path_factory) -> tuple[Path, Path, dict]:
         "trainer.max_epochs=2", "sched.T_max=2", "tta=report",
         "+callbacks.dynamo._target_=run_probes.DynamoCounts", f"+callbacks.dynamo.path={counts}",
     )  # fmt: skip
-    status, out = run_with_probes(cmd, timeout=600)
+    status, out = run_in_process_group(cmd, timeout=600)
     assert status == 0, out[-4000:]
     return root, run_dir, json.loads(counts.read_text())
 

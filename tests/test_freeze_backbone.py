@@ -6,8 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import make_hw1_folder, train_command
-from run_probes import run_with_probes
+from conftest import make_hw1_folder, run_in_process_group, train_command
 
 
 @pytest.mark.slow
@@ -22,7 +21,7 @@ def test_under_ddp_the_unfrozen_backbone_stays_the_same_on_every_process(tmp_pat
         "callbacks=[default,freeze_backbone]", "callbacks.freeze_backbone.epochs=1",
         "+callbacks.sums._target_=run_probes.BackboneChecksums", f"+callbacks.sums.folder={sums}",
     )  # fmt: skip
-    status, out = run_with_probes(cmd, timeout=300)
+    status, out = run_in_process_group(cmd, timeout=300)
     assert status == 0, out[-4000:]
     ranks = [json.loads((sums / f"rank{r}.json").read_text()) for r in (0, 1)]
     for rank in ranks:

@@ -4,12 +4,10 @@ each process predicts its share of the images, rank zero gathers them and writes
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
 
 import pytest
+from conftest import run_in_process_group
 
 from hw1.config import compose_config
 from hw1.eval import evaluate
@@ -25,21 +23,9 @@ DEADLINE_S = 240
 
 
 def run_module(module: str, *overrides: str) -> str:
-    """``python -m module overrides`` in its own process group, so that DDP's other rank
-    is killed with it if it outlives the deadline."""
-    cmd = [sys.executable, "-m", module, *overrides]
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
-    )
-    try:
-        out, _ = proc.communicate(timeout=DEADLINE_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        pytest.fail(f"still running after {DEADLINE_S} s:\n{out.decode(errors='replace')[-4000:]}")
-    text = out.decode(errors="replace")
-    assert proc.returncode == 0, text[-4000:]
-    return text
+    status, out = run_in_process_group([sys.executable, "-m", module, *overrides], DEADLINE_S)
+    assert status == 0, out[-4000:]
+    return out
 
 
 def common(trained_run, tmp_path, name: str) -> list[str]:

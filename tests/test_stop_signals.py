@@ -6,17 +6,14 @@ each phase is hit every time."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
-import subprocess
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_hw1_folder, train_command
+from conftest import make_hw1_folder, run_in_process_group, train_command
 
-TESTS = Path(__file__).resolve().parent
 EPOCHS2 = ("trainer.max_epochs=2", "sched.T_max=2")
 # Both processes of a DDP run must be gone within this; a hang fails the test.
 DEADLINE_S = 240
@@ -43,21 +40,7 @@ def signal_at(sig: str, phase: str, batch: int = 1, rank: int = 0) -> list[str]:
 
 
 def run(cmd: list[str], timeout: float = DEADLINE_S) -> tuple[int, str]:
-    """Run a training command with tests/ importable, in its own process group so that
-    every process it started (DDP's other rank) is killed if it outlives ``timeout``: the
-    output pipes close only when all of them have exited, so a hanging rank fails here."""
-    path = os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])
-    env = {**os.environ, "PYTHONPATH": path}
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True
-    )
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        pytest.fail(f"still running after {timeout} s:\n{out.decode(errors='replace')[-4000:]}")
-    return proc.returncode, out.decode(errors="replace")
+    return run_in_process_group(cmd, timeout)
 
 
 def load_last(run_dir: Path) -> dict:
