@@ -46,10 +46,8 @@ from hw1.bench import (
     time_rounds,
 )
 from hw1.config import compose_config
-from hw1.data import (
-    LoaderDataModule,
-    UnlabeledImages,
-)
+from hw1.data import UnlabeledImages
+from hw1.device_batches import LoaderDataModule
 from hw1.eval import evaluate
 from hw1.io import write_atomically
 from hw1.model import Classifier
