@@ -34,12 +34,11 @@ from hw1.callbacks import TensorBoardFigures
 from hw1.config import compose_config
 from hw1.data import (
     ClassFolders,
-    LoaderDataModule,
-    Normalise,
     UnlabeledImages,
     train_pipeline,
     view_loader,
 )
+from hw1.device_batches import LoaderDataModule, Normalise
 from hw1.fast_pipeline import DraftDecoder
 from hw1.model import Classifier
 from hw1.presets import EvalSpec, ViewStack, eval_spec

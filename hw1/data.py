@@ -13,15 +13,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets import ImageFolder
 
 from hw1 import demo
+from hw1.device_batches import DeviceBatches, Normalise
 from hw1.errors import UserFileNotFoundError, UserValueError
-from hw1.fast_pipeline import DraftDecoder, FastTrainPreset, Jittered
+from hw1.fast_pipeline import DraftDecoder, FastTrainPreset
 from hw1.presets import EvalSpec, ViewStack, eval_preset, eval_spec, train_preset
 from hw1.scan import (
     check_test_images,
@@ -147,68 +147,6 @@ def train_pipeline(name: str, spec: EvalSpec, **augment: Any):
     if name == "reference":
         return train_preset(spec, **augment)
     raise UserValueError(f"data.pipeline={name}: use fast or reference")
-
-
-class Normalise:
-    """The last steps of every uint8 batch, on the batch's device: the deferred colour
-    jitter of ``Jittered`` batches (the fast train pipeline), then uint8 to normalised
-    floats (also the eval view and the TTA views). Float batches come normalised from their
-    preset (the reference train pipeline) and are only cast to ``dtype``."""
-
-    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
-        self.mean = torch.tensor(mean).view(1, -1, 1, 1)
-        self.std = torch.tensor(std).view(1, -1, 1, 1)
-
-    def __call__(
-        self, x: torch.Tensor | Jittered, dtype: torch.dtype = torch.float32
-    ) -> torch.Tensor:
-        if isinstance(x, Jittered):
-            x = x.rgb()
-        elif x.dtype == torch.uint8:
-            x = x.float()
-        else:
-            return x.to(dtype)
-        if self.mean.device != x.device:
-            self.mean, self.std = self.mean.to(x.device), self.std.to(x.device)
-        return x.div_(255).sub_(self.mean).div_(self.std).to(dtype)
-
-
-class DeviceBatches(L.LightningDataModule):
-    """A data module that finishes its batches on the device, after the transfer and
-    before the model's step and its autocast, as timm's PrefetchLoader normalises on the
-    GPU: the model gets normalised floats whatever pipeline made them."""
-
-    normalise: Normalise
-
-    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        x, *rest = batch
-        return self.normalise(x, self.input_dtype()), *rest
-
-    def input_dtype(self) -> torch.dtype:
-        """The dtype the model takes: its own, bfloat16 or float16 under
-        ``trainer.precision=bf16-true`` or ``16-true`` (mixed precision keeps a float32
-        model and casts inside autocast); float32 outside a Trainer."""
-        module = self.trainer.lightning_module if self.trainer is not None else None
-        return module.dtype if module is not None else torch.float32
-
-
-class LoaderDataModule(DeviceBatches):
-    """Ready DataLoaders as a data module, so that ``Trainer.fit`` and ``Trainer.predict``
-    finish their batches as they do FolderDataModule's (hw1.predict, hw1.eval, benchmarks,
-    tests)."""
-
-    def __init__(
-        self, spec: EvalSpec, train: DataLoader | None = None, predict: DataLoader | None = None
-    ) -> None:
-        super().__init__()
-        self.normalise = Normalise(spec.mean, spec.std)
-        self.train, self.predict = train, predict
-
-    def train_dataloader(self) -> DataLoader | None:
-        return self.train
-
-    def predict_dataloader(self) -> DataLoader | None:
-        return self.predict
 
 
 def local_rank() -> int:

@@ -88,7 +88,7 @@ def crop_box(
 class Jittered(NamedTuple):
     """A fast-pipeline sample whose colour jitter is still to apply, or a batch of them
     (the DataLoader collates each field). The data module applies it, batched, on the
-    device (``hw1.data.Normalise``), where a 3x4 matrix per image costs next to
+    device (``hw1.device_batches.Normalise``), where a 3x4 matrix per image costs next to
     nothing; on the worker's CPU it costs a third of the pipeline. ``finish`` applies it at
     once, for the few callers that want the final image.
 
@@ -173,7 +173,7 @@ class FastTrainPreset:
     size (``decode_size``); the crop, resize, flip, rotation and shift are one affine warp
     of the cropped region. With a colour jitter the sample is ``Jittered``: the uint8 warp
     with a band saying where the crop covers it, and the jitter's map; the data module
-    applies the map and normalises, batched, on the device (``hw1.data.Normalise``).
+    applies the map and normalises, batched, on the device (``hw1.device_batches.Normalise``).
     Without one the sample is the uint8 (C, H, W) image, normalised there too.
 
     Filtering differs from the reference's antialiased resize: the draft decode (itself a

@@ -234,7 +234,7 @@ def check_eps(optimizer: torch.optim.Optimizer, dtype: torch.dtype) -> None:
 
 class Classifier(L.LightningModule):
     """Backbone + head, trained with cross-entropy, on normalised float images (the data
-    module finishes its batches on the device: ``hw1.data.DeviceBatches``).
+    module finishes its batches on the device: ``hw1.device_batches.DeviceBatches``).
 
     It takes the configs (plain dicts with ``_target_``) rather than built objects, so a
     checkpoint's hyper-parameters rebuild the very same model: ``load_from_checkpoint``.

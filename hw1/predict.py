@@ -21,7 +21,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig
 from torch.utils.data import Dataset
 
-from hw1.data import LoaderDataModule, UnlabeledImages, view_loader
+from hw1.data import UnlabeledImages, view_loader
+from hw1.device_batches import LoaderDataModule
 from hw1.errors import UserFileNotFoundError, UserValueError, reported
 from hw1.io import csv_text, write_atomically
 from hw1.model import Classifier

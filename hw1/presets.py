@@ -127,14 +127,15 @@ def _resize_crop(spec: EvalSpec) -> list[T.Transform]:
 
 def eval_preset(spec: EvalSpec) -> T.Compose:
     """The eval view as a uint8 (C, H, W) tensor: a quarter of float32's bytes through the
-    loader and to the device, where the data module normalises it (``hw1.data.Normalise``)."""
+    loader and to the device, where the data module normalises it
+    (``hw1.device_batches.Normalise``)."""
     return T.Compose([*_resize_crop(spec), T.PILToTensor()])
 
 
 class ViewStack:
     """The test-time views of one image as one uint8 (views, C, H, W) tensor, so a batch of
     images and all their views goes through the model in a single call; the data module
-    normalises them on the device (``hw1.data.Normalise``), as it does the eval view.
+    normalises them on the device (``hw1.device_batches.Normalise``), as it does the eval view.
 
     ``tta="report"``: the report's four views: the plain eval view, its
     horizontal flip, a RandomRotation(10) of it, and a RandomResizedCrop(scale=(0.8, 1.0))

@@ -29,13 +29,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from hw1 import PARAM_LIMIT
-from hw1.callbacks import last_checkpoint
 from hw1.data import FolderDataModule
 from hw1.demo import TEST_LABELS
 from hw1.errors import UserFileNotFoundError, UserValueError, reported
 from hw1.io import csv_text, write_atomically
 from hw1.model import Classifier
 from hw1.predict import predict_rows, submission_rows
+from hw1.stopping import last_checkpoint
 from hw1.weights import safe_load
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,8 @@ from torchvision.transforms.v2 import functional as TF
 from torchvision.transforms.v2.functional import to_pil_image
 
 from hw1 import scan
-from hw1.data import ClassFolders, LoaderDataModule, Normalise, UnlabeledImages, train_pipeline
+from hw1.data import ClassFolders, UnlabeledImages, train_pipeline
+from hw1.device_batches import LoaderDataModule, Normalise
 from hw1.fast_pipeline import FastTrainPreset, Jittered, finish
 from hw1.presets import IMAGENET_MEAN, IMAGENET_STD, eval_spec
 from hw1.scan import class_names

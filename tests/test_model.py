@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from hw1.data import LoaderDataModule
+from hw1.device_batches import LoaderDataModule
 from hw1.model import Backbone, Classifier, cosine_then_flat, make_head
 from hw1.presets import eval_spec
 

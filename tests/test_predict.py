@@ -12,7 +12,8 @@ from torchvision.transforms.v2 import functional as F
 
 from hw1.bench import batched, per_image_tta
 from hw1.config import compose_config
-from hw1.data import Normalise, UnlabeledImages, view_loader
+from hw1.data import UnlabeledImages, view_loader
+from hw1.device_batches import Normalise
 from hw1.io import csv_text
 from hw1.model import Classifier
 from hw1.predict import collect, predict, submission_rows

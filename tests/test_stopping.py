@@ -8,8 +8,8 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from hw1.callbacks import RandomState
 from hw1.config import compose_config
+from hw1.stopping import RandomState
 from hw1.train import resume_point
 
 
