@@ -218,7 +218,7 @@ def check_settings(
 
 
 def search(cfg: DictConfig, choice: str | None, train_overrides: list[str]) -> None:
-    if cfg.search is None or cfg.study_name is None:
+    if cfg.get("search") is None or cfg.study_name is None:
         names = sorted(p.stem for p in (CONF_DIR / "search").glob("*.yaml"))
         raise UserValueError(
             f"hw1.tune: give search=NAME, one of {', '.join(names)} (conf/search/)"
@@ -273,8 +273,14 @@ def find_lr(cfg: DictConfig, train_overrides: list[str]) -> None:
         datamodule, model = data_and_model(train_cfg)
         # No callbacks: the finder raises the rate until the loss diverges, which would stop
         # a run (StopOnNonFiniteLoss); no logger or checkpoints, nothing of a run to keep.
+        # Nor validation: the finder follows the training loss.
         trainer = instantiate(
-            train_cfg.trainer, callbacks=[], logger=False, enable_checkpointing=False
+            train_cfg.trainer,
+            callbacks=[],
+            logger=False,
+            enable_checkpointing=False,
+            limit_val_batches=0,
+            num_sanity_val_steps=0,
         )
         finder = Tuner(trainer).lr_find(
             model, datamodule=datamodule, update_attr=False, **cfg.lr_find
