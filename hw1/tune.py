@@ -211,8 +211,8 @@ def check_settings(
         raise UserValueError(f"{where} with the command line's overrides: {e}") from None
     if "ddp" in str(train_cfg.trainer.strategy):
         raise UserValueError(
-            "hw1.tune trains each trial in its own process on one device, not with "
-            "trainer=ddp: run one hw1.tune per GPU on a shared storage= instead "
+            "hw1.tune trains its trials one after another in its own process, on one device, "
+            "not with trainer=ddp: run one hw1.tune per GPU on a shared storage= instead "
             "(CUDA_VISIBLE_DEVICES=0 python -m hw1.tune ... & CUDA_VISIBLE_DEVICES=1 ...)"
         )
 
@@ -259,7 +259,7 @@ def show(cfg: DictConfig, train_overrides: list[str]) -> None:
     except KeyError:
         names = optuna.get_all_study_names(storage)
         raise UserValueError(
-            f"no study {cfg.study_name!r} in storage={cfg.storage}; it holds {names}"
+            f"no study {cfg.study_name!r} in storage={cfg.storage}; it holds {names or 'none'}"
         ) from None
     summarise(study, Path(cfg.dir))
 
@@ -288,7 +288,7 @@ def find_lr(cfg: DictConfig, train_overrides: list[str]) -> None:
         run_dir = Path(HydraConfig.get().runtime.output_dir)
         save_figure(finder.plot(suggest=True), run_dir / "lr_find.png")
         lr = finder.suggestion()
-        print(f"suggested optim.lr={lr:.3g}" if lr else "no suggestion: the loss never fell")
+        print(f"suggested optim.lr={lr:.3g}" if lr else "no suggestion: too few steps to tell")
         print(f"plot: {run_dir / 'lr_find.png'}")
 
     given = {o.key_or_group for o in OverridesParser.create().parse_overrides(train_overrides)}

@@ -247,7 +247,7 @@ def test_the_lr_finder_prints_a_suggestion_and_writes_its_plot(tmp_path):
 def test_two_processes_on_one_sqlite_study_run_their_trials_once_each(tmp_path):
     root = tmp_path / "data"
     make_hw1_folder(root, ["a", "b", "c"], train=4, val=2, test=1, size=32)
-    cmd = [sys.executable, "-m", "hw1.tune", "search=demo", "study_name=both", "n_trials=2"]
+    cmd = [sys.executable, "-m", "hw1.tune", "search=demo", "study_name=both", "n_trials=1"]
     cmd += [f"data.root={root}", *tiny("optim.lr", "head.dropout")]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     procs = [
@@ -264,9 +264,9 @@ def test_two_processes_on_one_sqlite_study_run_their_trials_once_each(tmp_path):
     assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
     folder = tmp_path / "outputs" / "tune" / "both"
     trials = optuna.load_study(study_name="both", storage=sqlite(folder)).trials
-    assert sorted(t.number for t in trials) == [0, 1, 2, 3]
+    assert sorted(t.number for t in trials) == [0, 1]
     assert all(t.state == TrialState.COMPLETE for t in trials)
     assert sorted(t.user_attrs["run_dir"] for t in trials) == [
-        str(Path("outputs/tune/both") / str(n)) for n in range(4)
+        str(Path("outputs/tune/both") / str(n)) for n in range(2)
     ]
-    assert all((folder / str(n) / "metrics.json").is_file() for n in range(4))
+    assert all((folder / str(n) / "metrics.json").is_file() for n in range(2))
