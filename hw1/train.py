@@ -13,6 +13,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -186,19 +187,27 @@ def summary_text(metrics: dict[str, Any], run_dir: Path) -> str:
     return "\n".join(lines)
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
+def data_and_model(cfg: DictConfig) -> tuple[FolderDataModule, Classifier]:
+    """The run's data module, checked, and its model (also for hw1.tune's LR finder)."""
+    datamodule: FolderDataModule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.validate()  # fails early, before any model is built, on a bad data.root
+    model = Classifier.from_config(cfg, datamodule.class_names, datamodule.eval_spec.to_dict())
+    return datamodule, model
+
+
+def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[str, Any]:
     """Build the data module, model, callbacks, loggers and trainer from ``cfg``, fit,
-    predict the test folder with the best checkpoint; write the run's outputs."""
+    predict the test folder with the best checkpoint; write the run's outputs.
+    ``extra_callbacks`` join the configured ones (hw1.tune's pruning callback)."""
     require_multirun_for_a_family(cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     L.seed_everything(cfg.seed, workers=True)
     start = time.time()
 
-    datamodule: FolderDataModule = instantiate(cfg.data)
-    datamodule.prepare_data()
-    datamodule.validate()  # fails early, before any model is built, on a bad data.root
-    model = Classifier.from_config(cfg, datamodule.class_names, datamodule.eval_spec.to_dict())
+    datamodule, model = data_and_model(cfg)
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
+    callbacks += extra_callbacks
     loggers = [instantiate(lg) for lg in cfg.logger.values() if lg is not None]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
 
