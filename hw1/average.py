@@ -20,6 +20,7 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import EarlyStopping, StochasticWeightAveraging
 from omegaconf import DictConfig
 from torch import nn
 from torch.optim.swa_utils import update_bn
@@ -37,6 +38,18 @@ from hw1.weights import safe_load
 
 # model settings that change how a model runs, not which weights it has
 RUN_ONLY = ("weights", "compile", "compile_backend", "channels_last")
+
+
+def check_swa(callbacks: Sequence[Any]) -> None:
+    """Refuse Lightning's StochasticWeightAveraging beside EarlyStopping: SWA puts the
+    average in place of the weights only at the last epoch, which a stopped run never
+    reaches: it would end with its raw weights, silently."""
+    kinds = {type(c) for c in callbacks}
+    if StochasticWeightAveraging in kinds and EarlyStopping in kinds:
+        raise UserValueError(
+            "callbacks=[default,swa] with early stopping: a run stopped early never gets the "
+            "weight average. Add callbacks.early_stopping=null"
+        )
 
 
 def identity(hparams: dict[str, Any]) -> dict[str, Any]:

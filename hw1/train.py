@@ -29,6 +29,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from hw1 import PARAM_LIMIT
+from hw1.average import check_swa
 from hw1.callbacks import last_checkpoint
 from hw1.data import FolderDataModule
 from hw1.demo import TEST_LABELS
@@ -199,6 +200,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule.validate()  # fails early, before any model is built, on a bad data.root
     model = Classifier.from_config(cfg, datamodule.class_names, datamodule.eval_spec.to_dict())
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
+    check_swa(callbacks)
     loggers = [instantiate(lg) for lg in cfg.logger.values() if lg is not None]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
 
