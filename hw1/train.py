@@ -13,6 +13,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,8 @@ from hw1.predict import predict_rows, submission_rows
 from hw1.weights import safe_load
 
 log = logging.getLogger(__name__)
+
+ModelMaker = Callable[[DictConfig, list[str], dict[str, Any]], Classifier]
 
 
 def predict_folder(
@@ -187,9 +190,10 @@ def summary_text(metrics: dict[str, Any], run_dir: Path) -> str:
     return "\n".join(lines)
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
+def train(cfg: DictConfig, make_model: ModelMaker = Classifier.from_config) -> dict[str, Any]:
     """Build the data module, model, callbacks, loggers and trainer from ``cfg``, fit,
-    predict the test folder with the best checkpoint; write the run's outputs."""
+    predict the test folder with the best checkpoint; write the run's outputs.
+    ``make_model(cfg, class_names, preprocess)`` builds the model (hw1.distill's student)."""
     require_multirun_for_a_family(cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     L.seed_everything(cfg.seed, workers=True)
@@ -198,7 +202,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule: FolderDataModule = instantiate(cfg.data)
     datamodule.prepare_data()
     datamodule.validate()  # fails early, before any model is built, on a bad data.root
-    model = Classifier.from_config(cfg, datamodule.class_names, datamodule.eval_spec.to_dict())
+    model = make_model(cfg, datamodule.class_names, datamodule.eval_spec.to_dict())
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     check_swa(callbacks)
     loggers = [instantiate(lg) for lg in cfg.logger.values() if lg is not None]
