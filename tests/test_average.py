@@ -1,11 +1,13 @@
 from __future__ import annotations
 
-import copy
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_hw1_folder
+from conftest import make_hw1_folder, run_train
 from PIL import Image
 from test_predict import tiny_model
 from torch import nn
@@ -79,13 +81,19 @@ def batch_norm_inputs(model: Classifier, x: torch.Tensor) -> dict[str, torch.Ten
     return seen
 
 
-def test_recalibrated_statistics_are_those_of_a_pass_over_the_training_images(tmp_path):
+def averaged_pair(tmp_path, train: int, test: int, batch_size: int):
+    """(data root, two checkpoints, their average by hw1.average)."""
     root = tmp_path / "data"
-    make_hw1_folder(root, CLASSES, train=2, val=1, test=0)
+    make_hw1_folder(root, CLASSES, train=train, val=1, test=test)
     paths = [saved(trained_like(s), tmp_path / f"{s}.ckpt") for s in range(2)]
     out = tmp_path / "avg.ckpt"
+    average(average_cfg(paths, out, root, f"data.batch_size={batch_size}"))
+    return root, paths, out
+
+
+def test_recalibrated_statistics_are_those_of_a_pass_over_the_training_images(tmp_path):
     # one batch holds every image: the cumulative average is that batch's statistics
-    average(average_cfg(paths, out, root, "data.batch_size=64"))
+    root, paths, out = averaged_pair(tmp_path, train=2, test=0, batch_size=64)
 
     plain = Classifier.from_checkpoint(paths[0])
     plain.load_state_dict(averaged_checkpoint(load_checkpoints(paths), paths)["state_dict"])
@@ -145,11 +153,7 @@ def test_checkpoints_of_other_models_are_refused_naming_the_file(tmp_path):
 
 
 def test_the_averaged_checkpoint_is_read_by_eval_and_predict(tmp_path):
-    root = tmp_path / "data"
-    make_hw1_folder(root, CLASSES, train=1, val=1, test=1)
-    paths = [saved(trained_like(s), tmp_path / f"{s}.ckpt") for s in range(2)]
-    out = tmp_path / "avg.ckpt"
-    average(average_cfg(paths, out, root, "data.batch_size=8"))
+    root, _, out = averaged_pair(tmp_path, train=1, test=1, batch_size=8)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
     common = [f"ckpt_path={out}", f"data.root={root}", "trainer=cpu", "tta=none"]
     common += ["data.num_workers=0"]
@@ -162,16 +166,26 @@ def test_the_averaged_checkpoint_is_read_by_eval_and_predict(tmp_path):
     assert json.loads((tmp_path / "eval.json").read_text())["acc"] == results["acc"]
 
 
-def test_averaging_a_model_with_itself_changes_only_the_batch_norm_statistics(tmp_path):
+@pytest.mark.slow
+def test_a_runs_top_k_checkpoints_average_from_the_command_line(tmp_path):
     root = tmp_path / "data"
-    make_hw1_folder(root, CLASSES, train=1, val=1, test=0)
-    model = trained_like(0)
-    path = saved(model, tmp_path / "a.ckpt")
+    make_hw1_folder(root, CLASSES, train=2, val=1, test=0)
+    run_dir = tmp_path / "run"
+    overrides = ["callbacks=[default,top_k]", "trainer.max_epochs=3", "sched.T_max=3"]
+    overrides += ["trainer.limit_train_batches=1"]
+    proc = run_train(root, run_dir, *overrides, "callbacks.model_checkpoint.save_top_k=2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    top = sorted((run_dir / "checkpoints").glob("epoch*-acc*.ckpt"))
+    assert len(top) == 2 and Path(metrics["best_ckpt"]) in top
+    accs = {float(p.stem.split("-acc")[1]) for p in top}
+    assert round(metrics["best_val_acc"], 4) == max(accs)
+
     out = tmp_path / "avg.ckpt"
-    average(average_cfg([path, path], out, root))
-    state = torch.load(out, weights_only=True)["state_dict"]
-    reference = copy.deepcopy(model.state_dict())
-    for key, value in state.items():
-        if "running_" in key or "num_batches" in key:
-            continue
-        torch.testing.assert_close(value, reference[key])
+    command = [sys.executable, "-m", "hw1.average", f"ckpt_path=[{','.join(map(str, top))}]"]
+    command += [f"output={out}", f"data.root={root}", "data.num_workers=0", "device=cpu"]
+    command += [f"hydra.run.dir={tmp_path / 'avg_run'}"]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "BatchNorm statistics" in proc.stderr
+    assert Classifier.from_checkpoint(out).class_names == CLASSES
