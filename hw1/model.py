@@ -282,7 +282,7 @@ class Classifier(L.LightningModule):
         if self.mix is not None:
             x, y = self.mix(x, y)
         logits = self(x)
-        loss = self.criterion(logits, y)
+        loss = self.training_loss(x, logits, y)
         # Mixed targets are probabilities: accuracy against the larger share.
         self.train_acc(logits, y if y.ndim == 1 else y.argmax(dim=1))
         self.train_images += len(y)
@@ -292,6 +292,10 @@ class Classifier(L.LightningModule):
         self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
         return loss
+
+    def training_loss(self, x: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The loss of a training batch ``x`` (hw1.distill's student adds its teachers')."""
+        return self.criterion(logits, y)
 
     def on_train_epoch_end(self) -> None:
         # The per-epoch learning rate, beside LearningRateMonitor's per-step curve.

@@ -13,7 +13,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from hw1 import PARAM_LIMIT
+from hw1.average import check_swa
 from hw1.data import FolderDataModule
 from hw1.demo import TEST_LABELS
 from hw1.errors import UserFileNotFoundError, UserValueError, reported
@@ -40,6 +41,8 @@ from hw1.stopping import last_checkpoint
 from hw1.weights import safe_load
 
 log = logging.getLogger(__name__)
+
+ModelMaker = Callable[[DictConfig, list[str], dict[str, Any]], Classifier]
 
 
 def predict_folder(
@@ -187,27 +190,36 @@ def summary_text(metrics: dict[str, Any], run_dir: Path) -> str:
     return "\n".join(lines)
 
 
-def data_and_model(cfg: DictConfig) -> tuple[FolderDataModule, Classifier]:
-    """The run's data module, checked, and its model (also for hw1.tune's LR finder)."""
+def data_and_model(
+    cfg: DictConfig, make_model: ModelMaker = Classifier.from_config
+) -> tuple[FolderDataModule, Classifier]:
+    """The run's data module, checked, and its model (also for hw1.tune's LR finder).
+    ``make_model(cfg, class_names, preprocess)`` builds the model (hw1.distill's student)."""
     datamodule: FolderDataModule = instantiate(cfg.data)
     datamodule.prepare_data()
     datamodule.validate()  # fails early, before any model is built, on a bad data.root
-    model = Classifier.from_config(cfg, datamodule.class_names, datamodule.eval_spec.to_dict())
+    model = make_model(cfg, datamodule.class_names, datamodule.eval_spec.to_dict())
     return datamodule, model
 
 
-def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[str, Any]:
+def train(
+    cfg: DictConfig,
+    extra_callbacks: Sequence[L.Callback] = (),
+    make_model: ModelMaker = Classifier.from_config,
+) -> dict[str, Any]:
     """Build the data module, model, callbacks, loggers and trainer from ``cfg``, fit,
     predict the test folder with the best checkpoint; write the run's outputs.
-    ``extra_callbacks`` join the configured ones (hw1.tune's pruning callback)."""
+    ``extra_callbacks`` join the configured ones (hw1.tune's pruning callback);
+    ``make_model`` builds the model (hw1.distill's student)."""
     require_multirun_for_a_family(cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     L.seed_everything(cfg.seed, workers=True)
     start = time.time()
 
-    datamodule, model = data_and_model(cfg)
+    datamodule, model = data_and_model(cfg, make_model)
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     callbacks += extra_callbacks
+    check_swa(callbacks)
     loggers = [instantiate(lg) for lg in cfg.logger.values() if lg is not None]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
 

@@ -79,13 +79,18 @@ TINY = [
 ]  # fmt: skip
 
 
-def train_command(root: Path, run_dir: Path, *overrides: str) -> list[str]:
-    cmd = [sys.executable, "-m", "hw1.train", f"data.root={root}", f"hydra.run.dir={run_dir}"]
+def train_command(
+    root: Path, run_dir: Path, *overrides: str, module: str = "hw1.train"
+) -> list[str]:
+    cmd = [sys.executable, "-m", module, f"data.root={root}", f"hydra.run.dir={run_dir}"]
     return [*cmd, *TINY, *overrides]
 
 
-def run_train(root: Path, run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
-    cmd = train_command(root, run_dir, *overrides)
+def run_train(
+    root: Path, run_dir: Path, *overrides: str, module: str = "hw1.train"
+) -> subprocess.CompletedProcess:
+    """``python -m hw1.train`` (or ``module``, e.g. hw1.distill) on a TINY run."""
+    cmd = train_command(root, run_dir, *overrides, module=module)
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
 
 

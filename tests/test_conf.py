@@ -32,7 +32,7 @@ def test_the_groups_have_every_option_the_report_names():
     for group, options in {
         "data": ["demo", "hw1"], "optim": ["adamw"], "sched": ["constant", "cosine"],
         "loss": ["cross_entropy"], "mix": ["default"],
-        "callbacks": ["default", "ema", "freeze_backbone"],
+        "callbacks": ["default", "ema", "freeze_backbone", "swa", "top_k"],
         "trainer": ["cpu", "ddp", "default", "gpu"],
         "experiment": sorted(["demo", *FAMILIES]),
         "recipe": sorted([*REFERENCE, "strong"]),
