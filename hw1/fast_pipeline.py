@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -322,11 +323,18 @@ class DraftDecoder:
     def __init__(self, preset: FastTrainPreset) -> None:
         self.preset = preset
 
-    def __call__(self, path: str | os.PathLike) -> torch.Tensor:
+    def __call__(self, path: str | os.PathLike) -> torch.Tensor | Jittered:
+        return self.decode(path, self.preset.draw)
+
+    def decode(
+        self, path: str | os.PathLike, choose: Callable[[int, int], Draw]
+    ) -> torch.Tensor | Jittered:
+        """``path`` augmented with the parameters ``choose`` gives for its upright size:
+        the preset's random draw, or given ones (``hw1.parity``)."""
         drawn = {}
 
         def need(size: tuple[int, int]) -> tuple[int, int]:
-            drawn["size"], drawn["draw"] = size, self.preset.draw(*size)
+            drawn["size"], drawn["draw"] = size, choose(*size)
             return self.preset.decode_size(drawn["draw"], *size)
 
         image = load_rgb(path, draft=need)

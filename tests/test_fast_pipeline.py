@@ -11,32 +11,14 @@ import torch
 from conftest import photo
 from PIL import ExifTags, Image
 from torchvision import transforms as V1
-from torchvision.transforms import InterpolationMode as IM
 from torchvision.transforms.v2 import functional as F
 
 from hw1.data import train_pipeline
 from hw1.fast_pipeline import DraftDecoder, Draw, FastTrainPreset, Jittered, colour_map, finish
 from hw1.figures import to_uint8
+from hw1.parity import reference_apply
 from hw1.presets import eval_spec
 from hw1.scan import load_rgb
-
-
-def reference_apply(image: Image.Image, draw: Draw, size: int) -> torch.Tensor:
-    """The reference's steps (train_preset) with the given parameters, uint8 out."""
-    left, top, w, h = draw.box
-    x = F.resized_crop(image, top, left, h, w, [size, size], interpolation=IM.BILINEAR)
-    if draw.flip:
-        x = F.horizontal_flip(x)
-    b, c, s, hue = draw.jitter
-    ops = (
-        lambda x: F.adjust_brightness(x, b), lambda x: F.adjust_contrast(x, c),
-        lambda x: F.adjust_saturation(x, s), lambda x: F.adjust_hue(x, hue),
-    )  # fmt: skip
-    for op in draw.jitter_order:
-        x = ops[op](x)
-    x = F.rotate(x, draw.angle, interpolation=IM.BILINEAR)
-    x = F.affine(x, angle=0.0, translate=list(draw.shift), scale=1.0, shear=[0.0, 0.0])
-    return F.pil_to_tensor(x)
 
 
 @pytest.mark.parametrize(
