@@ -31,7 +31,7 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
-from hw1.fast_pipeline import DraftDecoder, Draw, FastTrainPreset, Jittered, colour_map, finish
+from hw1.fast_pipeline import DraftDecoder, Draw, FastTrainPreset, Jittered, finish, jitter_params
 from hw1.presets import eval_spec
 from hw1.scan import is_image_file, load_rgb
 
@@ -62,8 +62,7 @@ def reference_apply(image: Image.Image, draw: Draw, size: int) -> torch.Tensor:
 def jitter_on(rgb: torch.Tensor, cover: torch.Tensor, draw: Draw) -> torch.Tensor:
     """The fast pipeline's colour jitter (``Jittered``) applied to a given warp ``rgb``
     whose crop covers ``cover`` (uint8, 0..255), uint8 out: the colour part alone."""
-    colour = torch.from_numpy(colour_map(draw)).float()
-    return finish(Jittered(torch.cat([rgb, cover]), colour))
+    return finish(Jittered(torch.cat([rgb, cover]), jitter_params(draw)))
 
 
 def mad_psnr(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
@@ -135,7 +134,7 @@ def _scale_bin(row: Row) -> str:
 
 def _size_bin(row: Row) -> str:
     side = min(row.size)
-    return next(f"side < {s}" for s in (64, 256, 10**9) if side < s)
+    return "side < 64" if side < 64 else "side < 256" if side < 256 else "side 256+"
 
 
 GROUPS: dict[str, Callable[[Row], str]] = {
