@@ -6,11 +6,11 @@ split by crop scale, by enlarging vs reducing, by image size, with and without c
     python -m hw1.parity [--sets demo photos small] [--draws 4] [--images 24] [--seed 0]
     python -m hw1.parity jpegs SRC DST [--min 20] [--max 40] [--seed 0]
 
-``demo``: the demo's 32 px Fashion-MNIST PNGs at 32 px; ``photos``: quality-90 JPEGs
-around 500x375 at 224 px (draft-mode decoding); ``small``: JPEGs of 24-56 px at 64 px,
-every crop enlarged. ``jpegs`` rewrites a data set in the HW1 layout (e.g. the demo's) as
-quality-90 JPEGs whose longer side is drawn from MIN..MAX px, a set to train at a size its
-images must be enlarged to.
+``demo``: the demo's 32 px Fashion-MNIST PNGs at 32 px, with the demo's augmentation;
+``photos``: quality-90 JPEGs around 500x375 at 224 px (draft-mode decoding);
+``small``: JPEGs of 24-56 px at 64 px, every crop enlarged. ``jpegs`` rewrites a data set
+in the HW1 layout (e.g. the demo's) as quality-90 JPEGs whose longer side is drawn from
+MIN..MAX px, a set to train at a size its images must be enlarged to.
 """
 
 from __future__ import annotations
@@ -80,6 +80,7 @@ class Row:
     size: tuple[int, int]  # the file's upright size
     scale: float  # the crop's share of the image's area
     enlarged: bool  # the crop box is smaller than the output in some direction
+    rotated: bool
     geometry: tuple[float, float]  # (MAD, PSNR) without the colour jitter
     full: tuple[float, float]  # with it
     colour: tuple[float, float]  # the fast jitter vs the reference's, on the same warp
@@ -105,6 +106,7 @@ def compare(path: Path, preset: FastTrainPreset, draw: Draw, name: str = "") -> 
         size=image.size,
         scale=w * h / (image.width * image.height),
         enlarged=min(w, h) < size,
+        rotated=draw.angle != 0,
         geometry=mad_psnr(fast(plain), reference_plain),
         full=mad_psnr(fast(draw), reference),
         colour=mad_psnr(jitter_on(reference_plain, cover, draw), reference),
@@ -141,6 +143,7 @@ GROUPS: dict[str, Callable[[Row], str]] = {
     "set": lambda r: r.set,
     "crop scale": _scale_bin,
     "zoom": lambda r: "enlarged" if r.enlarged else "reduced",
+    "rotation": lambda r: "rotated" if r.rotated else "upright",
     "image size": _size_bin,
 }
 
@@ -215,11 +218,13 @@ def small_images(n: int) -> list[Path]:
     return sorted((folder / "images").glob("*.jpg"))
 
 
-# name: (files, the train size)
-SETS: dict[str, tuple[Callable[[int], list[Path]], int]] = {
-    "demo": (demo_images, 32),
-    "photos": (photo_images, 224),
-    "small": (small_images, 64),
+# conf/experiment/demo.yaml's augmentation
+DEMO_AUGMENT = {"scale": (0.8, 1.0), "jitter": (0.2, 0.2, 0, 0), "rotation": 0, "translate": (0, 0)}
+# name: (files, the train size, the augmentation: the report's unless given)
+SETS: dict[str, tuple[Callable[[int], list[Path]], int, dict]] = {
+    "demo": (demo_images, 32, DEMO_AUGMENT),
+    "photos": (photo_images, 224, {}),
+    "small": (small_images, 64, {}),
 }
 
 
@@ -242,10 +247,11 @@ def main(argv: list[str] | None = None) -> None:
         return
     rows = []
     for name in args.sets:
-        files, size = SETS[name]
-        rows += measure(files(args.images), size, args.draws, args.seed, name)
+        files, size, augment = SETS[name]
+        rows += measure(files(args.images), size, args.draws, args.seed, name, **augment)
     print(
-        f"{args.images} files per set, {args.draws} draws each, the report's augmentation; "
+        f"{args.images} files per set, {args.draws} draws each, the report's augmentation "
+        "(demo: the demo's); "
         "MAD: mean absolute difference in grey levels (mean), PSNR in dB (median); "
         "colour: the fast jitter on the reference's warp"
     )
