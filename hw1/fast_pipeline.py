@@ -19,8 +19,8 @@ from torchvision.transforms import v2 as T
 from torchvision.transforms.v2 import functional as F
 
 from hw1 import colour_jitter
+from hw1.jpeg import decode_scaled
 from hw1.presets import EvalSpec, TrainAugment, policy_transforms
-from hw1.scan import load_rgb
 
 
 @dataclass(frozen=True)
@@ -301,5 +301,5 @@ class DraftDecoder:
             drawn["size"], drawn["draw"] = size, choose(*size)
             return self.preset.decode_size(drawn["draw"], *size)
 
-        image = load_rgb(path, draft=need)
+        image = decode_scaled(path, need)
         return self.preset.apply(image, drawn["draw"], drawn["size"])
