@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -17,14 +18,9 @@ from PIL import Image
 from torchvision.transforms import v2 as T
 from torchvision.transforms.v2 import functional as F
 
+from hw1 import colour_jitter
+from hw1.jpeg import decode_scaled
 from hw1.presets import EvalSpec, TrainAugment, policy_transforms
-from hw1.scan import load_rgb
-
-# ITU-R 601 luma, as PIL's convert("L") and ImageEnhance (the reference jitter's path).
-_LUMA = np.array([0.299, 0.587, 0.114])
-# The cross-product matrix of the unit grey axis (1, 1, 1) / sqrt(3): the hue jitter turns
-# RGB about it (Rodrigues' formula).
-_GREY_AXIS = np.array([[0, -1, 1], [1, 0, -1], [-1, 1, 0]]) / math.sqrt(3)
 
 
 @dataclass(frozen=True)
@@ -88,16 +84,16 @@ def crop_box(
 class Jittered(NamedTuple):
     """A fast-pipeline sample whose colour jitter is still to apply, or a batch of them
     (the DataLoader collates each field). The data module applies it, batched, on the
-    device (``hw1.device_batches.Normalise``), where a 3x4 matrix per image costs next to
-    nothing; on the worker's CPU it costs a third of the pipeline. ``finish`` applies it at
-    once, for the few callers that want the final image.
+    device (``hw1.device_batches.Normalise``), where it costs next to nothing; on the
+    worker's CPU it would cost a third of the pipeline. ``finish`` applies it at once, for
+    the few callers that want the final image.
 
     ``image``: uint8 (..., 4, H, W), the warped RGB (black outside the crop) and how much
     of each pixel the crop covers, 0..255 (partial at its edges): the jitter keeps the
-    fill black, and the crop's mean colour for contrast is taken over the crop alone, as
+    fill black, and the crop's mean grey for contrast is taken over the crop alone, as
     the reference jitters before it rotates and shifts.
-    ``colour``: float32 (..., 3, 7), the jitter as ``[A | t | T]`` (``colour_map``): a
-    crop pixel ``x`` becomes ``A x + t + T m``, ``m`` the crop's mean colour.
+    ``colour``: float32 (..., 8), the jitter (``jitter_params``): the four steps' indices
+    in the drawn order, then the brightness, contrast, saturation and hue factors.
     """
 
     image: torch.Tensor
@@ -106,16 +102,12 @@ class Jittered(NamedTuple):
     def rgb(self) -> torch.Tensor:
         """The jittered images as float RGB in 0..255, (..., 3, H, W)."""
         *batch, _, h, w = self.image.shape
-        x = self.image.reshape(-1, 4, h * w).float()
-        colour = self.colour.reshape(-1, 3, 7).to(x.dtype)
-        # RGB is premultiplied by the cover (the warp averaged the fill's black in).
-        covered = x[:, 3].sum(dim=1, keepdim=True).div_(255).clamp_min(1)  # pixels
-        mean = x[:, :3].sum(dim=2) / covered  # (B, 3), in 0..255
-        offset = colour[:, :, 3] + (colour[:, :, 4:] @ mean[:, :, None])[:, :, 0]
-        # One matrix product per image: A on RGB, the offset scaled by the cover channel,
-        # so the fill stays black and edge pixels blend with it as the reference's do.
-        matrix = torch.cat([colour[:, :, :3], offset[:, :, None] / 255], dim=2)
-        return torch.bmm(matrix, x).clamp_(0, 255).reshape(*batch, 3, h, w)
+        x = self.image.reshape(-1, 4, h, w).float()
+        colour = self.colour.reshape(-1, 8)
+        out = colour_jitter.jitter(
+            x[:, :3], x[:, 3:] / 255, colour[:, :4].long(), colour[:, 4:].to(x.dtype)
+        )
+        return out.reshape(*batch, 3, h, w)
 
 
 def finish(sample: torch.Tensor | Jittered) -> torch.Tensor:
@@ -125,55 +117,28 @@ def finish(sample: torch.Tensor | Jittered) -> torch.Tensor:
     return sample
 
 
-def colour_map(draw: Draw) -> np.ndarray:
-    """The four jitters, in the drawn order, as one affine map of RGB (0..255 units) whose
-    offset depends on the crop's mean colour ``m``: ``[A | t | T]`` (3x7), a pixel ``x``
-    becomes ``A x + t + T m``. The mean is left to the device (``Jittered.rgb``).
-
-    Brightness, contrast and saturation are exactly linear as in PIL's ImageEnhance
-    (contrast blends towards the crop's mean grey, carried through the earlier steps, hence
-    ``T``). Differences from torchvision's ColorJitter, checked by tests/test_fast_pipeline.py:
-
-    - hue turns RGB about the grey axis by the same angle instead of shifting H in HSV.
-      No linear map follows HSV's hexagon pixel by pixel: measured on random colour
-      images, this turn lands about 0.7 of the hue jitter's own effect away from HSV's
-      result (a least-squares 3x3 fit does only ~2 % better, a YIQ turn worse), though it
-      moves colours as far and the same way, and the colour statistics over many draws
-      agree;
-    - values are clipped to 0..255 once at the end, not after every step.
-    """
-    b, c, s, h = draw.jitter
-    m = np.zeros((3, 7))
-    m[:, :3] = np.eye(3)
-    for op in draw.jitter_order:
-        if op == 0:
-            m *= b
-        elif op == 1:
-            # The grey of the mean so far: luma . (A m + t + T m).
-            w = _LUMA @ m
-            m *= c
-            m[:, 3] += (1 - c) * w[3]
-            m[:, 4:] += (1 - c) * (w[:3] + w[4:])
-        elif op == 2:
-            m = (s * np.eye(3) + (1 - s) * np.outer(np.ones(3), _LUMA)) @ m
-        else:
-            turn = 2 * math.pi * h  # HSV's hue runs red -> green -> blue, as this turn does
-            k = _GREY_AXIS
-            m = (np.eye(3) + math.sin(turn) * k + (1 - math.cos(turn)) * k @ k) @ m
-    return m
+def jitter_params(draw: Draw) -> torch.Tensor:
+    """``draw``'s colour jitter as ``Jittered.colour``: steps missing from its order come
+    last, with the factors that change nothing."""
+    order = [*draw.jitter_order, *(op for op in range(4) if op not in draw.jitter_order)]
+    factors = [
+        f if op in draw.jitter_order else colour_jitter.IDENTITY[op]
+        for op, f in enumerate(draw.jitter)
+    ]
+    return torch.tensor([*order, *factors], dtype=torch.float32)
 
 
 class FastTrainPreset:
     """``train_preset``'s augmentation for ``data.pipeline=fast``: the same
     parameter distribution, applied with one geometric resample in the DataLoader worker
-    and one colour matrix on the device.
+    and the colour jitter, batched, on the device.
 
     The crop box is drawn from the image's size before decoding (``draw``), so a JPEG is
     decoded in draft mode at the smallest scale whose crop is still at least the output
     size (``decode_size``); the crop, resize, flip, rotation and shift are one affine warp
     of the cropped region. With a colour jitter the sample is ``Jittered``: the uint8 warp
-    with a band saying where the crop covers it, and the jitter's map; the data module
-    applies the map and normalises, batched, on the device (``hw1.device_batches.Normalise``).
+    with a band saying where the crop covers it, and the jitter's parameters; the data module
+    applies it and normalises, batched, on the device (``hw1.device_batches.Normalise``).
     Without one the sample is the uint8 (C, H, W) image, normalised there too.
 
     Filtering differs from the reference's antialiased resize: the draft decode (itself a
@@ -287,7 +252,7 @@ class FastTrainPreset:
             if t:
                 out.narrow(dim, 0 if t > 0 else s + t, abs(t)).zero_()
         if draw.jitter_order:
-            out = Jittered(out, torch.from_numpy(colour_map(draw).astype(np.float32)))
+            out = Jittered(out, jitter_params(draw))
             if self.after is not None:
                 out = finish(out)
         return self.after(out) if self.after is not None else out
@@ -322,12 +287,19 @@ class DraftDecoder:
     def __init__(self, preset: FastTrainPreset) -> None:
         self.preset = preset
 
-    def __call__(self, path: str | os.PathLike) -> torch.Tensor:
+    def __call__(self, path: str | os.PathLike) -> torch.Tensor | Jittered:
+        return self.decode(path, self.preset.draw)
+
+    def decode(
+        self, path: str | os.PathLike, choose: Callable[[int, int], Draw]
+    ) -> torch.Tensor | Jittered:
+        """``path`` augmented with the parameters ``choose`` gives for its upright size:
+        the preset's random draw, or given ones (``hw1.parity``)."""
         drawn = {}
 
         def need(size: tuple[int, int]) -> tuple[int, int]:
-            drawn["size"], drawn["draw"] = size, self.preset.draw(*size)
+            drawn["size"], drawn["draw"] = size, choose(*size)
             return self.preset.decode_size(drawn["draw"], *size)
 
-        image = load_rgb(path, draft=need)
+        image = decode_scaled(path, need)
         return self.preset.apply(image, drawn["draw"], drawn["size"])

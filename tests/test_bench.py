@@ -24,8 +24,9 @@ def _ratio(out: str) -> float:
 def test_loader_bench_times_both_pipelines_and_the_decode_ceiling(capsys):
     main(["loader", "--images", "6", "--size", "32", "--rounds", "1"])
     out = capsys.readouterr().out
-    for name in ("reference:", "fast:", "decode only:"):
+    for name in ("reference:", "fast:", "decode only:", "simplejpeg:"):
         assert name in out
+    assert "fast vs its decoder's full-size decode-only rate: " in out
     assert _ratio(out) > 0
 
 

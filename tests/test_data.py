@@ -52,7 +52,7 @@ def test_datamodule_batches_have_the_crop_size_and_labels(int_classes_root, pipe
     x, y = next(iter(dm.train_dataloader()))
     if pipeline == "fast":
         assert isinstance(x, Jittered) and x.image.dtype == torch.uint8
-        assert x.image.shape == (4, 4, 32, 32) and x.colour.shape == (4, 3, 7)
+        assert x.image.shape == (4, 4, 32, 32) and x.colour.shape == (4, 8)
     else:
         assert x.shape == (4, 3, 32, 32) and x.dtype == torch.float32
     assert y.dtype == torch.int64 and y.min() >= 0 and y.max() < 12
@@ -242,7 +242,7 @@ def test_jittered_batches_get_their_colour_jitter_and_normalisation_on_the_devic
     finished image would be (within the rounding of that image to uint8)."""
     samples = _jittered_samples()
     x, y = torch.utils.data.default_collate(samples)
-    assert isinstance(x, Jittered) and not (x.colour[:, :, :3] == torch.eye(3)).all()
+    assert isinstance(x, Jittered) and not (x.colour[:, 4:] == torch.tensor([1, 1, 1, 0])).all()
     data = LoaderDataModule(eval_spec(32), _empty_loader())
     out, labels = data.on_after_batch_transfer((x, y), 0)
     mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)

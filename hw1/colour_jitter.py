@@ -1,0 +1,72 @@
+"""ColorJitter on a batch, each image with its own order and factors: the fast train
+pipeline's jitter, applied on the device after the warp (``hw1.fast_pipeline.Jittered``).
+
+The steps follow torchvision's on PIL images (``ImageEnhance`` and PIL's HSV), which the
+reference pipeline uses: every step clipped to 0..255 and truncated to an integer as
+PIL's blend does, contrast blending
+towards the rounded mean grey, saturation towards each pixel's grey, hue shifting H in
+HSV. The warp has already averaged the black fill into the crop's edge pixels, so the
+colours are un-premultiplied by the crop's cover first and premultiplied again after:
+the fill stays black and the contrast mean is the crop's, as the reference jitters
+before it rotates and shifts.
+"""
+
+from __future__ import annotations
+
+import torch
+from torchvision.transforms.v2.functional._color import _hsv_to_rgb, _rgb_to_hsv
+
+BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)
+IDENTITY = (1.0, 1.0, 1.0, 0.0)  # the factors that change nothing
+# ITU-R 601 luma, as PIL's convert("L").
+_LUMA = (0.299, 0.587, 0.114)
+
+
+def _grey(x: torch.Tensor) -> torch.Tensor:
+    """(B, 1, H, W) luma of (B, 3, H, W), rounded as PIL's convert("L") does."""
+    r, g, b = x.unbind(dim=1)
+    return (_LUMA[0] * r + _LUMA[1] * g + _LUMA[2] * b).round_()[:, None]
+
+
+def _step(op: int, x: torch.Tensor, f: torch.Tensor, cover: torch.Tensor) -> torch.Tensor:
+    """One jitter on (B, 3, H, W) colours in 0..255, ``f`` the (B,) factors."""
+    f = f.view(-1, 1, 1, 1)
+    if op == BRIGHTNESS:
+        y = x * f
+    elif op == CONTRAST:
+        covered = cover.sum(dim=(2, 3), keepdim=True).clamp_min(1e-6)
+        mean = ((_grey(x) * cover).sum(dim=(2, 3), keepdim=True) / covered).round_()
+        y = mean + f * (x - mean)
+    elif op == SATURATION:
+        grey = _grey(x)
+        y = grey + f * (x - grey)
+    else:
+        # PIL's HSV holds H and S in 256 levels (truncated); the shift is whole levels of
+        # H, truncated towards 0, wrapping round.
+        h, s, v = _rgb_to_hsv(x / 255).unbind(dim=1)
+        h = ((h * 255).floor_() + (f.view(-1, 1, 1) * 255).trunc()).remainder_(256) / 255
+        s = (s * 255).floor_() / 255
+        return (_hsv_to_rgb(torch.stack([h, s, v], dim=1)) * 255).round_()
+    # PIL's blend truncates towards 0, then clips.
+    return y.trunc_().clamp_(0, 255)
+
+
+def jitter(
+    rgb: torch.Tensor, cover: torch.Tensor, order: torch.Tensor, factors: torch.Tensor
+) -> torch.Tensor:
+    """``rgb`` (B, 3, H, W) floats in 0..255, premultiplied by ``cover`` (B, 1, H, W) in
+    0..1, jittered: ``order`` (B, 4) the steps' indices in the order each image takes
+    them, ``factors`` (B, 4) its brightness, contrast, saturation and hue factors. Steps
+    whose factor changes nothing are skipped. Float RGB in 0..255 out, premultiplied."""
+    x = torch.where(cover > 0, rgb / cover.clamp_min(1e-6), 0).clamp_(0, 255)
+    identity = torch.tensor(IDENTITY, device=factors.device, dtype=factors.dtype)
+    active = factors != identity
+    for stage in range(order.shape[1]):
+        for op in range(4):
+            chosen = (order[:, stage] == op) & active[:, op]
+            if chosen.all():
+                x = _step(op, x, factors[:, op], cover)
+            elif chosen.any():
+                x[chosen] = _step(op, x[chosen], factors[chosen, op], cover[chosen])
+    # An image that no step changed comes back as it was, not through the division.
+    return torch.where(active.any(dim=1).view(-1, 1, 1, 1), x * cover, rgb)

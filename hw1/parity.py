@@ -1,0 +1,262 @@
+"""Parity of the fast train pipeline with the reference: both are given the same drawn
+parameters (crop box, flip, angle, shift, colour factors and order) on real image files,
+and their outputs compared per image (mean absolute difference in grey levels, PSNR),
+split by crop scale, by enlarging vs reducing, by image size, with and without colour.
+
+    python -m hw1.parity [--sets demo photos small] [--draws 4] [--images 24] [--seed 0]
+    python -m hw1.parity jpegs SRC DST [--min 20] [--max 40] [--seed 0]
+
+``demo``: the demo's 32 px Fashion-MNIST PNGs at 32 px, with the demo's augmentation;
+``photos``: quality-90 JPEGs around 500x375 at 224 px (draft-mode decoding);
+``small``: JPEGs of 24-56 px at 64 px, every crop enlarged. ``jpegs`` rewrites a data set
+in the HW1 layout (e.g. the demo's) as quality-90 JPEGs whose longer side is drawn from
+MIN..MAX px, a set to train at a size its images must be enlarged to.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import shutil
+import statistics
+import tempfile
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import functional as F
+
+from hw1.fast_pipeline import DraftDecoder, Draw, FastTrainPreset, Jittered, finish, jitter_params
+from hw1.presets import eval_spec
+from hw1.scan import is_image_file, load_rgb
+
+_BILINEAR = InterpolationMode.BILINEAR
+# ColorJitter's steps on PIL images, by the index Draw.jitter_order uses.
+_JITTERS: tuple[Callable[[Image.Image, float], Image.Image], ...] = (
+    F.adjust_brightness,
+    F.adjust_contrast,
+    F.adjust_saturation,
+    F.adjust_hue,
+)
+
+
+def reference_apply(image: Image.Image, draw: Draw, size: int) -> torch.Tensor:
+    """``hw1.presets.train_preset``'s steps on ``image`` with the parameters ``draw``
+    (torchvision's functional forms of its transforms), as a uint8 (3, size, size)."""
+    left, top, w, h = draw.box
+    x = F.resized_crop(image, top, left, h, w, [size, size], interpolation=_BILINEAR)
+    if draw.flip:
+        x = F.horizontal_flip(x)
+    for op in draw.jitter_order:
+        x = _JITTERS[op](x, draw.jitter[op])
+    x = F.rotate(x, draw.angle, interpolation=_BILINEAR)
+    x = F.affine(x, angle=0.0, translate=list(draw.shift), scale=1.0, shear=[0.0, 0.0])
+    return F.pil_to_tensor(x)
+
+
+def jitter_on(rgb: torch.Tensor, cover: torch.Tensor, draw: Draw) -> torch.Tensor:
+    """The fast pipeline's colour jitter (``Jittered``) applied to a given warp ``rgb``
+    whose crop covers ``cover`` (uint8, 0..255), uint8 out: the colour part alone."""
+    return finish(Jittered(torch.cat([rgb, cover]), jitter_params(draw)))
+
+
+def mad_psnr(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
+    """Mean absolute difference (grey levels) and PSNR (dB, 99 when identical)."""
+    d = a.double() - b.double()
+    mse = float(d.square().mean())
+    return float(d.abs().mean()), 99.0 if mse == 0 else 10 * math.log10(255**2 / mse)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One image and draw: what it was and how far the two pipelines' outputs are."""
+
+    set: str
+    size: tuple[int, int]  # the file's upright size
+    scale: float  # the crop's share of the image's area
+    enlarged: bool  # the crop box is smaller than the output in some direction
+    rotated: bool
+    geometry: tuple[float, float]  # (MAD, PSNR) without the colour jitter
+    full: tuple[float, float]  # with it
+    colour: tuple[float, float]  # the fast jitter vs the reference's, on the same warp
+
+
+def compare(path: Path, preset: FastTrainPreset, draw: Draw, name: str = "") -> Row:
+    """Both pipelines on the file ``path`` with the parameters ``draw`` (drawn for its
+    upright size): the fast one through its own decoder (draft mode included)."""
+    decoder = DraftDecoder(preset)
+    image = load_rgb(path)
+    size = preset.size
+    plain = replace(draw, jitter_order=())
+
+    def fast(d: Draw) -> torch.Tensor:
+        return finish(decoder.decode(path, lambda w, h: d))
+
+    reference = reference_apply(image, draw, size)
+    reference_plain = reference_apply(image, plain, size)
+    cover = reference_apply(Image.new("RGB", image.size, "white"), plain, size)[:1]
+    _, _, w, h = draw.box
+    return Row(
+        set=name,
+        size=image.size,
+        scale=w * h / (image.width * image.height),
+        enlarged=min(w, h) < size,
+        rotated=draw.angle != 0,
+        geometry=mad_psnr(fast(plain), reference_plain),
+        full=mad_psnr(fast(draw), reference),
+        colour=mad_psnr(jitter_on(reference_plain, cover, draw), reference),
+    )
+
+
+def measure(
+    paths: Sequence[Path], size: int, draws: int, seed: int = 0, name: str = "", **augment
+) -> list[Row]:
+    """``draws`` parameter draws per file (the fast preset's, from torch's generator
+    seeded with ``seed``), each compared by ``compare``."""
+    preset = FastTrainPreset(eval_spec(size), **augment)
+    torch.manual_seed(seed)
+    rows = []
+    for path in paths:
+        width, height = load_rgb(path).size
+        for _ in range(draws):
+            rows.append(compare(path, preset, preset.draw(width, height), name))
+    return rows
+
+
+def _scale_bin(row: Row) -> str:
+    return (
+        "scale < 0.25" if row.scale < 0.25 else "scale < 0.5" if row.scale < 0.5 else "scale >= 0.5"
+    )
+
+
+def _size_bin(row: Row) -> str:
+    side = min(row.size)
+    return "side < 64" if side < 64 else "side < 256" if side < 256 else "side 256+"
+
+
+GROUPS: dict[str, Callable[[Row], str]] = {
+    "set": lambda r: r.set,
+    "crop scale": _scale_bin,
+    "zoom": lambda r: "enlarged" if r.enlarged else "reduced",
+    "rotation": lambda r: "rotated" if r.rotated else "upright",
+    "image size": _size_bin,
+}
+
+
+def table(rows: Iterable[Row]) -> list[str]:
+    """Markdown rows: per group, the mean MAD and median PSNR with and without colour,
+    and the colour part alone."""
+    rows = list(rows)
+    parts = ("geometry", "full", "colour")
+    lines = [
+        "| group | n | " + " | ".join(f"MAD {p} | PSNR {p}" for p in parts) + " |",
+        "|---" * (2 + 2 * len(parts)) + "|",
+    ]
+    for title, key in GROUPS.items():
+        groups: dict[str, list[Row]] = defaultdict(list)
+        for row in rows:
+            groups[key(row)].append(row)
+        for label in sorted(groups):
+            g = groups[label]
+            cells = [f"{title}: {label}", str(len(g))]
+            for part in parts:
+                values = [getattr(r, part) for r in g]
+                cells.append(f"{statistics.fmean(v[0] for v in values):.2f}")
+                cells.append(f"{statistics.median(v[1] for v in values):.1f}")
+            lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def make_jpegs(
+    source: Path, target: Path, sides: tuple[int, int], seed: int = 0, quality: int = 90
+) -> Path:
+    """Every image under ``source`` as a JPEG at the same place under ``target``, resized
+    (bicubic, antialiased) so that its longer side is drawn from ``sides``; other files
+    (e.g. test_labels.csv, which names images without their extension) copied."""
+    rng = np.random.default_rng(seed)
+    for path in sorted(p for p in source.rglob("*") if p.is_file()):
+        out = target / path.relative_to(source)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if not is_image_file(str(path)):
+            shutil.copyfile(path, out)
+            continue
+        image = load_rgb(path)
+        k = int(rng.integers(sides[0], sides[1] + 1)) / max(image.size)
+        resized = image.resize(
+            (max(1, round(image.width * k)), max(1, round(image.height * k))), Image.BICUBIC
+        )
+        resized.save(out.with_suffix(".jpg"), quality=quality)
+    return target
+
+
+def demo_images(n: int) -> list[Path]:
+    """``n`` of the demo's train PNGs, taken evenly over its garments."""
+    from hw1 import demo
+
+    root = demo.extract(Path(tempfile.gettempdir()) / "hw1-parity-demo")
+    files = sorted((root / "train").rglob("*.png"))
+    return files[:: max(1, len(files) // n)][:n]
+
+
+def photo_images(n: int) -> list[Path]:
+    from hw1.bench import cached_photos
+
+    return sorted(cached_photos(n).rglob("*.jpg"))[:n]
+
+
+def small_images(n: int) -> list[Path]:
+    """``n`` photos as JPEGs of 24-56 px (longer side), made once."""
+    folder = Path(tempfile.gettempdir()) / f"hw1-parity-small-{n}"
+    if not (folder / "done").exists():
+        make_jpegs(photo_images(n)[0].parent, folder / "images", (24, 56), seed=1)
+        (folder / "done").touch()
+    return sorted((folder / "images").glob("*.jpg"))
+
+
+# conf/experiment/demo.yaml's augmentation
+DEMO_AUGMENT = {"scale": (0.8, 1.0), "jitter": (0.2, 0.2, 0, 0), "rotation": 0, "translate": (0, 0)}
+# name: (files, the train size, the augmentation: the report's unless given)
+SETS: dict[str, tuple[Callable[[int], list[Path]], int, dict]] = {
+    "demo": (demo_images, 32, DEMO_AUGMENT),
+    "photos": (photo_images, 224, {}),
+    "small": (small_images, 64, {}),
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m hw1.parity", description=__doc__)
+    parser.add_argument("--sets", nargs="+", choices=SETS, default=list(SETS))
+    parser.add_argument("--images", type=int, default=24, help="files per set")
+    parser.add_argument("--draws", type=int, default=4, help="parameter draws per file")
+    parser.add_argument("--seed", type=int, default=0)
+    sub = parser.add_subparsers(dest="command")
+    jpegs = sub.add_parser("jpegs", help="a data set rewritten as JPEGs of varied sizes")
+    jpegs.add_argument("source", type=Path)
+    jpegs.add_argument("target", type=Path)
+    jpegs.add_argument("--min", type=int, default=20, help="shortest longer side, px")
+    jpegs.add_argument("--max", type=int, default=40, help="longest longer side, px")
+    jpegs.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.command == "jpegs":
+        print(make_jpegs(args.source, args.target, (args.min, args.max), args.seed))
+        return
+    rows = []
+    for name in args.sets:
+        files, size, augment = SETS[name]
+        rows += measure(files(args.images), size, args.draws, args.seed, name, **augment)
+    print(
+        f"{args.images} files per set, {args.draws} draws each, the report's augmentation "
+        "(demo: the demo's); "
+        "MAD: mean absolute difference in grey levels (mean), PSNR in dB (median); "
+        "colour: the fast jitter on the reference's warp"
+    )
+    print("\n".join(table(rows)))
+
+
+if __name__ == "__main__":
+    main()
