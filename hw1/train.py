@@ -138,6 +138,7 @@ HPARAM_GROUPS = (
     "head",
     "optim",
     "backbone_lr_factor",
+    "param_groups",
     "sched",
     "loss",
     "mix",
