@@ -277,6 +277,12 @@ class Classifier(L.LightningModule):
         self.val_history: list[dict[str, float]] = []  # per epoch, for metrics.json
         self.train_images = 0  # seen by training steps, for the run summary's images/s
 
+    def setup(self, stage: str) -> None:
+        # After the data module's setup: the training set's class counts are known.
+        if stage == "fit" and getattr(self.criterion, "class_weights", None):
+            targets = self.trainer.datamodule.train_set.targets
+            self.criterion.count_classes(targets, len(self.class_names))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
 
