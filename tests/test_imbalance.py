@@ -6,6 +6,7 @@ import lightning as L
 import pytest
 import torch
 from conftest import datamodule, make_hw1_folder
+from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
 from torch.utils.data import RandomSampler
 
 from hw1.check import report
@@ -47,6 +48,23 @@ def test_the_balanced_sampler_is_seeded_per_epoch():
     b.set_epoch(4)
     assert list(a) != list(b)
     assert list(BalancedSampler(TARGETS, seed=2)) != list(BalancedSampler(TARGETS, seed=1))
+
+
+def test_under_ddp_each_process_takes_its_share_of_the_same_draws():
+    # What Lightning does with a custom sampler under DDP: DistributedSamplerWrapper.
+    targets = TARGETS + [2]  # 40 indices: two equal shares, no padding
+    for epoch in (0, 5):
+        shares = []
+        for rank in (0, 1):
+            wrapper = DistributedSamplerWrapper(
+                BalancedSampler(targets, seed=3), num_replicas=2, rank=rank, shuffle=True
+            )
+            wrapper.set_epoch(epoch)
+            shares.append(list(wrapper))
+        whole = BalancedSampler(targets, seed=3)
+        whole.set_epoch(epoch)
+        assert len(shares[0]) == len(shares[1]) == 20
+        assert Counter(shares[0] + shares[1]) == Counter(whole)
 
 
 def test_data_sampler_balanced_samples_train_only_and_shuffles_without_it(tmp_path):
