@@ -1,8 +1,8 @@
 """The optimizer's parameter groups: the backbone's learning rate factor, layer-wise
 learning rate decay and no weight decay on normalisation weights and biases.
 
-Pure functions of (name, parameter) pairs named as in ``Classifier``: ``head.*`` and
-``backbone.net.<stage>.*`` with the stem ``conv1``/``bn1`` and the stages ``layer1..4``.
+The groups follow the parameters' names in ``Classifier``: ``head.*`` and
+``backbone.net.<stage>.*``, with the stem ``conv1``/``bn1`` and the stages ``layer1..4``.
 """
 
 from __future__ import annotations
