@@ -259,8 +259,7 @@ class Classifier(L.LightningModule):
         (default: plain cross-entropy). ``mix``: ``BatchMix``'s config (default: none).
         ``backbone_lr_factor``: the backbone's learning rate as a fraction of the head's
         (``optim.lr``), for a second parameter group; 1 keeps one group, as the report
-        trained. ``param_groups``: ``decay_norm_bias`` and ``layer_decay``
-        (``hw1.param_groups.optimizer_params``)."""
+        trained. ``param_groups``: ``hw1.param_groups.optimizer_params``' options."""
         super().__init__()
         self.save_hyperparameters()
         self.class_names = list(class_names)
@@ -360,8 +359,7 @@ class Classifier(L.LightningModule):
         preprocess: dict[str, Any] | None = None,
     ) -> Classifier:
         """The Classifier of a composed run config (conf/train.yaml): its model, head, optim,
-        sched, loss and mix groups and param_groups, resolved to plain dicts, and
-        ``backbone_lr_factor``."""
+        sched, loss, mix and param_groups, resolved to plain dicts, and ``backbone_lr_factor``."""
         groups = {
             group: OmegaConf.to_container(cfg[group], resolve=True)
             for group in ("model", "head", "optim", "sched", "loss", "mix", "param_groups")
