@@ -7,6 +7,7 @@ stop training. Decoding is shared with training: its results are cached in the d
 
 from __future__ import annotations
 
+import math
 import statistics
 import sys
 from collections import Counter, defaultdict
@@ -18,6 +19,7 @@ from omegaconf import DictConfig
 
 from hw1.data import FolderDataModule
 from hw1.errors import reported
+from hw1.imbalance import IMBALANCED
 from hw1.scan import (
     ImageInfo,
     check_test_images,
@@ -48,6 +50,7 @@ def split_files(root: Path) -> dict[str, list[tuple[Path, str | None]]]:
 
 def table(root: Path, found: dict, info: dict[Path, ImageInfo]) -> list[str]:
     lines = [f"{'split':<6}{'images':>8}  {'per class min / median / max':<30}{'max/min':>8}"]
+    advice = []
     for split, files in found.items():
         readable = [(p, c) for p, c in files if info[p].readable]
         per_class, ratio = "", ""
@@ -55,8 +58,16 @@ def table(root: Path, found: dict, info: dict[Path, ImageInfo]) -> list[str]:
             counts = Counter(c for _, c in readable)
             sizes = [counts.get(name, 0) for name in class_names(root / split)]
             per_class = spread(sizes)
-            ratio = f"{max(sizes) / min(sizes):.1f}" if sizes and min(sizes) else "inf"
+            imbalance = max(sizes) / min(sizes) if sizes and min(sizes) else math.inf
+            ratio = f"{imbalance:.1f}"
+            if split == "train" and IMBALANCED <= imbalance < math.inf:
+                advice.append(
+                    f"train's classes are imbalanced (max/min {ratio}): to draw each class "
+                    "equally often train with data.sampler=balanced, or weight the loss "
+                    "with loss.class_weights=balanced"
+                )
         lines.append(f"{split:<6}{len(readable):>8}  {per_class:<30}{ratio:>8}")
+    lines += advice
     lines.append("image sizes (width; height: min / median / max)")
     for split, files in found.items():
         kept = [info[p] for p, _ in files if info[p].readable]

@@ -22,6 +22,7 @@ from hw1 import demo
 from hw1.device_batches import DeviceBatches, Normalise
 from hw1.errors import UserFileNotFoundError, UserValueError
 from hw1.fast_pipeline import DraftDecoder, FastTrainPreset
+from hw1.imbalance import BalancedSampler
 from hw1.presets import EvalSpec, ViewStack, eval_preset, eval_spec, train_preset
 from hw1.scan import (
     check_test_images,
@@ -184,6 +185,7 @@ class FolderDataModule(DeviceBatches):
         fold: int = 0,
         eval_size: int | None = None,
         max_image_pixels: int | None = None,
+        sampler: str | None = None,
     ) -> None:
         """``pipeline``: the train augmentation's implementation, ``fast`` or
         ``reference`` (``train_pipeline``). ``folds=K``: cross-validation,
@@ -191,8 +193,11 @@ class FolderDataModule(DeviceBatches):
         validated on. ``eval_size``: evaluate (val, TTA, predict) at another size than
         ``image_size`` trains at, e.g. train at 224 and test at 288. ``max_image_pixels``:
         larger images are left out (test images: an error), their size reported; default
-        Pillow's limit (``hw1.scan.DEFAULT_MAX_PIXELS``)."""
+        Pillow's limit (``hw1.scan.DEFAULT_MAX_PIXELS``). ``sampler``: null (shuffle) or
+        ``balanced`` (``hw1.imbalance.BalancedSampler``: every class equally often)."""
         super().__init__()
+        if sampler not in (None, "balanced"):
+            raise UserValueError(f"data.sampler={sampler}: use null (shuffle) or balanced")
         if val_split is not None and not 0 < val_split < 1:
             raise UserValueError(f"data.val_split={val_split}: use null or a fraction in (0, 1)")
         if folds is not None and not (folds >= 2 and 0 <= fold < folds):
@@ -328,10 +333,12 @@ class FolderDataModule(DeviceBatches):
             self.test_set = UnlabeledImages(self.test_dir)
 
     def _loader(self, dataset: Dataset, shuffle: bool = False) -> DataLoader:
+        balanced = shuffle and self.hparams.sampler == "balanced"
         return DataLoader(
             dataset,
             batch_size=self.hparams.batch_size,
-            shuffle=shuffle,
+            shuffle=shuffle and not balanced,
+            sampler=BalancedSampler(dataset.targets, self.hparams.seed) if balanced else None,
             # BatchNorm heads (v3, v4) cannot train on a last batch of one image.
             drop_last=shuffle and len(dataset) > self.hparams.batch_size,
             num_workers=self.hparams.num_workers,

@@ -21,6 +21,7 @@ from torchvision.models import WeightsEnum, get_model
 from torchvision.transforms import v2
 
 from hw1.errors import UserFileNotFoundError, UserRuntimeError, UserValueError
+from hw1.param_groups import optimizer_params
 from hw1.weights import check_fits, download_hint, resolve_weights, safe_load
 
 STAGES = ("layer1", "layer2", "layer3", "layer4")
@@ -251,13 +252,14 @@ class Classifier(L.LightningModule):
         loss: dict[str, Any] | None = None,
         mix: dict[str, Any] | None = None,
         backbone_lr_factor: float = 1.0,
+        param_groups: dict[str, Any] | None = None,
     ) -> None:
         """``preprocess``: the eval spec (``EvalSpec.to_dict()``), kept so that prediction
         from a checkpoint needs no training overrides. ``loss``: the criterion's config
         (default: plain cross-entropy). ``mix``: ``BatchMix``'s config (default: none).
         ``backbone_lr_factor``: the backbone's learning rate as a fraction of the head's
         (``optim.lr``), for a second parameter group; 1 keeps one group, as the report
-        trained."""
+        trained. ``param_groups``: ``hw1.param_groups.optimizer_params``' options."""
         super().__init__()
         self.save_hyperparameters()
         self.class_names = list(class_names)
@@ -273,6 +275,12 @@ class Classifier(L.LightningModule):
         self.val_confusion = MulticlassConfusionMatrix(num_classes)  # drawn by TensorBoardFigures
         self.val_history: list[dict[str, float]] = []  # per epoch, for metrics.json
         self.train_images = 0  # seen by training steps, for the run summary's images/s
+
+    def setup(self, stage: str) -> None:
+        # After the data module's setup: the training set's class counts are known.
+        if stage == "fit" and getattr(self.criterion, "class_weights", None):
+            targets = self.trainer.datamodule.train_set.targets
+            self.criterion.count_classes(targets, len(self.class_names))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
@@ -332,12 +340,10 @@ class Classifier(L.LightningModule):
         return keys, self.predict_probs(x)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        optim, factor = self.hparams.optim, self.hparams.backbone_lr_factor
+        optim, groups = self.hparams.optim, self.hparams.param_groups or {}
         backbone, head = self.backbone.trainable_parameters(), list(self.head.parameters())
-        params: list[Any] = backbone + head
-        if factor != 1.0:
-            params = [{"params": head}, {"params": backbone, "lr": optim["lr"] * factor}]
-        optimizer = instantiate(optim)(params)
+        lr, factor = optim.get("lr"), self.hparams.backbone_lr_factor
+        optimizer = instantiate(optim)(optimizer_params(self, backbone, head, lr, factor, **groups))
         check_eps(optimizer, self.dtype)
         scheduler = instantiate(self.hparams.sched)(optimizer)
         return {
@@ -353,10 +359,10 @@ class Classifier(L.LightningModule):
         preprocess: dict[str, Any] | None = None,
     ) -> Classifier:
         """The Classifier of a composed run config (conf/train.yaml): its model, head, optim,
-        sched, loss and mix groups, resolved to plain dicts, and ``backbone_lr_factor``."""
+        sched, loss, mix and param_groups, resolved to plain dicts, and ``backbone_lr_factor``."""
         groups = {
             group: OmegaConf.to_container(cfg[group], resolve=True)
-            for group in ("model", "head", "optim", "sched", "loss", "mix")
+            for group in ("model", "head", "optim", "sched", "loss", "mix", "param_groups")
         }
         return cls(
             **groups,

@@ -139,6 +139,8 @@ def load_run(run_dir: Path, refs: dict[str, dict[str, str]]) -> dict[str, Any]:
     metrics = json.loads((run_dir / "metrics.json").read_text())
     run_id = metrics.get("id") or run_name(run_dir)
     family = metrics.get("family") or refs.get(run_id, {}).get("family") or "runs"
+    if metrics.get("id") and metrics.get("init_from"):
+        run_id += " (init_from)"  # a later stage: a row of its own, beside its first stage's
     return {
         "dir": run_dir,
         "id": run_id,
@@ -177,6 +179,7 @@ def summarise(runs: list[dict[str, Any]], refs: dict[str, dict[str, str]]) -> li
             "id": run_id,
             "runs": len(ms),
             "seeds": " ".join(str(m.get("seed")) for m in ms),
+            "init_from": " ".join(dict.fromkeys(m["init_from"] for m in ms if m.get("init_from"))),
             **members[0]["settings"],
             "params": params,
             "over_limit": params >= PARAM_LIMIT,
@@ -254,12 +257,13 @@ def _acc(value: float | None, std: float | None, runs: int, ci: tuple | None) ->
 
 
 def _settings_text(row: dict) -> str:
+    source = f" from {row['init_from']}" if row.get("init_from") else ""
     if "arch" not in row:
-        return "-"
+        return source.strip() or "-"
     return (
         f"{row['arch']} b{row['batch_size']} stages={row['trainable_stages']} "
         f"w={row['weights']} {row['head']} p={row['dropout']} lr={row['lr']} {row['sched']} "
-        f"tta={row['tta']}"
+        f"tta={row['tta']}{source}"
     )
 
 
@@ -302,9 +306,9 @@ def markdown(rows: list[dict]) -> str:
 
 
 CSV_FIELDS = [
-    "family", "id", "runs", "seeds", "arch", "batch_size", "trainable_stages", "weights",
-    "head", "dropout", "lr", "sched", "tta", "params", "over_limit", "val_acc", "val_acc_std",
-    "val_ci_low", "val_ci_high", "val_images", "best_epoch", "epochs", "wall_time_s",
+    "family", "id", "runs", "seeds", "init_from", "arch", "batch_size", "trainable_stages",
+    "weights", "head", "dropout", "lr", "sched", "tta", "params", "over_limit", "val_acc",
+    "val_acc_std", "val_ci_low", "val_ci_high", "val_images", "best_epoch", "epochs", "wall_time_s",
     "test_acc", "test_acc_std", "test_ci_low", "test_ci_high", "test_images", "report_val",
     "report_test", "delta_val", "delta_test", "folds", "oof_acc", "oof_ci_low", "oof_ci_high",
     "oof_images", "vs_best",

@@ -37,6 +37,7 @@ from hw1.errors import UserFileNotFoundError, UserValueError, reported
 from hw1.io import csv_text, write_atomically
 from hw1.model import Classifier
 from hw1.predict import predict_rows, submission_rows
+from hw1.stages import check_start, load_weights
 from hw1.stopping import last_checkpoint
 from hw1.weights import safe_load
 
@@ -138,6 +139,8 @@ HPARAM_GROUPS = (
     "head",
     "optim",
     "backbone_lr_factor",
+    "param_groups",
+    "init_from",
     "sched",
     "loss",
     "mix",
@@ -212,11 +215,14 @@ def train(
     ``extra_callbacks`` join the configured ones (hw1.tune's pruning callback);
     ``make_model`` builds the model (hw1.distill's student)."""
     require_multirun_for_a_family(cfg)
+    check_start(cfg.init_from, cfg.ckpt_path)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     L.seed_everything(cfg.seed, workers=True)
     start = time.time()
 
     datamodule, model = data_and_model(cfg, make_model)
+    if cfg.init_from and not cfg.resume:  # resumed, a stage continues from its own last.ckpt
+        load_weights(model, cfg.init_from)
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     callbacks += extra_callbacks
     check_swa(callbacks)
@@ -291,6 +297,7 @@ def fit_metrics(
         "id": cfg.id,
         "family": cfg.family,
         "seed": cfg.seed,
+        "init_from": cfg.init_from,  # the checkpoint a second stage started from
         "val_images": len(datamodule.val_set),  # for the confidence intervals of hw1.report
         "folds": folds,  # cross-validation: hw1.report pools the folds
         "fold": datamodule.hparams.fold if folds else None,
