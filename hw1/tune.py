@@ -14,6 +14,7 @@ processes can share one study.
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any
 
 import lightning as L
 import optuna
+import sqlalchemy.exc
 import torch
 from hydra import compose, initialize_config_dir
 from hydra._internal.callbacks import Callbacks
@@ -96,10 +98,21 @@ def storage_of(cfg: DictConfig, must_exist: bool = False) -> optuna.storages.Bas
             )
         path.parent.mkdir(parents=True, exist_ok=True)
         url = f"sqlite:///{path}"
-    if url.startswith("sqlite"):
-        # Processes sharing the file wait for each other's writes rather than failing.
-        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
-    return url
+    # SQLite: processes sharing the file wait for each other's writes rather than failing.
+    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    return open_storage(url, engine)
+
+
+def open_storage(url: str, engine_kwargs: dict, attempts: int = 5) -> optuna.storages.RDBStorage:
+    """Optuna's RDBStorage, retried: it creates its tables and stamps their version without
+    a lock, so processes starting on one new study at the same moment can collide (an
+    IntegrityError or "table already exists"); a second try finds the tables made."""
+    for attempt in range(1, attempts):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError):
+            time.sleep(0.5 * attempt)
+    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
 
 
 class Pruning(PyTorchLightningPruningCallback):

@@ -7,11 +7,13 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import optuna
 import pytest
+import sqlalchemy.exc
 import torch
 from conftest import TINY, make_hw1_folder
 from hydra.utils import instantiate
@@ -21,7 +23,15 @@ from optuna.trial import TrialState
 from hw1.config import compose_config
 from hw1.errors import UserValueError
 from hw1.search_space import distributions
-from hw1.tune import Objective, check_settings, main, split_overrides, tune_config, tune_keys
+from hw1.tune import (
+    Objective,
+    check_settings,
+    main,
+    open_storage,
+    split_overrides,
+    tune_config,
+    tune_keys,
+)
 
 
 def tiny(*searched: str) -> list[str]:
@@ -241,6 +251,27 @@ def test_the_lr_finder_prints_a_suggestion_and_writes_its_plot(tmp_path):
     )
     assert "suggested optim.lr=" in out or "no suggestion" in out
     assert (run_dir / "lr_find.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_opening_a_new_study_retries_when_another_process_creates_its_tables(tmp_path, monkeypatch):
+    """Two processes starting on one new storage can both create Optuna's tables; the one
+    that loses the race must try again rather than fail."""
+    calls = []
+
+    class Racing(optuna.storages.RDBStorage):
+        def __init__(self, url, **kwargs):
+            calls.append(url)
+            super().__init__(url, **kwargs)
+            if len(calls) == 1:  # the other process stamped the tables' version first
+                raise sqlalchemy.exc.IntegrityError("INSERT INTO alembic_version", {}, None)
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", Racing)
+    monkeypatch.setattr(time, "sleep", lambda s: None)
+    url = sqlite(tmp_path)
+    storage = open_storage(url, {})
+    assert len(calls) == 2
+    optuna.create_study(study_name="s", storage=storage).optimize(lambda t: 1.0, n_trials=1)
+    assert len(optuna.load_study(study_name="s", storage=url).trials) == 1
 
 
 @pytest.mark.slow
