@@ -225,7 +225,7 @@ def check_eps(optimizer: torch.optim.Optimizer, dtype: torch.dtype) -> None:
     for group in optimizer.param_groups:
         eps = group.get("eps")
         if isinstance(eps, float) and eps > 0 and torch.tensor(eps, dtype=dtype) == 0:
-            raise ValueError(
+            raise UserValueError(
                 f"optim.eps={eps} is 0 in {dtype} (trainer.precision=16-true): the weights "
                 "would turn NaN at the first step. Train with trainer.precision=16-mixed "
                 "(float16 compute, float32 weights) or bf16-true, or raise the optimizer's "

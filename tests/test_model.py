@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from hw1.device_batches import LoaderDataModule
+from hw1.errors import UserValueError
 from hw1.model import Backbone, Classifier, cosine_then_flat, make_head
 from hw1.presets import eval_spec
 
@@ -240,7 +241,7 @@ def test_16_true_with_adamws_default_eps_is_refused_before_any_step():
         accelerator="cpu", precision="16-true", fast_dev_run=True, logger=False,
         enable_progress_bar=False, enable_model_summary=False,
     )  # fmt: skip
-    with pytest.raises(ValueError, match=r"optim\.eps=1e-08 is 0 in torch\.float16.*16-mixed"):
+    with pytest.raises(UserValueError, match=r"optim\.eps=1e-08 is 0 in torch\.float16.*16-mixed"):
         trainer.fit(model, datamodule=LoaderDataModule(eval_spec(32), _uint8_batches()))
     weight = model.head[0].weight
     assert torch.equal(weight, before.to(weight.dtype))  # converted, never stepped
