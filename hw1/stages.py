@@ -14,7 +14,7 @@ from pathlib import Path
 from torch import nn
 
 from hw1.errors import UserFileNotFoundError, UserValueError
-from hw1.weights import safe_load
+from hw1.weights import first_keys, mismatched_keys, safe_load
 
 
 def check_start(init_from: str | None, ckpt_path: str | None) -> None:
@@ -25,10 +25,6 @@ def check_start(init_from: str | None, ckpt_path: str | None) -> None:
             "new run from a checkpoint's weights (new optimizer, schedule, epoch 0); "
             "ckpt_path resumes a run from its checkpoint (optimizer and epoch included)"
         )
-
-
-def first_keys(keys: list[str]) -> str:
-    return ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
 
 
 def described(hparams) -> str:
@@ -58,19 +54,14 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> None:
             "a second stage trains on the classes of the first"
         )
     state, own = ckpt["state_dict"], model.state_dict()
+    missing, unexpected, reshaped = mismatched_keys(state, own)
+    wrong = [f"{k} {tuple(state[k].shape)} (the model: {tuple(own[k].shape)})" for k in reshaped]
     problems = [
         f"{label} {first_keys(keys)}"
         for label, keys in (
-            ("missing", [k for k in own if k not in state]),
-            ("unexpected", [k for k in state if k not in own]),
-            (
-                "other shapes",
-                [
-                    f"{k} {tuple(v.shape)} (the model: {tuple(own[k].shape)})"
-                    for k, v in state.items()
-                    if k in own and v.shape != own[k].shape
-                ],
-            ),
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("other shapes", wrong),
         )
         if keys
     ]

@@ -61,20 +61,31 @@ def safe_load(path: Path) -> dict[str, Any]:
         ) from None
 
 
+def first_keys(keys: list[str]) -> str:
+    """The first three keys, and ``...`` when there are more."""
+    return ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
+
+
+def mismatched_keys(
+    state: dict[str, torch.Tensor], own: dict[str, torch.Tensor]
+) -> tuple[list[str], list[str], list[str]]:
+    """The keys of a model's state dict ``own`` that ``state`` lacks, the keys of ``state``
+    the model lacks, and the keys both hold with other shapes."""
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    reshaped = [k for k, v in state.items() if k in own and v.shape != own[k].shape]
+    return missing, unexpected, reshaped
+
+
 def check_fits(
     state: dict[str, torch.Tensor], own: dict[str, torch.Tensor], what: str, arch: str
 ) -> None:
     """A clear error, naming the first keys, when a state dict is not for this network
     (load_state_dict's message lists every key of a wrong file)."""
-    wrong = [
-        f"{k} {tuple(v.shape)} (the model has {tuple(own[k].shape)})"
-        for k, v in state.items()
-        if k in own and v.shape != own[k].shape
-    ]
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
+    missing, unexpected, reshaped = mismatched_keys(state, own)
+    wrong = [f"{k} {tuple(state[k].shape)} (the model has {tuple(own[k].shape)})" for k in reshaped]
     problems = [
-        f"{label} ({len(keys)}): {', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''}"
+        f"{label} ({len(keys)}): {first_keys(keys)}"
         for label, keys in (
             ("other shapes", wrong),
             ("missing", missing),
