@@ -38,7 +38,9 @@ class Normalise:
             return x.to(dtype)
         if self.mean.device != x.device:
             self.mean, self.std = self.mean.to(x.device), self.std.to(x.device)
-        return x.div_(255).sub_(self.mean).div_(self.std).to(dtype)
+        # The reference's ToDtype(scale=True) and Normalize, operation for operation, so that
+        # the same pixels give the same floats to the bit.
+        return x.mul_(1 / 255).sub_(self.mean).div_(self.std).to(dtype)
 
 
 class DeviceBatches(L.LightningDataModule):

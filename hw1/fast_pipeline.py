@@ -35,41 +35,27 @@ class Draw:
     jitter: tuple[float, float, float, float]  # the four factors (hue: a fraction of a turn)
 
 
-class Uniforms:
-    """Uniform [0, 1) numbers from torch's generator, drawn in one call per image: a
-    torch call per parameter costs more than the rest of the drawing."""
-
-    def __init__(self, n: int = 40) -> None:
-        self.values = iter(torch.rand(n).tolist())
-
-    def __call__(self, low: float = 0.0, high: float = 1.0) -> float:
-        return low + (high - low) * next(self.values)
-
-    def integer(self, n: int) -> int:
-        """One of 0 .. n - 1, each as likely."""
-        return min(int(self(0, n)), n - 1)
+def _uniform(low: float, high: float) -> float:
+    """One number from torch's generator, drawn as torchvision's transforms draw theirs."""
+    return torch.empty(1).uniform_(low, high).item()
 
 
 def crop_box(
-    width: int,
-    height: int,
-    scale: tuple[float, float],
-    ratio=(3 / 4, 4 / 3),
-    uniform: Uniforms | None = None,
+    width: int, height: int, scale: tuple[float, float], ratio=(3 / 4, 4 / 3)
 ) -> tuple[int, int, int, int]:
-    """RandomResizedCrop's box, drawn as torchvision draws it (ten tries, then the centre
-    crop) but from the image's size alone, so it can be drawn before decoding."""
-    uniform = uniform or Uniforms()
+    """RandomResizedCrop's box, drawn with the very calls torchvision's ``make_params``
+    makes (ten tries, then the centre crop), but from the image's size alone, so that it
+    can be drawn before decoding."""
     area = width * height
-    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    log_ratio = torch.log(torch.tensor(ratio))
     for _ in range(10):
-        target = area * uniform(*scale)
-        aspect = math.exp(uniform(*log_ratio))
+        target = area * _uniform(*scale)
+        aspect = torch.exp(torch.empty(1).uniform_(log_ratio[0], log_ratio[1])).item()
         w = round(math.sqrt(target * aspect))
         h = round(math.sqrt(target / aspect))
         if 0 < w <= width and 0 < h <= height:
-            top = uniform.integer(height - h + 1)
-            left = uniform.integer(width - w + 1)
+            top = torch.randint(0, height - h + 1, size=(1,)).item()
+            left = torch.randint(0, width - w + 1, size=(1,)).item()
             return left, top, w, h
     in_ratio = width / height
     if in_ratio < min(ratio):
@@ -164,25 +150,29 @@ class FastTrainPreset:
         self.after = T.Compose(after) if after else None
 
     def draw(self, width: int, height: int) -> Draw:
-        """Parameters for an upright image of this size, drawn from torch's generator as
-        torchvision draws them (seed_everything and DataLoader workers seed it)."""
-        uniform = Uniforms()
-        box = crop_box(width, height, self.scale, uniform=uniform)
-        flip = self.hflip > 0 and uniform() < self.hflip
-        angle = uniform(-self.rotation, self.rotation) if self.rotation else 0.0
-        shift = tuple(
-            round(uniform(-t * self.size, t * self.size)) if t else 0 for t in self.translate
-        )
-        b, c, s, h = self.jitter
-        # The order of the four jitters: a uniformly random permutation, like randperm(4).
-        keys = [uniform() for _ in range(4)]
-        order = tuple(sorted(range(4), key=keys.__getitem__)) if any(self.jitter) else ()
-        factors = (
-            uniform(1 - b, 1 + b) if b else 1.0,
-            uniform(1 - c, 1 + c) if c else 1.0,
-            uniform(1 - s, 1 + s) if s else 1.0,
-            uniform(-h, h) if h else 0.0,
-        )
+        """Parameters for an upright image of this size, drawn from torch's generator with
+        the calls, in the order, that the reference's transforms make (``train_preset``):
+        under one seed the two pipelines draw the same parameters, so a seed pairs them
+        (seed_everything and DataLoader workers seed the generator)."""
+        box = crop_box(width, height, self.scale)
+        flip = self.hflip > 0 and bool(torch.rand(1) < self.hflip)
+        order, factors = (), colour_jitter.IDENTITY
+        if any(self.jitter):
+            order = tuple(torch.randperm(4).tolist())
+            # ColorJitter's ranges; it draws nothing for a part that is 0.
+            b, c, s, h = self.jitter
+            factors = (
+                _uniform(max(0.0, 1 - b), 1 + b) if b else 1.0,
+                _uniform(max(0.0, 1 - c), 1 + c) if c else 1.0,
+                _uniform(max(0.0, 1 - s), 1 + s) if s else 1.0,
+                _uniform(-h, h) if h else 0.0,
+            )
+        angle = _uniform(-self.rotation, self.rotation) if self.rotation else 0.0
+        shift = (0, 0)
+        if any(self.translate):
+            _uniform(0.0, 0.0)  # RandomAffine(degrees=0) draws its angle all the same
+            tx, ty = (round(_uniform(-t * self.size, t * self.size)) for t in self.translate)
+            shift = (tx, ty)
         return Draw(box, flip, angle, shift, order, factors)
 
     def decode_size(self, draw: Draw, width: int, height: int) -> tuple[int, int]:

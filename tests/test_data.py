@@ -255,6 +255,23 @@ def test_deferred_batches_get_their_last_steps_and_normalisation_on_the_device()
     assert labels.tolist() == [0, 1, 2, 3]
 
 
+def test_under_one_seed_both_pipelines_give_the_model_the_same_first_batches(tmp_path):
+    """Through the data module, DataLoader and device step: the same normalised batches
+    from either pipeline under one seed (simplejpeg's and PIL's decodes within a level)."""
+    make_hw1_folder(tmp_path, ["a", "b"], train=6, val=1, test=0, size=40)
+    batches = {}
+    for pipeline in ("fast", "reference"):
+        data = datamodule(tmp_path, pipeline=pipeline)
+        data.validate()
+        data.setup("fit")
+        L.seed_everything(7)
+        loader = iter(data.train_dataloader())
+        batches[pipeline] = [data.on_after_batch_transfer(next(loader), 0) for _ in range(2)]
+    for (x, y), (xr, yr) in zip(batches["fast"], batches["reference"], strict=True):
+        assert torch.equal(y, yr)
+        assert (x - xr).abs().mean() < 0.1 / 255 / min(IMAGENET_STD)
+
+
 def test_a_fit_on_deferred_batches_shows_callbacks_the_finished_normalised_batch():
     """Lightning moves the Deferred batch to the device as it is (a named tuple), and what
     callbacks see (TensorBoardFigures' augmented samples) is the finished batch."""
@@ -366,8 +383,10 @@ def test_validation_and_tta_batches_travel_as_uint8_and_are_normalised_on_the_de
     views, keys = next(iter(data.predict_dataloader()))
     assert views.dtype == torch.uint8 and views.shape == (4, 4, 3, 32, 32)
     out, same_keys = data.on_after_batch_transfer((views, keys), 0)
-    # Bit for bit what the views' float path gives: predictions keep their bytes.
-    assert torch.equal(out, TF.normalize(views.float().div(255), mean, std))
+    # Bit for bit what torchvision's ToDtype(scale=True) and Normalize give: predictions
+    # keep their bytes, and the two train pipelines' batches agree to the bit.
+    expected = TF.normalize(TF.to_dtype(views, torch.float32, scale=True), mean, std)
+    assert torch.equal(out, expected)
     assert same_keys == keys
 
 
