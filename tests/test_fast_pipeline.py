@@ -45,7 +45,7 @@ MEAN_TOLERANCE = 0.05
         Draw((20, 10, 100, 80), True, 9.0, (5, -3), (2, 1, 0), (0.85, 0.8, 1.2, 0.0)),
     ],
 )
-def test_fast_warp_and_jitter_match_the_reference_for_the_same_parameters(draw):
+def test_fast_steps_match_the_reference_for_the_same_parameters(draw):
     """Crop, resize, flip, the colour jitter, rotation and shift (black bands and corners
     included): the reference's own steps, but for the resize's rounding (a level at most,
     which a later step may widen)."""
