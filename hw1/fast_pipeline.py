@@ -35,22 +35,37 @@ class Draw:
     jitter: tuple[float, float, float, float]  # the four factors (hue: a fraction of a turn)
 
 
-def _uniform(low: float, high: float) -> float:
-    """One number from torch's generator, drawn as torchvision's transforms draw theirs."""
-    return torch.empty(1).uniform_(low, high).item()
+class _Draws:
+    """Numbers from torch's generator, drawn with the calls torchvision's transforms make,
+    into one reused tensor (half the cost of a new one per number)."""
+
+    def __init__(self) -> None:
+        self.buffer = torch.empty(1)
+
+    def uniform(self, low: float, high: float) -> float:
+        return self.buffer.uniform_(low, high).item()
+
+    def exp_uniform(self, low: float, high: float) -> float:
+        """exp of a uniform number, in float32 as ``torch.exp`` of the tensor."""
+        return self.buffer.uniform_(low, high).exp_().item()
+
+
+# RandomResizedCrop's default ratio and its logarithm, as torchvision computes it (float32).
+RATIO = (3 / 4, 4 / 3)
+_LOG_RATIO = tuple(torch.log(torch.tensor(RATIO)).tolist())
 
 
 def crop_box(
-    width: int, height: int, scale: tuple[float, float], ratio=(3 / 4, 4 / 3)
+    width: int, height: int, scale: tuple[float, float], draws: _Draws | None = None
 ) -> tuple[int, int, int, int]:
     """RandomResizedCrop's box, drawn with the very calls torchvision's ``make_params``
     makes (ten tries, then the centre crop), but from the image's size alone, so that it
     can be drawn before decoding."""
+    draws = draws or _Draws()
     area = width * height
-    log_ratio = torch.log(torch.tensor(ratio))
     for _ in range(10):
-        target = area * _uniform(*scale)
-        aspect = torch.exp(torch.empty(1).uniform_(log_ratio[0], log_ratio[1])).item()
+        target = area * draws.uniform(*scale)
+        aspect = draws.exp_uniform(*_LOG_RATIO)
         w = round(math.sqrt(target * aspect))
         h = round(math.sqrt(target / aspect))
         if 0 < w <= width and 0 < h <= height:
@@ -58,10 +73,10 @@ def crop_box(
             left = torch.randint(0, width - w + 1, size=(1,)).item()
             return left, top, w, h
     in_ratio = width / height
-    if in_ratio < min(ratio):
-        w, h = width, round(width / min(ratio))
-    elif in_ratio > max(ratio):
-        w, h = round(height * max(ratio)), height
+    if in_ratio < min(RATIO):
+        w, h = width, round(width / min(RATIO))
+    elif in_ratio > max(RATIO):
+        w, h = round(height * max(RATIO)), height
     else:
         w, h = width, height
     return (width - w) // 2, (height - h) // 2, w, h
@@ -141,6 +156,7 @@ class FastTrainPreset:
         self.size, self.interpolation = spec.crop, spec.interpolation
         self.resample = Image.Resampling[spec.interpolation.name]
         self.scale, self.hflip = tuple(a.scale), a.hflip
+        self.hflip32 = torch.tensor(a.hflip).item()
         self.jitter, self.rotation, self.translate = tuple(a.jitter), a.rotation, tuple(a.translate)
         # The options beyond the report run on the uint8 output; the erased box is filled
         # with the mean colour, what the reference's 0 after normalisation is.
@@ -154,24 +170,26 @@ class FastTrainPreset:
         the calls, in the order, that the reference's transforms make (``train_preset``):
         under one seed the two pipelines draw the same parameters, so a seed pairs them
         (seed_everything and DataLoader workers seed the generator)."""
-        box = crop_box(width, height, self.scale)
-        flip = self.hflip > 0 and bool(torch.rand(1) < self.hflip)
+        draws = _Draws()
+        box = crop_box(width, height, self.scale, draws)
+        # torch.rand(1) < p compares in float32: p rounded to float32 gives the same answer.
+        flip = self.hflip > 0 and torch.rand(1).item() < self.hflip32
         order, factors = (), colour_jitter.IDENTITY
         if any(self.jitter):
             order = tuple(torch.randperm(4).tolist())
             # ColorJitter's ranges; it draws nothing for a part that is 0.
             b, c, s, h = self.jitter
             factors = (
-                _uniform(max(0.0, 1 - b), 1 + b) if b else 1.0,
-                _uniform(max(0.0, 1 - c), 1 + c) if c else 1.0,
-                _uniform(max(0.0, 1 - s), 1 + s) if s else 1.0,
-                _uniform(-h, h) if h else 0.0,
+                draws.uniform(max(0.0, 1 - b), 1 + b) if b else 1.0,
+                draws.uniform(max(0.0, 1 - c), 1 + c) if c else 1.0,
+                draws.uniform(max(0.0, 1 - s), 1 + s) if s else 1.0,
+                draws.uniform(-h, h) if h else 0.0,
             )
-        angle = _uniform(-self.rotation, self.rotation) if self.rotation else 0.0
+        angle = draws.uniform(-self.rotation, self.rotation) if self.rotation else 0.0
         shift = (0, 0)
         if any(self.translate):
-            _uniform(0.0, 0.0)  # RandomAffine(degrees=0) draws its angle all the same
-            tx, ty = (round(_uniform(-t * self.size, t * self.size)) for t in self.translate)
+            draws.uniform(0.0, 0.0)  # RandomAffine(degrees=0) draws its angle all the same
+            tx, ty = (round(draws.uniform(-t * self.size, t * self.size)) for t in self.translate)
             shift = (tx, ty)
         return Draw(box, flip, angle, shift, order, factors)
 
