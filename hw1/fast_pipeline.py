@@ -105,7 +105,9 @@ class Deferred(NamedTuple):
         """The finished images as floats holding whole levels 0..255, (..., 3, S, S): the
         jitter, then the rotation and the shift, the reference's order."""
         *batch, h, w, c = self.image.shape
-        x = self.image.reshape(-1, h, w, c).permute(0, 3, 1, 2).float()
+        # Contiguous (N, C, H, W), the reference's layout: a channels-last input takes
+        # other convolution kernels on the CPU, whose rounding alone moves a run's accuracy.
+        x = self.image.reshape(-1, h, w, c).permute(0, 3, 1, 2).float().contiguous()
         steps = self.steps.reshape(-1, STEPS).float()
         x = colour_jitter.jitter(x, steps[:, :4].long(), steps[:, 4:8])
         x = rotation.rotate_and_shift(x, steps[:, 8], steps[:, 9:])
