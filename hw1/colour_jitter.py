@@ -4,8 +4,8 @@ resized crop, before the rotation and the shift, where the reference applies it.
 
 The steps follow torchvision's on PIL images (``ImageEnhance`` and PIL's HSV), which the
 reference pipeline uses: every step clipped to 0..255 and truncated to an integer as
-PIL's blend does, contrast blending towards the rounded mean grey, saturation towards
-each pixel's grey, hue shifting H in HSV.
+PIL's blend does, contrast blending towards the mean grey rounded half up, saturation
+towards each pixel's grey (PIL's fixed-point luma), hue shifting H in HSV.
 """
 
 from __future__ import annotations
@@ -15,14 +15,16 @@ from torchvision.transforms.v2.functional._color import _hsv_to_rgb, _rgb_to_hsv
 
 BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)
 IDENTITY = (1.0, 1.0, 1.0, 0.0)  # the factors that change nothing
-# ITU-R 601 luma, as PIL's convert("L").
-_LUMA = (0.299, 0.587, 0.114)
+# ITU-R 601 luma in PIL's fixed point (convert("L"): weights over 65536, rounded half up).
+_LUMA = (19595, 38470, 7471)
 
 
 def _grey(x: torch.Tensor) -> torch.Tensor:
-    """(B, 1, H, W) luma of (B, 3, H, W), rounded as PIL's convert("L") does."""
+    """(B, 1, H, W) luma of (B, 3, H, W) whole levels, as PIL's convert("L") computes it.
+    Exact in float32: the weighted sum stays under 2**24."""
     r, g, b = x.unbind(dim=1)
-    return (_LUMA[0] * r + _LUMA[1] * g + _LUMA[2] * b).round_()[:, None]
+    total = _LUMA[0] * r + _LUMA[1] * g + _LUMA[2] * b + 32768
+    return total.div_(65536).floor_()[:, None]
 
 
 def _step(op: int, x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
@@ -31,7 +33,8 @@ def _step(op: int, x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
     if op == BRIGHTNESS:
         y = x * f
     elif op == CONTRAST:
-        mean = _grey(x).mean(dim=(2, 3), keepdim=True).round_()
+        # PIL's int(mean + 0.5): half up, where round() would take half to even.
+        mean = _grey(x).mean(dim=(2, 3), keepdim=True).add_(0.5).floor_()
         y = mean + f * (x - mean)
     elif op == SATURATION:
         grey = _grey(x)
