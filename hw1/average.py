@@ -35,7 +35,7 @@ from hw1.model import Classifier
 from hw1.predict import checkpoint_paths
 from hw1.presets import EvalSpec, eval_preset
 from hw1.scan import labelled_files, readable_samples, shown
-from hw1.weights import safe_load
+from hw1.weights import load_checkpoint
 
 # model settings that change how a model runs, not which weights it has
 RUN_ONLY = ("weights", "compile", "compile_backend", "channels_last")
@@ -73,16 +73,8 @@ def load_checkpoints(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
             f"ckpt_path={[str(p) for p in paths]}: averaging needs two checkpoints or more: "
             "'ckpt_path=[A.ckpt,B.ckpt]'"
         )
-    ckpts = []
-    for path in paths:
-        if not path.is_file():
-            raise UserFileNotFoundError(f"ckpt_path: {path}: no such checkpoint")
-        ckpt = safe_load(path)
-        if "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
-            raise UserValueError(
-                f"{path} is not an hw1 checkpoint (no state_dict/hyper_parameters)"
-            )
-        ckpts.append(ckpt)
+    need = ("state_dict", "hyper_parameters")
+    ckpts = [load_checkpoint(path, "ckpt_path", need) for path in paths]
     first = identity(ckpts[0]["hyper_parameters"])
     for path, ckpt in zip(paths[1:], ckpts[1:], strict=True):
         other = identity(ckpt["hyper_parameters"])

@@ -1,5 +1,5 @@
 """The device-side end of every batch: a data module that finishes its batches on the
-device after the transfer (the deferred colour jitter, uint8 to normalised floats, the
+device after the transfer (the fast pipeline's deferred steps, uint8 to normalised floats, the
 model's dtype), as timm's PrefetchLoader normalises on the GPU, and that data module around
 ready DataLoaders."""
 
@@ -12,13 +12,14 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from hw1.fast_pipeline import Jittered
+from hw1.fast_pipeline import Deferred
 from hw1.presets import EvalSpec
 
 
 class Normalise:
     """The last steps of every uint8 batch, on the batch's device: the deferred colour
-    jitter of ``Jittered`` batches (the fast train pipeline), then uint8 to normalised
+    jitter, rotation and shift of ``Deferred`` batches (the fast train pipeline), then
+    uint8 to normalised
     floats (also the eval view and the TTA views). Float batches come normalised from their
     preset (the reference train pipeline) and are only cast to ``dtype``."""
 
@@ -27,17 +28,19 @@ class Normalise:
         self.std = torch.tensor(std).view(1, -1, 1, 1)
 
     def __call__(
-        self, x: torch.Tensor | Jittered, dtype: torch.dtype = torch.float32
+        self, x: torch.Tensor | Deferred, dtype: torch.dtype = torch.float32
     ) -> torch.Tensor:
-        if isinstance(x, Jittered):
-            x = x.rgb()
+        if isinstance(x, Deferred):
+            x = x.render()
         elif x.dtype == torch.uint8:
             x = x.float()
         else:
             return x.to(dtype)
         if self.mean.device != x.device:
             self.mean, self.std = self.mean.to(x.device), self.std.to(x.device)
-        return x.div_(255).sub_(self.mean).div_(self.std).to(dtype)
+        # The reference's ToDtype(scale=True) and Normalize, operation for operation, so that
+        # the same pixels give the same floats to the bit.
+        return x.mul_(1 / 255).sub_(self.mean).div_(self.std).to(dtype)
 
 
 class DeviceBatches(L.LightningDataModule):

@@ -11,6 +11,7 @@ import io
 import os
 from collections.abc import Callable
 
+import numpy as np
 import simplejpeg
 from PIL import ExifTags, Image
 
@@ -20,20 +21,36 @@ _ORIENTATION_TAG = b"Exif\x00\x00"
 
 
 def _upright(data: bytes) -> bool:
-    """No EXIF orientation that turns or mirrors the image (PIL reads it only when the
-    file has an EXIF block at all: most photos' cost is one search of the header)."""
-    if _ORIENTATION_TAG not in data[:65536]:
+    """No EXIF orientation that turns or mirrors the image. PIL is asked only when the
+    file has an EXIF block at all (``_has_exif``): most photos' cost is a walk over the
+    header's few segments."""
+    if not _has_exif(data):
         return True
     with Image.open(io.BytesIO(data)) as im:
         return im.getexif().get(ExifTags.Base.Orientation, 1) == 1
 
 
+def _has_exif(data: bytes) -> bool:
+    """Whether a JPEG's header (the segments before its scan) holds an EXIF block, found
+    by walking the segments' lengths; a header this walk does not follow is searched."""
+    i = 2
+    while i + 10 <= len(data) and data[i] == 0xFF:
+        marker = data[i + 1]
+        if marker == 0xDA:  # start of scan: no more header segments
+            return False
+        if marker == 0xE1 and data[i + 4 : i + 10] == _ORIENTATION_TAG:
+            return True
+        i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+    return data.find(_ORIENTATION_TAG, 0, 65536) >= 0
+
+
 def decode_scaled(
     path: str | os.PathLike, need: Callable[[tuple[int, int]], tuple[int, int]]
-) -> Image.Image:
-    """``path`` as upright RGB, decoded no smaller than ``need`` asks, given the upright
-    size (as ``load_rgb``'s ``draft``): a plain JPEG by simplejpeg at the smallest scale
-    of 1/1, 1/2, 1/4, 1/8 at least that size, anything else by PIL. ``need`` is called
+) -> np.ndarray:
+    """``path`` as upright RGB pixels, uint8 (H, W, 3), decoded no smaller than ``need``
+    asks, given the upright size (as ``load_rgb``'s ``draft``): a plain JPEG by simplejpeg
+    at the smallest scale of 1/1, 1/2, 1/4, 1/8 at least that size, anything else by PIL
+    (its pixels copied, so that torch may share them). ``need`` is called
     once, or twice for a JPEG that simplejpeg starts but fails to decode."""
     with open(path, "rb") as f:
         data = f.read()
@@ -50,10 +67,9 @@ def decode_scaled(
                 (k for k in (2, 4, 8) if -(-width // k) >= w and -(-height // k) >= h), default=1
             )
             try:
-                pixels = simplejpeg.decode_jpeg(
+                return simplejpeg.decode_jpeg(
                     data, "RGB", min_width=-(-width // k), min_height=-(-height // k)
                 )
-                return Image.fromarray(pixels)
             except ValueError:  # e.g. truncated: PIL's reading and messages decide
                 pass
-    return load_rgb(io.BytesIO(data), draft=need)
+    return np.array(load_rgb(io.BytesIO(data), draft=need))

@@ -20,9 +20,9 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 from torchvision.models import WeightsEnum, get_model
 from torchvision.transforms import v2
 
-from hw1.errors import UserFileNotFoundError, UserRuntimeError, UserValueError
+from hw1.errors import UserRuntimeError, UserValueError
 from hw1.param_groups import optimizer_params
-from hw1.weights import check_fits, download_hint, resolve_weights, safe_load
+from hw1.weights import check_fits, download_hint, load_checkpoint, resolve_weights, safe_load
 
 STAGES = ("layer1", "layer2", "layer3", "layer4")
 STEM = ("conv1", "bn1")
@@ -380,10 +380,7 @@ class Classifier(L.LightningModule):
         compiled, whatever ``model.compile`` trained with: prediction is one pass over the
         data, which compiling would outlast, and it must run where no compiler is.
         """
-        path = Path(path)
-        if not path.is_file():
-            raise UserFileNotFoundError(f"ckpt_path={path}: no such checkpoint")
-        ckpt = safe_load(path)
+        ckpt = load_checkpoint(path, "ckpt_path", need=("state_dict", "hyper_parameters"))
         hparams = dict(ckpt["hyper_parameters"])
         hparams["model"] = {**hparams["model"], "weights": None, "compile": False}
         model = cls(**hparams)

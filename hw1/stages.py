@@ -9,12 +9,11 @@ stopped, optimizer and epoch included.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from torch import nn
 
-from hw1.errors import UserFileNotFoundError, UserValueError
-from hw1.weights import first_keys, mismatched_keys, safe_load
+from hw1.errors import UserValueError
+from hw1.weights import first_keys, load_checkpoint, mismatched_keys
 
 
 def check_start(init_from: str | None, ckpt_path: str | None) -> None:
@@ -36,15 +35,8 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> None:
     """Copy the state dict of the checkpoint at ``path`` into ``model`` (a Classifier), after
     checking that it was trained on the same classes, in the same order, with the same
     backbone and head (the first keys that differ are named)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserFileNotFoundError(f"init_from={path}: no such checkpoint")
-    ckpt = safe_load(path)
-    if "state_dict" not in ckpt:
-        raise UserValueError(
-            f"init_from={path}: not a checkpoint of hw1.train (no state_dict); for a "
-            "torchvision state dict of the backbone use model.weights=FILE"
-        )
+    hint = "; for a torchvision state dict of the backbone use model.weights=FILE"
+    ckpt = load_checkpoint(path, "init_from", hint=hint)
     hparams = ckpt.get("hyper_parameters", {})
     classes = hparams.get("class_names")
     if classes is not None and list(classes) != list(model.class_names):

@@ -61,6 +61,24 @@ def safe_load(path: Path) -> dict[str, Any]:
         ) from None
 
 
+def load_checkpoint(
+    path: str | os.PathLike, key: str, need: tuple[str, ...] = ("state_dict",), hint: str = ""
+) -> dict[str, Any]:
+    """The checkpoint of ``hw1.train`` at ``path``, read by ``safe_load``; the errors name
+    the setting ``key`` it was given as: no such file, or a file without the entries
+    ``need`` (then ``hint``, what to use instead)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserFileNotFoundError(f"{key}={path}: no such checkpoint")
+    ckpt = safe_load(path)
+    absent = [entry for entry in need if entry not in ckpt]
+    if absent:
+        raise UserValueError(
+            f"{key}={path}: not a checkpoint of hw1.train (no {'/'.join(absent)}){hint}"
+        )
+    return ckpt
+
+
 def first_keys(keys: list[str]) -> str:
     """The first three keys, and ``...`` when there are more."""
     return ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")

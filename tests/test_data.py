@@ -4,6 +4,7 @@ import shutil
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 from conftest import datamodule, make_hw1_folder, photo
@@ -16,7 +17,7 @@ from torchvision.transforms.v2.functional import to_pil_image
 from hw1 import scan
 from hw1.data import ClassFolders, UnlabeledImages, train_pipeline
 from hw1.device_batches import LoaderDataModule, Normalise
-from hw1.fast_pipeline import FastTrainPreset, Jittered, finish
+from hw1.fast_pipeline import STEPS, Deferred, FastTrainPreset, finish
 from hw1.presets import IMAGENET_MEAN, IMAGENET_STD, eval_spec
 from hw1.scan import class_names
 
@@ -51,8 +52,8 @@ def test_datamodule_batches_have_the_crop_size_and_labels(int_classes_root, pipe
     dm.setup("fit")
     x, y = next(iter(dm.train_dataloader()))
     if pipeline == "fast":
-        assert isinstance(x, Jittered) and x.image.dtype == torch.uint8
-        assert x.image.shape == (4, 4, 32, 32) and x.colour.shape == (4, 8)
+        assert isinstance(x, Deferred) and x.image.dtype == torch.uint8
+        assert x.image.shape == (4, 32, 32, 3) and x.steps.shape == (4, STEPS)
     else:
         assert x.shape == (4, 3, 32, 32) and x.dtype == torch.float32
     assert y.dtype == torch.int64 and y.min() >= 0 and y.max() < 12
@@ -227,22 +228,22 @@ def test_uint8_batches_are_normalised_on_the_device_floats_pass_unchanged():
     assert "mean" not in model.state_dict()  # checkpoints keep their keys
 
 
-def _jittered_samples(n: int = 4, size: int = 32) -> list:
+def _deferred_samples(n: int = 4, size: int = 32) -> list:
     """Fast-pipeline samples of a smooth colour image, their jitter still to apply."""
     g = torch.Generator().manual_seed(1)
     coarse = torch.randint(0, 256, (3, 4, 4), dtype=torch.uint8, generator=g)
     image = to_pil_image(nn.functional.interpolate(coarse[None].float(), size=48)[0].byte())
     fast = FastTrainPreset(eval_spec(size))
     torch.manual_seed(0)
-    return [(fast.apply(image, fast.draw(48, 48), (48, 48)), k) for k in range(n)]
+    return [(fast.apply(np.array(image), fast.draw(48, 48), (48, 48)), k) for k in range(n)]
 
 
-def test_jittered_batches_get_their_colour_jitter_and_normalisation_on_the_device():
+def test_deferred_batches_get_their_last_steps_and_normalisation_on_the_device():
     """A collated batch of the fast pipeline's samples: normalised as each sample's own
     finished image would be (within the rounding of that image to uint8)."""
-    samples = _jittered_samples()
+    samples = _deferred_samples()
     x, y = torch.utils.data.default_collate(samples)
-    assert isinstance(x, Jittered) and not (x.colour[:, 4:] == torch.tensor([1, 1, 1, 0])).all()
+    assert isinstance(x, Deferred) and not (x.steps[:, 4:8] == torch.tensor([1, 1, 1, 0])).all()
     data = LoaderDataModule(eval_spec(32), _empty_loader())
     out, labels = data.on_after_batch_transfer((x, y), 0)
     mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
@@ -250,12 +251,30 @@ def test_jittered_batches_get_their_colour_jitter_and_normalisation_on_the_devic
     expected = (expected - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
     assert out.dtype == torch.float32 and out.shape == (4, 3, 32, 32)
     assert (out - expected).abs().max() < 0.51 / 255 / min(IMAGENET_STD)
-    assert not torch.allclose(out, imagenet_normalise(x.image[:, :3]), atol=0.05)
+    assert not torch.allclose(out, imagenet_normalise(x.image.permute(0, 3, 1, 2)), atol=0.05)
     assert labels.tolist() == [0, 1, 2, 3]
 
 
-def test_a_fit_on_jittered_batches_shows_callbacks_the_jittered_normalised_batch():
-    """Lightning moves the Jittered batch to the device as it is (a named tuple), and what
+def test_under_one_seed_both_pipelines_give_the_model_the_same_first_batches(tmp_path):
+    """Through the data module, DataLoader and device step: the same normalised batches
+    from either pipeline under one seed (simplejpeg's and PIL's decodes within a level), in
+    the same memory layout (another takes other convolution kernels, other rounding)."""
+    make_hw1_folder(tmp_path, ["a", "b"], train=6, val=1, test=0, size=40)
+    batches = {}
+    for pipeline in ("fast", "reference"):
+        data = datamodule(tmp_path, pipeline=pipeline)
+        data.validate()
+        data.setup("fit")
+        L.seed_everything(7)
+        loader = iter(data.train_dataloader())
+        batches[pipeline] = [data.on_after_batch_transfer(next(loader), 0) for _ in range(2)]
+    for (x, y), (xr, yr) in zip(batches["fast"], batches["reference"], strict=True):
+        assert torch.equal(y, yr) and x.stride() == xr.stride()  # the same layout too
+        assert (x - xr).abs().mean() < 0.1 / 255 / min(IMAGENET_STD)
+
+
+def test_a_fit_on_deferred_batches_shows_callbacks_the_finished_normalised_batch():
+    """Lightning moves the Deferred batch to the device as it is (a named tuple), and what
     callbacks see (TensorBoardFigures' augmented samples) is the finished batch."""
     seen = []
 
@@ -268,7 +287,7 @@ def test_a_fit_on_jittered_batches_shows_callbacks_the_jittered_normalised_batch
         accelerator="cpu", fast_dev_run=True, logger=False, callbacks=[Spy()],
         enable_progress_bar=False, enable_model_summary=False,
     )  # fmt: skip
-    samples = _jittered_samples()
+    samples = _deferred_samples()
     loader = torch.utils.data.DataLoader(samples, batch_size=4)
     trainer.fit(model, datamodule=LoaderDataModule(eval_spec(32), loader))
     x = torch.utils.data.default_collate(samples)[0]
@@ -310,7 +329,7 @@ def test_true_half_precisions_train_validate_and_predict_on_both_pipelines(
     tmp_path, pipeline, precision
 ):
     """Under bf16-true and 16-true the model's weights are half floats: every batch (the
-    fast pipeline's uint8 and Jittered ones, the reference's floats, the TTA views) must
+    fast pipeline's uint8 and Deferred ones, the reference's floats, the TTA views) must
     reach it in that dtype."""
     seen = {}
 
@@ -365,8 +384,10 @@ def test_validation_and_tta_batches_travel_as_uint8_and_are_normalised_on_the_de
     views, keys = next(iter(data.predict_dataloader()))
     assert views.dtype == torch.uint8 and views.shape == (4, 4, 3, 32, 32)
     out, same_keys = data.on_after_batch_transfer((views, keys), 0)
-    # Bit for bit what the views' float path gives: predictions keep their bytes.
-    assert torch.equal(out, TF.normalize(views.float().div(255), mean, std))
+    # Bit for bit what torchvision's ToDtype(scale=True) and Normalize give: predictions
+    # keep their bytes, and the two train pipelines' batches agree to the bit.
+    expected = TF.normalize(TF.to_dtype(views, torch.float32, scale=True), mean, std)
+    assert torch.equal(out, expected)
     assert same_keys == keys
 
 

@@ -13,11 +13,23 @@ from PIL import ExifTags, Image
 from torchvision import transforms as V1
 
 from hw1.data import train_pipeline
-from hw1.fast_pipeline import DraftDecoder, Draw, FastTrainPreset, Jittered, finish, jitter_params
+from hw1.fast_pipeline import (
+    DECODE_MARGIN,
+    Deferred,
+    DraftDecoder,
+    Draw,
+    FastTrainPreset,
+    deferred_steps,
+    finish,
+)
 from hw1.figures import to_uint8
-from hw1.parity import jitter_on, reference_apply
+from hw1.parity import device_steps_on, reference_apply
 from hw1.presets import eval_spec
 from hw1.scan import load_rgb
+
+# The mean level apart that the fast pipeline's outputs may be from the reference's, where
+# its steps are the same: the old one-warp pipeline was 1.1-1.6 levels apart on photos.
+MEAN_TOLERANCE = 0.05
 
 
 @pytest.mark.parametrize(
@@ -27,19 +39,20 @@ from hw1.scan import load_rgb
         Draw((20, 10, 100, 80), True, 8.0, (0, 0), (), (1, 1, 1, 0)),
         Draw((20, 10, 100, 80), True, -9.0, (3, -4), (), (1, 1, 1, 0)),
         Draw((5, 5, 30, 20), False, 5.0, (-2, 2), (), (1, 1, 1, 0)),  # enlarged
-        Draw((0, 0, 160, 120), False, 0.0, (0, 0), (3, 1, 0, 2), (0.8, 1.2, 1.15, 0.0)),
+        Draw((0, 0, 160, 120), False, 0.0, (0, 0), (3, 1, 0, 2), (0.8, 1.2, 1.15, 0.05)),
         Draw((0, 0, 160, 120), False, 0.0, (0, 0), (1, 0), (1.2, 0.8, 1.0, 0.0)),
         # contrast below 1 lifts black: the fill must stay black, the mean be the crop's
         Draw((20, 10, 100, 80), True, 9.0, (5, -3), (2, 1, 0), (0.85, 0.8, 1.2, 0.0)),
     ],
 )
-def test_fast_warp_and_jitter_match_the_reference_for_the_same_parameters(draw):
-    """Crop, resize, flip, rotation, shift (black bands and corners included) and the
-    brightness/contrast/saturation matrix: within a few grey levels of the reference's
-    separate steps (the resampling filters differ)."""
-    fast = finish(FastTrainPreset(eval_spec(48)).apply(photo(), draw, (160, 120))).float()
+def test_fast_steps_match_the_reference_for_the_same_parameters(draw):
+    """Crop, resize, flip, the colour jitter, rotation and shift (black bands and corners
+    included): the reference's own steps, but for the resize's rounding (a level at most,
+    which a later step may widen)."""
+    fast = FastTrainPreset(eval_spec(48)).apply(np.array(photo()), draw, (160, 120))
     reference = reference_apply(photo(), draw, 48).float()
-    assert (fast - reference).abs().mean() < 4
+    diff = (finish(fast).float() - reference).abs()
+    assert diff.mean() < MEAN_TOLERANCE and diff.max() <= 4, (diff.mean(), diff.max())
 
 
 @pytest.mark.parametrize(
@@ -55,52 +68,78 @@ def test_fast_warp_and_jitter_match_the_reference_for_the_same_parameters(draw):
     ],
 )
 def test_the_deferred_jitter_takes_pils_steps(order, factors):
-    """On the same warp, the jitter the model applies on its device (Jittered.rgb) gives
-    the reference's ColorJitter steps on PIL (ImageEnhance, PIL's HSV), in the drawn
-    order: brightness, contrast and saturation exactly, hue within PIL's rounding."""
+    """On the reference's own crop, the jitter the model applies on its device
+    (Deferred.render) gives the reference's ColorJitter steps on PIL (ImageEnhance, PIL's
+    HSV), in the drawn order: brightness, contrast and saturation exactly (PIL's
+    fixed-point grey, its mean rounded half up), hue within PIL's rounding."""
     image = photo(seed=1)
     draw = Draw((0, 0, 160, 120), False, 0.0, (0, 0), order, factors)
     plain = reference_apply(image, replace(draw, jitter_order=()), 48)
-    got = jitter_on(plain, torch.full((1, 48, 48), 255, dtype=torch.uint8), draw).float()
+    got = device_steps_on(plain, draw).float()
     reference = reference_apply(image, draw, 48).float()
+    if factors[3] == 0:  # no hue: PIL's integer steps to the level
+        assert torch.equal(got, reference)
     assert (got - reference).abs().mean() < 0.05
     assert (got - reference).abs().max() <= 4
 
 
-def test_the_deferred_jitter_keeps_the_fill_black_and_the_warp_unchanged():
-    """The deferred sample is the unjittered warp plus the cover band; after the jitter
-    (contrast below 1 lifts black) the fill outside the crop stays black."""
+def test_the_deferred_sample_is_the_references_crop_and_the_device_turns_it_as_pil():
+    """The worker's part is the reference's RandomResizedCrop and flip (within the resize's
+    rounding); the device's part, from that crop, jitters before it turns and shifts, so
+    contrast below 1 does not lift the black corners and bands: they are where the
+    reference's are."""
     fast = FastTrainPreset(eval_spec(48))
     draw = Draw((20, 10, 100, 80), True, 9.0, (5, -3), (2, 1, 0), (0.85, 0.8, 1.2, 0.0))
-    deferred = fast.apply(photo(), draw, (160, 120))
-    assert isinstance(deferred, Jittered) and deferred.image.shape == (4, 48, 48)
-    plain = finish(fast.apply(photo(), replace(draw, jitter_order=()), (160, 120)))
-    assert torch.equal(deferred.image[:3], plain)
-    got = finish(deferred)
-    assert (got[:, deferred.image[3] == 0] == 0).all()
-    assert (got[:, deferred.image[3] == 255] != plain[:, deferred.image[3] == 255]).any()
+    deferred = fast.apply(np.array(photo()), draw, (160, 120))
+    assert isinstance(deferred, Deferred) and deferred.image.shape == (48, 48, 3)
+    crop = reference_apply(photo(), replace(draw, jitter_order=(), angle=0.0, shift=(0, 0)), 48)
+    assert (deferred.image.permute(2, 0, 1).int() - crop.int()).abs().max() <= 1
+    got, reference = finish(deferred), reference_apply(photo(), draw, 48)
+    black = (reference == 0).all(dim=0)
+    assert black[:, :5].all() and black[-3:].all() and black.float().mean() > 0.15
+    assert ((got == 0).all(dim=0) != black).float().mean() < 0.01
 
 
-def test_without_jitter_the_deferred_image_is_unchanged_batched_or_not():
-    """The identity map leaves every pixel as it is, partly covered edges included, and a
-    collated batch gives each sample's own result."""
+def test_without_steps_the_deferred_image_is_unchanged_and_a_batch_is_its_samples():
+    """The identity steps leave every pixel as it is, and a collated batch of samples
+    with their own jitter, angle and shift gives each sample's own result."""
     g = torch.Generator().manual_seed(0)
-    cover = torch.randint(0, 256, (3, 1, 8, 8), dtype=torch.uint8, generator=g)
-    rgb = (torch.rand(3, 3, 8, 8, generator=g) * cover).to(torch.uint8)  # premultiplied
-    identity = jitter_params(Draw((0, 0, 8, 8), False, 0, (0, 0), (), (1, 1, 1, 0)))
-    batch = Jittered(torch.cat([rgb, cover], dim=1), identity.expand(3, 8))
-    assert torch.equal(batch.rgb(), rgb.float())
+    images = torch.randint(0, 256, (3, 16, 16, 3), dtype=torch.uint8, generator=g)
+    identity = deferred_steps(Draw((0, 0, 8, 8), False, 0, (0, 0), (), (1, 1, 1, 0)))
+    batch = Deferred(images, identity.expand(3, -1))
+    assert torch.equal(batch.render(), images.permute(0, 3, 1, 2).float())
     draws = [
-        Draw((0, 0, 8, 8), False, 0, (0, 0), (1, 0, 3, 2), (1.1, 0.85, 0.9, -0.05)),
-        Draw((0, 0, 8, 8), False, 0, (0, 0), (2, 3, 1, 0), (0.8, 1.2, 1.1, 0.08)),
+        Draw((0, 0, 8, 8), False, 7.5, (2, -1), (1, 0, 3, 2), (1.1, 0.85, 0.9, -0.05)),
+        Draw((0, 0, 8, 8), False, -3.0, (0, 0), (2, 3, 1, 0), (0.8, 1.2, 1.1, 0.08)),
         Draw((0, 0, 8, 8), False, 0, (0, 0), (), (1, 1, 1, 0)),
     ]
-    samples = [
-        Jittered(torch.cat([rgb[i], cover[i]]), jitter_params(d)) for i, d in enumerate(draws)
-    ]
+    samples = [Deferred(images[i], deferred_steps(d)) for i, d in enumerate(draws)]
     collated = torch.utils.data.default_collate(samples)
-    assert isinstance(collated, Jittered)
-    assert torch.allclose(collated.rgb(), torch.stack([s.rgb() for s in samples]), atol=1e-4)
+    assert isinstance(collated, Deferred)
+    apart = collated.render() - torch.stack([s.render() for s in samples])
+    assert apart.abs().max() <= 1 and apart.abs().mean() < 0.01
+    assert torch.equal(collated.render()[2], images[2].permute(2, 0, 1).float())
+
+
+DEMO = {"scale": (0.8, 1.0), "jitter": (0.2, 0.2, 0, 0), "rotation": 0, "translate": (0, 0)}
+
+
+@pytest.mark.parametrize("augment", [{}, DEMO, {"translate": (0.1, 0.0), "hflip": 0}])
+def test_one_seed_gives_both_pipelines_the_same_image_and_leaves_the_same_generator(augment):
+    """The fast pipeline draws with the reference's own calls in its order: under one seed
+    the outputs agree (within the resize's rounding) and the generator ends in one state,
+    so a seed pairs the two pipelines' runs."""
+    spec = eval_spec(48)
+    fast = train_pipeline("fast", spec, **augment)
+    reference = train_pipeline("reference", spec, **augment)
+    image = photo(160, 120, seed=3)
+    for seed in range(6):
+        torch.manual_seed(seed)
+        got, after_fast = fast(image).float(), torch.rand(1)
+        torch.manual_seed(seed)
+        expected, after_reference = to_uint8(reference(image), spec).float(), torch.rand(1)
+        assert (got - expected).abs().mean() < 0.05, (seed, (got - expected).abs().mean())
+        assert after_fast == after_reference
 
 
 def _agree(fast: list[float], reference: list[float], mean_tol: float, std_rel: float = 0.15):
@@ -161,9 +200,9 @@ def test_fast_colour_statistics_agree_with_the_reference():
     _agree(f.std(dim=(1, 2, 3)), r.std(dim=(1, 2, 3)), 3.0, 0.2)
 
 
-def test_draft_decoding_never_gives_a_crop_smaller_than_the_output(tmp_path):
-    """JPEGs upright and EXIF-turned a quarter: the decoded crop box always covers the
-    output size (or the whole box, when the box itself is smaller), and draft mode does
+def test_draft_decoding_never_gives_a_crop_smaller_than_twice_the_output(tmp_path):
+    """JPEGs upright and EXIF-turned a quarter: the decoded crop box always covers twice
+    the output size (or the whole box, when the box itself is smaller), and draft mode does
     reduce the decode when the crop allows it."""
     size = 48
     fast = FastTrainPreset(eval_spec(size))
@@ -188,7 +227,8 @@ def test_draft_decoding_never_gives_a_crop_smaller_than_the_output(tmp_path):
             _, _, w, h = seen["draw"].box
             kx, ky = image.width / full[0], image.height / full[1]
             assert abs(kx - ky) < 0.01  # the same scale both ways: still upright
-            assert w * kx >= min(size, w) - 1e-6 and h * ky >= min(size, h) - 1e-6
+            least = DECODE_MARGIN * size
+            assert w * kx >= min(least, w) - 1e-6 and h * ky >= min(least, h) - 1e-6
             reduced += image.width < full[0]
     assert reduced > 30
 

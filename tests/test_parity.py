@@ -23,7 +23,7 @@ def test_same_parameters_give_close_outputs(tmp_path):
     pipeline stays within 3 grey levels of the reference, its colour part within 1."""
     rows = measure(_files(tmp_path, [(160, 120), (40, 30)]), 48, draws=3, seed=0)
     assert {r.enlarged for r in rows} == {True, False}
-    assert all(r.full[0] < 3 and r.colour[0] < 1 for r in rows), rows
+    assert all(r.full[0] < 3 and r.device[0] < 1 for r in rows), rows
 
 
 def test_a_deliberately_different_pipeline_fails_the_bound(tmp_path, monkeypatch):
@@ -36,7 +36,7 @@ def test_a_deliberately_different_pipeline_fails_the_bound(tmp_path, monkeypatch
     draw = Draw((0, 0, 160, 120), False, 0.0, (0, 0), (3,), (1, 1, 1, 0.1))
     good = compare(path, preset, draw)
     step = cj._step
-    monkeypatch.setattr(cj, "_step", lambda op, x, f, c: step(op, x, -f if op == 3 else f, c))
+    monkeypatch.setattr(cj, "_step", lambda op, x, f: step(op, x, -f if op == 3 else f))
     bad = compare(path, preset, draw)
     assert good.full[0] < 2 and bad.full[0] > 5 * good.full[0], (good, bad)
 
@@ -45,7 +45,7 @@ def test_table_splits_by_every_group(tmp_path):
     rows = measure(_files(tmp_path, [(40, 30)]), 32, draws=2, seed=1)
     lines = table(rows)
     assert lines[0].startswith("| group | n |")
-    for group in ("set", "crop scale", "zoom", "rotation", "image size"):
+    for group in ("set", "crop scale", "zoom", "decode", "rotation", "image size"):
         assert any(line.startswith(f"| {group}: ") for line in lines), group
 
 

@@ -115,9 +115,13 @@ def test_views_normalised_on_the_device_keep_the_predictions_bytes(trained_run, 
     out = run_predict(root, tmp_path / "p.csv", *args)
     model = Classifier.from_checkpoint(ckpt)
     spec = EvalSpec.from_dict(model.hparams.preprocess)
+
+    def as_floats(x: torch.Tensor) -> torch.Tensor:  # the presets' ToDtype(scale=True)
+        return F.to_dtype(x, torch.float32, scale=True)
+
     with torch.inference_mode():
         batches = [
-            (keys, model.predict_probs(F.normalize(x.float().div(255), spec.mean, spec.std)))
+            (keys, model.predict_probs(F.normalize(as_floats(x), spec.mean, spec.std)))
             for x, keys in view_loader(UnlabeledImages(root / "test"), spec, "report", 42, 5, 0)
         ]
     names, probs = collect(batches)

@@ -8,8 +8,9 @@ import torch
 from test_model import classifier
 from torchvision.models import ResNet18_Weights, resnet18
 
+from hw1.errors import UserFileNotFoundError, UserValueError
 from hw1.model import Backbone, Classifier
-from hw1.weights import resolve_weights
+from hw1.weights import load_checkpoint, resolve_weights
 
 
 def _planted_state(seed: int) -> dict[str, torch.Tensor]:
@@ -122,3 +123,25 @@ def test_a_plain_checkpoint_loads_with_weights_only(tmp_path):
     torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}, path)
     loaded = Classifier.from_checkpoint(path)
     assert loaded.class_names == ["0", "1"] and not loaded.training
+
+
+@pytest.mark.parametrize(
+    "read",
+    [
+        lambda p: Classifier.from_checkpoint(p),
+        lambda p: load_checkpoint(p, "ckpt_path", ("state_dict", "hyper_parameters")),
+    ],
+)
+def test_reading_a_checkpoint_names_the_setting_and_what_is_wrong(tmp_path, read):
+    """hw1.predict/eval (from_checkpoint), hw1.average and init_from read checkpoints
+    through one helper: a missing file, and a file of tensors that is no hw1 checkpoint,
+    are errors that name the setting, not a KeyError."""
+    with pytest.raises(UserFileNotFoundError, match=r"ckpt_path=.*nope\.ckpt: no such checkpoint"):
+        read(tmp_path / "nope.ckpt")
+    plain = tmp_path / "plain.pt"
+    torch.save(resnet18().state_dict(), plain)
+    with pytest.raises(UserValueError, match=r"ckpt_path=.*plain\.pt: not a checkpoint of hw1"):
+        read(plain)
+    saved = tmp_path / "model.ckpt"
+    torch.save({"state_dict": classifier().state_dict(), "hyper_parameters": {}}, saved)
+    assert set(load_checkpoint(saved, "ckpt_path")) == {"state_dict", "hyper_parameters"}
