@@ -61,3 +61,16 @@ def test_other_files_go_through_pil_or_match_it(tmp_path, simplejpeg_calls, kind
     assert len(simplejpeg_calls) == (kind == "grey jpeg")
     assert got.shape == (expected.height, expected.width, 3) and got.dtype == np.uint8
     assert np.abs(got.astype(int) - np.asarray(expected, int)).max() <= 1
+
+
+def test_an_exif_block_after_fill_bytes_is_still_found(tmp_path):
+    """JPEG allows 0xFF fill bytes before a marker: the header walk steps over them and
+    still finds the EXIF orientation, so the image is turned upright."""
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = 6
+    path = tmp_path / "a.jpg"
+    photo(64, 48).save(path, quality=90, exif=exif)
+    data = path.read_bytes()
+    path.write_bytes(data[:2] + b"\xff\xff" + data[2:])  # fill bytes after SOI
+    assert hw1.jpeg._has_exif(path.read_bytes())
+    assert decode_scaled(path, lambda size: (64, 64)).shape[:2] == (64, 48)  # upright
