@@ -1,7 +1,7 @@
 """The device-side end of every batch: a data module that finishes its batches on the
-device after the transfer (the fast pipeline's deferred steps, uint8 to normalised floats, the
-model's dtype), as timm's PrefetchLoader normalises on the GPU, and that data module around
-ready DataLoaders."""
+device after the transfer (the fast pipeline's deferred steps, uint8 to normalised floats,
+the model's dtype), as timm's PrefetchLoader normalises on the GPU, and that data module
+around ready DataLoaders."""
 
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ from hw1.presets import EvalSpec
 class Normalise:
     """The last steps of every uint8 batch, on the batch's device: the deferred colour
     jitter, rotation and shift of ``Deferred`` batches (the fast train pipeline), then
-    uint8 to normalised
-    floats (also the eval view and the TTA views). Float batches come normalised from their
-    preset (the reference train pipeline) and are only cast to ``dtype``."""
+    uint8 to normalised floats (also the eval view and the TTA views). Float batches come
+    normalised from their preset (the reference train pipeline) and are only cast to
+    ``dtype``."""
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         self.mean = torch.tensor(mean).view(1, -1, 1, 1)

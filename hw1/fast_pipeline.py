@@ -56,12 +56,11 @@ _LOG_RATIO = tuple(torch.log(torch.tensor(RATIO)).tolist())
 
 
 def crop_box(
-    width: int, height: int, scale: tuple[float, float], draws: _Draws | None = None
+    width: int, height: int, scale: tuple[float, float], draws: _Draws
 ) -> tuple[int, int, int, int]:
     """RandomResizedCrop's box, drawn with the very calls torchvision's ``make_params``
     makes (ten tries, then the centre crop), but from the image's size alone, so that it
     can be drawn before decoding."""
-    draws = draws or _Draws()
     area = width * height
     for _ in range(10):
         target = area * draws.uniform(*scale)
@@ -107,7 +106,8 @@ class Deferred(NamedTuple):
         *batch, h, w, c = self.image.shape
         # Contiguous (N, C, H, W), the reference's layout: a channels-last input takes
         # other convolution kernels on the CPU, whose rounding alone moves a run's accuracy.
-        x = self.image.reshape(-1, h, w, c).permute(0, 3, 1, 2).float().contiguous()
+        x = self.image.reshape(-1, h, w, c).permute(0, 3, 1, 2)
+        x = x.to(torch.float32, memory_format=torch.contiguous_format)  # one copy, not two
         steps = self.steps.reshape(-1, STEPS).float()
         x = colour_jitter.jitter(x, steps[:, :4].long(), steps[:, 4:8])
         x = rotation.rotate_and_shift(x, steps[:, 8], steps[:, 9:])
