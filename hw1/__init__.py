@@ -2,8 +2,8 @@
 
 from omegaconf import OmegaConf
 
-from hw1.precision import auto_precision, on_gpu
-from hw1.workers import default_workers
+from hw1.utils.precision import auto_precision, on_gpu
+from hw1.utils.workers import default_workers
 
 # The competition's rule: a model of fewer than 100 M parameters (train's summary and
 # hw1.report flag any over it).

@@ -17,19 +17,20 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from hw1.data import FolderDataModule
-from hw1.errors import reported
-from hw1.imbalance import IMBALANCED
-from hw1.scan import (
+from hw1.data.datamodule import FolderDataModule
+from hw1.data.samplers import IMBALANCED
+from hw1.data.scan import (
     ImageInfo,
     check_test_images,
     class_names,
+    display_path,
     image_files,
     inspect_images,
     labelled_files,
     left_out_lines,
-    shown,
 )
+from hw1.utils.config import CONF_PATH
+from hw1.utils.errors import reported
 
 
 def spread(values: list[int]) -> str:
@@ -84,7 +85,7 @@ def duplicates(root: Path, found: dict, info: dict[Path, ImageInfo]) -> list[lis
             if info[p].readable:
                 by_hash[info[p].sha1].append((split, p))
     return sorted(
-        [shown(p.relative_to(root)) for _, p in group]
+        [display_path(p.relative_to(root)) for _, p in group]
         for group in by_hash.values()
         if len({split for split, _ in group}) > 1
     )
@@ -114,8 +115,8 @@ def report(cfg: DictConfig) -> tuple[str, list[str]]:
             problems.append(str(e))
 
     names = class_names(root / "train")
-    listed = ", ".join(shown(n) for n in names[:30]) + (", ..." if len(names) > 30 else "")
-    lines = [f"dataset {shown(root)}", f"classes: {len(names)} ({listed})"]
+    listed = ", ".join(display_path(n) for n in names[:30]) + (", ..." if len(names) > 30 else "")
+    lines = [f"dataset {display_path(root)}", f"classes: {len(names)} ({listed})"]
     hp = datamodule.hparams
     if hp.folds:
         lines.append(
@@ -144,7 +145,7 @@ def problem_lines(problems: list[str]) -> list[str]:
     ]
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="check")
+@hydra.main(version_base="1.3", config_path=CONF_PATH, config_name="check")
 def main(cfg: DictConfig) -> None:
     with reported():
         text, problems = report(cfg)

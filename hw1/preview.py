@@ -18,12 +18,14 @@ from omegaconf import DictConfig
 from PIL import ImageOps
 from torchvision.transforms import v2 as T
 
-from hw1.data import ClassFolders, FolderDataModule, UnlabeledImages
-from hw1.errors import UserFileNotFoundError, reported
-from hw1.figures import labelled_grid, png_bytes, to_uint8
-from hw1.io import write_atomically
-from hw1.predict import output_path
-from hw1.presets import ViewStack
+from hw1.data.datamodule import FolderDataModule
+from hw1.data.datasets import ClassFolders, UnlabeledImages
+from hw1.inference.predictor import output_path
+from hw1.reporting.figures import labelled_grid, png_bytes, to_uint8
+from hw1.transforms.presets import ViewStack
+from hw1.utils.config import CONF_PATH
+from hw1.utils.errors import UserFileNotFoundError, reported
+from hw1.utils.io import write_atomically
 
 
 def preview(cfg: DictConfig) -> Path:
@@ -74,7 +76,7 @@ def preview_tile(crop: int) -> int:
     return max(96, min(crop, 160))
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="preview")
+@hydra.main(version_base="1.3", config_path=CONF_PATH, config_name="preview")
 def main(cfg: DictConfig) -> None:
     with reported():
         preview(cfg)

@@ -24,8 +24,7 @@ import lightning as L
 import optuna
 import sqlalchemy.exc
 import torch
-from hydra import compose, initialize_config_dir
-from hydra._internal.callbacks import Callbacks
+from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -39,11 +38,13 @@ from omegaconf.errors import OmegaConfBaseException
 from optuna.trial import TrialState
 from optuna_integration import PyTorchLightningPruningCallback
 
-from hw1.config import CONF_DIR, compose_config
-from hw1.errors import UserRuntimeError, UserValueError, reported, user_error
-from hw1.search_space import distributions, examples, suggest
-from hw1.train import data_and_model, train
-from hw1.tune_report import save_figure, summarise
+from hw1.reporting.studies import save_figure, summarise
+from hw1.training.run import data_and_model, train
+from hw1.training.search_space import distributions, examples, suggest
+from hw1.utils.compat import HydraCallbacks
+from hw1.utils.config import CONF_DIR, CONF_MODULE, compose_config
+from hw1.utils.errors import UserRuntimeError, UserValueError, reported, user_error
+from hw1.utils.precision import use_tensor_cores
 
 COMMANDS = ("show", "lr")
 LR_FIND_DIR = "outputs/lr_find/${now:%Y-%m-%d_%H-%M-%S}"
@@ -136,10 +137,10 @@ def run_as_job(task: Any, overrides: Sequence[str]) -> Any:
     (its run directory with .hydra/ configs and log file, the runtime output_dir): a trial's
     directory is continued with ``resume=true hydra.run.dir=DIR`` as any run's. Returns what
     ``task`` returns, raises what it raises."""
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+    with initialize_config_module(config_module=CONF_MODULE, version_base="1.3"):
         cfg = compose("train", list(overrides), return_hydra_config=True)
         context = HydraContext(
-            config_loader=GlobalHydra.instance().config_loader(), callbacks=Callbacks(cfg)
+            config_loader=GlobalHydra.instance().config_loader(), callbacks=HydraCallbacks(cfg)
         )
         job = run_job(
             task, cfg, job_dir_key="hydra.run.dir", job_subdir_key=None, hydra_context=context
@@ -283,6 +284,7 @@ def find_lr(cfg: DictConfig, train_overrides: list[str]) -> None:
 
     def task(train_cfg: DictConfig) -> None:
         L.seed_everything(train_cfg.seed, workers=True)
+        use_tensor_cores()
         datamodule, model = data_and_model(train_cfg)
         # No callbacks: the finder raises the rate until the loss diverges, which would stop
         # a run (StopOnNonFiniteLoss); no logger or checkpoints, nothing of a run to keep.
@@ -312,7 +314,6 @@ def find_lr(cfg: DictConfig, train_overrides: list[str]) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     command = args.pop(0) if args and args[0] in COMMANDS else "search"
-    torch.set_float32_matmul_precision("high")
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # progress() prints each trial
     with reported():
         ours, theirs = split_overrides(args)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hw1.data import FolderDataModule
+from hw1.data.datamodule import FolderDataModule
 
 # Twelve well-separated colours: a class per colour, learnable in a few CPU steps.
 COLOURS = [

@@ -12,13 +12,13 @@ from PIL import Image
 from test_predict import tiny_model
 from torch import nn
 
-from hw1.average import average, averaged_checkpoint, load_checkpoints
-from hw1.config import compose_config
-from hw1.errors import UserValueError
-from hw1.eval import evaluate
-from hw1.model import Classifier
-from hw1.predict import predict
-from hw1.presets import EvalSpec, eval_preset
+from hw1.inference.averaging import average, averaged_checkpoint, load_checkpoints
+from hw1.inference.evaluation import evaluate
+from hw1.inference.predictor import predict
+from hw1.models.classifier import Classifier
+from hw1.transforms.presets import EvalSpec, eval_preset
+from hw1.utils.config import compose_config
+from hw1.utils.errors import UserValueError
 
 CLASSES = [str(i) for i in range(12)]
 

@@ -10,7 +10,7 @@ from PIL import Image
 from test_scan import huge_png
 
 from hw1.check import report
-from hw1.config import compose_config
+from hw1.utils.config import compose_config
 
 
 def planted_folder(root):

@@ -18,7 +18,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from hw1.config import compose_config
+from hw1.utils.config import compose_config
 
 
 class FillingFile(io.RawIOBase):

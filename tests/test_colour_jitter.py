@@ -1,4 +1,4 @@
-"""The fast pipeline's batched colour jitter (hw1.colour_jitter) against torchvision's
+"""The fast pipeline's batched colour jitter (hw1.transforms.colour_jitter) against torchvision's
 ColorJitter steps on PIL images, which the reference pipeline takes."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
-from hw1 import colour_jitter
+from hw1.transforms import colour_jitter
 
 _PIL_STEPS = (F.adjust_brightness, F.adjust_contrast, F.adjust_saturation, F.adjust_hue)
 

@@ -14,9 +14,9 @@ import torch
 from conftest import make_hw1_folder, run_in_process_group, train_command
 from torch import nn
 
-from hw1.config import compose_config
-from hw1.model import Classifier
-from hw1.predict import predict
+from hw1.inference.predictor import predict
+from hw1.models.classifier import Classifier
+from hw1.utils.config import compose_config
 
 # Graphs compiled over the run below (measured: 5): the evaluation graph at batch size 16
 # and again when the smaller last batch makes the batch size dynamic (validation after the

@@ -8,12 +8,13 @@ from hydra.errors import ConfigCompositionException, InstantiationException, Mis
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from hw1.config import CONF_DIR, compose_config
-from hw1.data import DemoDataModule, FolderDataModule
-from hw1.model import Backbone, Classifier
-from hw1.report import reference
-from hw1.train import flatten
-from hw1.weights import resolve_weights
+from hw1.data.datamodule import DemoDataModule, FolderDataModule
+from hw1.models.backbone import Backbone
+from hw1.models.classifier import Classifier
+from hw1.reporting.runs import reference
+from hw1.training.run import flatten
+from hw1.utils.config import CONF_DIR, compose_config
+from hw1.utils.weights import resolve_weights
 
 REFERENCE = reference()
 FAMILIES = ["depth", "weights", "head", "lr", "other", "resnext101"]
@@ -115,7 +116,7 @@ def test_unknown_weights_name_fails_at_composition_time_with_the_choices():
 
 @pytest.mark.parametrize("run_id", sorted(REFERENCE))
 def test_every_recipe_sets_the_reports_settings_and_builds(run_id):
-    """Each recipe against the report's table (hw1/reference.csv)."""
+    """Each recipe against the report's table (hw1/reporting/reference.csv)."""
     ref = REFERENCE[run_id]
     cfg = compose_config([f"recipe={run_id}"])
     assert cfg.id == run_id
@@ -131,7 +132,7 @@ def test_every_recipe_sets_the_reports_settings_and_builds(run_id):
     if ref["sched"] == "constant":
         assert cfg.sched._target_.endswith("ConstantLR") and cfg.sched.factor == 1.0
     else:
-        assert cfg.sched._target_ == "hw1.model.cosine_then_flat"
+        assert cfg.sched._target_ == "hw1.training.schedules.cosine_then_flat"
         assert (cfg.sched.T_max, cfg.sched.eta_min) == (int(ref["T_max"]), float(ref["eta_min"]))
     assert cfg.tta == ref["tta"]
     # What the table leaves alone is the report's best recipe, the defaults.

@@ -14,12 +14,14 @@ from torchvision.transforms import v2 as T
 from torchvision.transforms.v2 import functional as TF
 from torchvision.transforms.v2.functional import to_pil_image
 
-from hw1 import scan
-from hw1.data import ClassFolders, UnlabeledImages, train_pipeline
-from hw1.device_batches import LoaderDataModule, Normalise
-from hw1.fast_pipeline import STEPS, Deferred, FastTrainPreset, finish
-from hw1.presets import IMAGENET_MEAN, IMAGENET_STD, eval_spec
-from hw1.scan import class_names
+from hw1.data import scan
+from hw1.data.datamodule import train_pipeline
+from hw1.data.datasets import ClassFolders, UnlabeledImages
+from hw1.data.device_batches import LoaderDataModule
+from hw1.data.scan import class_names
+from hw1.transforms.device import FinishOnDevice
+from hw1.transforms.fast_pipeline import STEPS, Deferred, FastTrainPreset, finish
+from hw1.transforms.presets import IMAGENET_MEAN, IMAGENET_STD, eval_spec
 
 
 def test_val_shares_train_class_indices(int_classes_root):
@@ -212,7 +214,7 @@ def _empty_loader() -> torch.utils.data.DataLoader:
 
 
 def imagenet_normalise(x):
-    return Normalise(IMAGENET_MEAN, IMAGENET_STD)(x)
+    return FinishOnDevice(IMAGENET_MEAN, IMAGENET_STD)(x)
 
 
 def test_uint8_batches_are_normalised_on_the_device_floats_pass_unchanged():
@@ -303,22 +305,22 @@ def test_a_file_removed_during_training_is_replaced_and_reported_once(tmp_path, 
     dm.setup("fit")
     gone = tmp_path / "train" / "a" / "2.jpg"
     gone.unlink()  # after the image check, as a sync or a cleanup job might
-    with caplog.at_level("WARNING", logger="hw1.data"):
+    with caplog.at_level("WARNING", logger="hw1.data.datasets"):
         for _ in range(2):  # two epochs
             assert sum(len(y) for _, y in dm.train_dataloader()) == 8  # every batch whole
-    warnings = [r.getMessage() for r in caplog.records if r.name == "hw1.data"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "hw1.data.datasets"]
     assert len(warnings) == 1 and f"{gone} cannot be read" in warnings[0], warnings
     assert "the next image stands in for it" in warnings[0]
 
 
 def test_training_warns_at_the_start_when_test_has_no_images(tmp_path, caplog):
     make_hw1_folder(tmp_path, ["a", "b"], train=2, val=1, test=0)
-    with caplog.at_level("WARNING", logger="hw1.data"):
+    with caplog.at_level("WARNING", logger="hw1.data.datamodule"):
         datamodule(tmp_path).validate()
     assert "test/ has no images: no prediction.csv will be written" in caplog.text
     caplog.clear()
     (tmp_path / "test").rmdir()  # no test/ at all: it is optional, nothing to say
-    with caplog.at_level("WARNING", logger="hw1.data"):
+    with caplog.at_level("WARNING", logger="hw1.data.datamodule"):
         datamodule(tmp_path).validate()
     assert "test/" not in caplog.text
 

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hw1 import demo
-from hw1.data import UnlabeledImages
-from hw1.scan import class_names
+from hw1.data import demo
+from hw1.data.datasets import UnlabeledImages
+from hw1.data.scan import class_names
 
 
 def test_demo_is_written_in_the_hw1_layout_with_its_answers(tmp_path):

@@ -9,11 +9,12 @@ from conftest import TINY, datamodule, make_hw1_folder, run_train
 from test_predict import tiny_model
 from torch.nn import functional as F
 
-import hw1.distill
-from hw1.config import compose_config
-from hw1.distill import DistilledClassifier, distillation_loss, student_maker
-from hw1.errors import UserValueError
-from hw1.model import Classifier
+import hw1.training.distillation
+from hw1.models.classifier import Classifier
+from hw1.models.student import DistilledClassifier, distillation_loss
+from hw1.training.distillation import student_maker
+from hw1.utils.config import compose_config
+from hw1.utils.errors import UserValueError
 
 CLASSES = [str(i) for i in range(12)]
 
@@ -91,7 +92,7 @@ def test_teachers_get_no_gradient_stay_in_eval_mode_and_stay_out_of_the_checkpoi
 def test_a_student_over_the_parameter_limit_is_refused_before_its_teachers_load(
     tmp_path, monkeypatch
 ):
-    monkeypatch.setattr(hw1.distill, "PARAM_LIMIT", 1_000_000)  # resnet18 has 11 M
+    monkeypatch.setattr(hw1.training.distillation, "PARAM_LIMIT", 1_000_000)  # resnet18 has 11 M
     cfg = compose_config([*TINY, f"teachers=[{tmp_path / 'missing.ckpt'}]"], "distill")
     with pytest.raises(UserValueError, match=r"has 11,\d+,\d+ parameters, over the limit"):
         student_maker(cfg)(cfg, CLASSES, tiny_model().hparams.preprocess)

@@ -1,6 +1,6 @@
-"""The documentation against its sources: README's recipe table against hw1/reference.csv,
-and every relative link in README and docs/ against the files and headings it points to.
-Plain text parsing, no training."""
+"""The documentation against its sources: docs/recipes.md's table against
+hw1/reporting/reference.csv, and every relative link in README and docs/ against the files
+and headings it points to. Plain text parsing, no training."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
-REFERENCE = ROOT / "hw1" / "reference.csv"
+REFERENCE = ROOT / "hw1" / "reporting" / "reference.csv"
+RECIPES = ROOT / "docs" / "recipes.md"
 DOCS = [README, *sorted((ROOT / "docs").glob("*.md"))]
 
 COLUMNS = [
@@ -35,18 +36,22 @@ def table_rows(text: str, header: list[str]) -> list[dict[str, str]]:
     lines = text.splitlines()
     cells = [[c.strip() for c in line.strip().strip("|").split("|")] for line in lines]
     starts = [i for i, row in enumerate(cells) if lines[i].startswith("|") and row == header]
-    assert len(starts) == 1, f"README.md: expected one table headed {header}, found {len(starts)}"
+    assert len(starts) == 1, (
+        f"docs/recipes.md: expected one table headed {header}, found {len(starts)}"
+    )
     rows = []
     for line, row in zip(lines[starts[0] + 2 :], cells[starts[0] + 2 :], strict=False):
         if not line.startswith("|"):
             break
-        assert len(row) == len(header), f"README.md: {len(row)} cells, not {len(header)}: {line}"
+        assert len(row) == len(header), (
+            f"docs/recipes.md: {len(row)} cells, not {len(header)}: {line}"
+        )
         rows.append(dict(zip(header, row, strict=True)))
     return rows
 
 
 def expected_row(ref: dict[str, str]) -> dict[str, str]:
-    """How README shows one row of hw1/reference.csv."""
+    """How docs/recipes.md shows one row of hw1/reporting/reference.csv."""
     if ref["sched"] == "cosine":
         schedule = f"cosine {ref['T_max']}, {ref['eta_min']}"
     else:
@@ -76,19 +81,20 @@ def markdown_line(row: dict[str, str]) -> str:
     return "| " + " | ".join(row[c] for c in COLUMNS) + " |"
 
 
-def test_readme_recipe_table_is_reference_csv_row_for_row():
+def test_recipes_table_is_reference_csv_row_for_row():
     with REFERENCE.open(newline="") as f:
         reference = list(csv.DictReader(f))
-    shown = table_rows(README.read_text(), COLUMNS)
+    shown = table_rows(RECIPES.read_text(), COLUMNS)
     want = [expected_row(ref) for ref in reference]
     assert [r["ID"] for r in shown] == [r["ID"] for r in want], (
-        "README.md's recipe table lists other IDs (or another order) than hw1/reference.csv; "
+        "docs/recipes.md's table lists other IDs (or another order) than "
+        "hw1/reporting/reference.csv; "
         "its rows should be:\n" + "\n".join(markdown_line(r) for r in want)
     )
     for got, row in zip(shown, want, strict=True):
         assert got == row, (
-            f"README.md's row for {row['ID']} differs from hw1/reference.csv; write it as\n"
-            + markdown_line(row)
+            f"docs/recipes.md's row for {row['ID']} differs from hw1/reporting/reference.csv; "
+            "write it as\n" + markdown_line(row)
         )
 
 

@@ -8,8 +8,8 @@ from conftest import make_hw1_folder
 from PIL import Image
 from test_predict import saved_tiny_model, tiny_model
 
-from hw1.config import compose_config
-from hw1.eval import confusion_report, evaluate
+from hw1.inference.evaluation import confusion_report, evaluate
+from hw1.utils.config import compose_config
 
 
 def test_confusion_report_names_per_class_accuracy_and_the_worst_pairs():

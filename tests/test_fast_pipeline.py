@@ -12,8 +12,11 @@ from conftest import photo
 from PIL import ExifTags, Image
 from torchvision import transforms as V1
 
-from hw1.data import train_pipeline
-from hw1.fast_pipeline import (
+from hw1.benchmarks.parity import device_steps_on, reference_apply
+from hw1.data.datamodule import train_pipeline
+from hw1.reporting.figures import to_uint8
+from hw1.transforms.decode import load_rgb
+from hw1.transforms.fast_pipeline import (
     DECODE_MARGIN,
     Deferred,
     DraftDecoder,
@@ -22,10 +25,7 @@ from hw1.fast_pipeline import (
     deferred_steps,
     finish,
 )
-from hw1.figures import to_uint8
-from hw1.parity import device_steps_on, reference_apply
-from hw1.presets import eval_spec
-from hw1.scan import load_rgb
+from hw1.transforms.presets import eval_spec
 
 # The mean level apart that the fast pipeline's outputs may be from the reference's, where
 # its steps are the same: the old one-warp pipeline was 1.1-1.6 levels apart on photos.

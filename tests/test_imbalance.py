@@ -10,10 +10,11 @@ from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
 from torch.utils.data import RandomSampler
 
 from hw1.check import report
-from hw1.config import compose_config
-from hw1.errors import UserValueError
-from hw1.imbalance import BalancedSampler, CrossEntropyLoss, class_counts, inverse_frequency
-from hw1.model import Classifier
+from hw1.data.samplers import BalancedSampler, class_counts, inverse_frequency
+from hw1.models.classifier import Classifier
+from hw1.models.losses import ClassWeightedCrossEntropy
+from hw1.utils.config import compose_config
+from hw1.utils.errors import UserValueError
 
 TARGETS = [0] * 30 + [1] * 6 + [2] * 3
 
@@ -119,7 +120,7 @@ def test_loss_class_weights_balanced_weights_by_the_training_sets_counts(tmp_pat
     assert criterion.weight.tolist() == pytest.approx((inverse / inverse.mean()).tolist())
     assert fitted_criterion(root, "null").weight is None
     with pytest.raises(UserValueError, match="loss.class_weights=inverse"):
-        CrossEntropyLoss(class_weights="inverse")
+        ClassWeightedCrossEntropy(class_weights="inverse")
 
 
 def test_check_suggests_the_options_for_an_imbalanced_train_set_only(tmp_path):

@@ -9,9 +9,9 @@ import sys
 import pytest
 from conftest import run_in_process_group
 
-from hw1.config import compose_config
-from hw1.eval import evaluate
-from hw1.predict import predict
+from hw1.inference.evaluation import evaluate
+from hw1.inference.predictor import predict
+from hw1.utils.config import compose_config
 
 DDP = [
     "trainer.accelerator=cpu",

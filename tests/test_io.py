@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from hw1.io import csv_text, write_atomically
+from hw1.utils.io import csv_text, write_atomically
 
 
 def test_an_interrupted_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):

@@ -1,5 +1,5 @@
-"""The fast pipeline's decoder (hw1.jpeg): simplejpeg for plain JPEGs, PIL for the rest,
-the same pixels either way."""
+"""The fast pipeline's decoder (hw1.transforms.decode): simplejpeg for plain JPEGs, PIL for
+the rest, the same pixels either way."""
 
 from __future__ import annotations
 
@@ -8,21 +8,20 @@ import pytest
 from conftest import photo
 from PIL import ExifTags, Image
 
-import hw1.jpeg
-from hw1.jpeg import decode_scaled
-from hw1.scan import load_rgb
+import hw1.transforms.decode
+from hw1.transforms.decode import decode_scaled, load_rgb
 
 
 @pytest.fixture
 def simplejpeg_calls(monkeypatch):
     calls = []
-    decode = hw1.jpeg.simplejpeg.decode_jpeg
+    decode = hw1.transforms.decode.simplejpeg.decode_jpeg
 
     def counted(*args, **kwargs):
         calls.append(kwargs)
         return decode(*args, **kwargs)
 
-    monkeypatch.setattr(hw1.jpeg.simplejpeg, "decode_jpeg", counted)
+    monkeypatch.setattr(hw1.transforms.decode.simplejpeg, "decode_jpeg", counted)
     return calls
 
 
@@ -72,5 +71,5 @@ def test_an_exif_block_after_fill_bytes_is_still_found(tmp_path):
     photo(64, 48).save(path, quality=90, exif=exif)
     data = path.read_bytes()
     path.write_bytes(data[:2] + b"\xff\xff" + data[2:])  # fill bytes after SOI
-    assert hw1.jpeg._has_exif(path.read_bytes())
+    assert hw1.transforms.decode._has_exif(path.read_bytes())
     assert decode_scaled(path, lambda size: (64, 64)).shape[:2] == (64, 48)  # upright

@@ -6,10 +6,12 @@ import pytest
 import torch
 from torch import nn
 
-from hw1.device_batches import LoaderDataModule
-from hw1.errors import UserValueError
-from hw1.model import Backbone, Classifier, cosine_then_flat, make_head
-from hw1.presets import eval_spec
+from hw1.data.device_batches import LoaderDataModule
+from hw1.models.backbone import Backbone, make_head
+from hw1.models.classifier import Classifier
+from hw1.training.schedules import cosine_then_flat
+from hw1.transforms.presets import eval_spec
+from hw1.utils.errors import UserValueError
 
 REPORT_HEADS = {
     "v0": [nn.Dropout, nn.Linear],
@@ -27,10 +29,10 @@ def cfg(target: str, **kw):
 
 def classifier(arch="resnet18", head="v1", classes=10, **model_kw) -> Classifier:
     return Classifier(
-        model=cfg("hw1.model.Backbone", arch=arch, weights=None, **model_kw),
-        head=cfg("hw1.model.make_head", name=head, dropout=0.5),
+        model=cfg("hw1.models.backbone.Backbone", arch=arch, weights=None, **model_kw),
+        head=cfg("hw1.models.backbone.make_head", name=head, dropout=0.5),
         optim=cfg("torch.optim.AdamW", _partial_=True, lr=1e-3),
-        sched=cfg("hw1.model.cosine_then_flat", _partial_=True, T_max=10),
+        sched=cfg("hw1.training.schedules.cosine_then_flat", _partial_=True, T_max=10),
         class_names=[str(i) for i in range(classes)],
     )
 
@@ -166,7 +168,7 @@ def test_freeze_backbone_leaves_it_unchanged_for_its_epochs_then_trains_it():
     import lightning as L
     from torch.utils.data import DataLoader, TensorDataset
 
-    from hw1.callbacks import FreezeBackbone
+    from hw1.training.callbacks import FreezeBackbone
 
     torch.manual_seed(0)
     data = DataLoader(TensorDataset(torch.randn(16, 3, 32, 32), torch.arange(16) % 10), 8)
@@ -259,7 +261,7 @@ def test_compile_wires_through_and_keeps_the_state_dict_keys(monkeypatch):
 
 @pytest.mark.parametrize(("mixup", "cutmix"), [(0.2, 0.0), (0.0, 1.0), (0.2, 1.0)])
 def test_mixup_and_cutmix_train_on_soft_targets(mixup, cutmix):
-    mix = cfg("hw1.model.BatchMix", mixup_alpha=mixup, cutmix_alpha=cutmix, prob=1.0)
+    mix = cfg("hw1.transforms.mix.BatchMix", mixup_alpha=mixup, cutmix_alpha=cutmix, prob=1.0)
     model = Classifier(**{**classifier().hparams, "mix": mix})
     seen = {}
     model.criterion.register_forward_hook(lambda m, args, out: seen.setdefault("y", args[1]))
@@ -274,6 +276,6 @@ def test_mixup_and_cutmix_train_on_soft_targets(mixup, cutmix):
 def test_without_mixing_the_targets_stay_class_indices():
     model = classifier()
     assert model.mix is None
-    off = Classifier(**{**classifier().hparams, "mix": cfg("hw1.model.BatchMix")})
+    off = Classifier(**{**classifier().hparams, "mix": cfg("hw1.transforms.mix.BatchMix")})
     x, y = torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
     assert off.mix(x, y)[1] is y

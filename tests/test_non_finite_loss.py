@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from hw1.stopping import NonFiniteLossError, StopOnNonFiniteLoss
+from hw1.training.stopping import NonFiniteLossError, StopOnNonFiniteLoss
 
 HOST_READS = ("__bool__", "item", "tolist", "__float__", "__int__")
 

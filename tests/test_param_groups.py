@@ -3,9 +3,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hw1.config import compose_config
-from hw1.errors import UserValueError
-from hw1.model import Classifier
+from hw1.models.classifier import Classifier
+from hw1.utils.config import compose_config
+from hw1.utils.errors import UserValueError
 
 BASE = ["model=resnet18", "model.weights=null", "head=v3", "optim.lr=0.1"]
 # Each part's depth below the head: layer_decay d gives it the head's LR times d**depth.

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from conftest import photo
 
-from hw1.fast_pipeline import Draw, FastTrainPreset
-from hw1.parity import compare, main, make_jpegs, measure, table
-from hw1.presets import eval_spec
-from hw1.scan import load_rgb
+from hw1.benchmarks.parity import compare, make_jpegs, measure, table
+from hw1.parity import main
+from hw1.transforms.decode import load_rgb
+from hw1.transforms.fast_pipeline import Draw, FastTrainPreset
+from hw1.transforms.presets import eval_spec
 
 
 def _files(tmp_path, sizes):
@@ -29,7 +30,7 @@ def test_same_parameters_give_close_outputs(tmp_path):
 def test_a_deliberately_different_pipeline_fails_the_bound(tmp_path, monkeypatch):
     """A fast pipeline whose hue turns the other way lands far outside the bound the
     real one meets: the harness tells them apart."""
-    import hw1.colour_jitter as cj
+    import hw1.transforms.colour_jitter as cj
 
     path = _files(tmp_path, [(160, 120)])[0]
     preset = FastTrainPreset(eval_spec(48), rotation=0, translate=(0, 0))

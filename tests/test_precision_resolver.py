@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hw1 import precision as resolver
-from hw1.config import compose_config
+from hw1.utils import precision as resolver
+from hw1.utils.config import compose_config
 
 # Each of these initialises CUDA in the calling process, after which it can no longer
 # fork workers that use CUDA (Lightning refuses ddp_fork and ddp_notebook).

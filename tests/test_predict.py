@@ -10,21 +10,22 @@ from conftest import make_hw1_folder
 from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
-from hw1.bench import batched, per_image_tta
-from hw1.config import compose_config
-from hw1.data import UnlabeledImages, view_loader
-from hw1.device_batches import Normalise
-from hw1.io import csv_text
-from hw1.model import Classifier
-from hw1.predict import collect, predict, submission_rows
-from hw1.presets import EvalSpec, ViewStack, eval_preset
+from hw1.benchmarks.common import batched, per_image_tta
+from hw1.data.datasets import UnlabeledImages, view_loader
+from hw1.inference.predictor import collect, predict, submission_rows
+from hw1.models.classifier import Classifier
+from hw1.transforms.device import FinishOnDevice
+from hw1.transforms.presets import EvalSpec, ViewStack, eval_preset
+from hw1.utils.config import compose_config
+from hw1.utils.io import csv_text
 
 
 def tiny_model(seed: int = 0) -> Classifier:
     torch.manual_seed(seed)
     return Classifier(
-        model={"_target_": "hw1.model.Backbone", "arch": "resnet18"},
-        head={"_target_": "hw1.model.make_head", "name": "v3"},  # BatchNorm: eval mode matters
+        model={"_target_": "hw1.models.backbone.Backbone", "arch": "resnet18"},
+        # v3 has BatchNorm: eval mode matters
+        head={"_target_": "hw1.models.backbone.make_head", "name": "v3"},
         optim={},
         sched={},
         class_names=[str(i) for i in range(12)],
@@ -69,9 +70,9 @@ def test_tta_none_is_the_plain_eval_prediction(int_classes_root):
     dataset = UnlabeledImages(root / "test")
     with torch.inference_mode():
         none = batched(model, view_loader(dataset, spec, "none", 0, 8, 0), spec)
-        normalise = Normalise(spec.mean, spec.std)
+        finish = FinishOnDevice(spec.mean, spec.std)
         plain = torch.stack(
-            [model(normalise(eval_preset(spec)(img)[None])).softmax(1)[0] for img, _ in dataset]
+            [model(finish(eval_preset(spec)(img)[None])).softmax(1)[0] for img, _ in dataset]
         )
         report = batched(model, view_loader(dataset, spec, "report", 0, 8, 0), spec)
     torch.testing.assert_close(none, plain, atol=1e-5, rtol=1e-4)

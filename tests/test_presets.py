@@ -6,8 +6,8 @@ from PIL import Image
 from torchvision.models import ResNet50_Weights
 from torchvision.transforms import v2 as T
 
-from hw1.fast_pipeline import FastTrainPreset
-from hw1.presets import IMAGENET_MEAN, POLICIES, eval_preset, eval_spec, train_preset
+from hw1.transforms.fast_pipeline import FastTrainPreset
+from hw1.transforms.presets import IMAGENET_MEAN, POLICIES, eval_preset, eval_spec, train_preset
 
 
 @pytest.mark.parametrize(

@@ -4,8 +4,8 @@ import pytest
 from conftest import make_hw1_folder
 from PIL import Image
 
-from hw1.config import compose_config
 from hw1.preview import preview, preview_tile
+from hw1.utils.config import compose_config
 
 
 @pytest.mark.parametrize("split", ["train", "test"])

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from hw1.stopping import RandomState
+from hw1.training.random_state import RandomState
 
 
 def draws() -> tuple:

@@ -10,9 +10,10 @@ import pytest
 from conftest import TINY, make_hw1_folder
 from PIL import Image
 
-from hw1.demo import TEST_LABELS
-from hw1.io import csv_text
-from hw1.report import difference_interval, main, reference, wilson
+from hw1.data.demo import TEST_LABELS
+from hw1.report import main
+from hw1.reporting.runs import difference_interval, reference, wilson
+from hw1.utils.io import csv_text
 
 
 def test_wilson_interval_matches_the_textbook():
@@ -139,7 +140,7 @@ def test_a_real_multirun_of_two_recipes_then_the_report(tmp_path):
     curves = Image.open(sweep / "curves.png")
     assert curves.width > 600 and curves.height > 300
     # The curves come from the TensorBoard events: two epochs per run.
-    from hw1.report import val_curve
+    from hw1.reporting.runs import val_curve
 
     assert [epoch for epoch, _ in val_curve(sweep / "0_D0.25")] == [1, 2]
 

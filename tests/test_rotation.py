@@ -1,5 +1,5 @@
-"""The fast pipeline's rotation and shift on the device (hw1.rotation) against PIL's, which
-the reference's RandomRotation and RandomAffine apply."""
+"""The fast pipeline's rotation and shift on the device (hw1.transforms.rotation) against
+PIL's, which the reference's RandomRotation and RandomAffine apply."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
-from hw1.rotation import rotate_and_shift
+from hw1.transforms.rotation import rotate_and_shift
 
 
 def _pil_rotate_and_shift(image: Image.Image, degrees: float, shift: tuple[int, int]):

@@ -13,8 +13,8 @@ import pytest
 from conftest import make_hw1_folder, run_train, train_command
 from omegaconf import OmegaConf
 
-from hw1.config import compose_config
-from hw1.train import with_run_overrides
+from hw1.training.resume import with_run_overrides
+from hw1.utils.config import compose_config
 
 TESTS = Path(__file__).resolve().parent
 

@@ -13,11 +13,12 @@ from conftest import datamodule, make_hw1_folder
 from PIL import Image
 from test_predict import run_predict
 
-import hw1.scan
+import hw1.data.scan
 from hw1.check import report
-from hw1.config import compose_config
-from hw1.data import ClassFolders
-from hw1.scan import SCAN_CACHE, class_names, labelled_files, load_rgb
+from hw1.data.datasets import ClassFolders
+from hw1.data.scan import SCAN_CACHE, class_names, labelled_files
+from hw1.transforms.decode import load_rgb
+from hw1.utils.config import compose_config
 
 
 def test_integer_class_folders_are_ordered_numerically(int_classes_root):
@@ -91,10 +92,10 @@ def test_unreadable_train_and_val_images_are_left_out_with_one_warning(tmp_path,
     make_hw1_folder(tmp_path, ["0", "1", "2"], train=4, val=2, test=0)
     bad = _plant_bad_images(tmp_path)
     dm = datamodule(tmp_path)
-    with caplog.at_level("WARNING", logger="hw1.scan"):
+    with caplog.at_level("WARNING", logger="hw1.data.scan"):
         dm.validate()
         dm.setup("fit")
-    warnings = [r.getMessage() for r in caplog.records if r.name == "hw1.scan"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "hw1.data.scan"]
     assert len(warnings) == 1 and all(str(p) in warnings[0] for p in bad), warnings
     assert (len(dm.train_set), len(dm.val_set)) == (12, 6)
     kept = {Path(p) for p, _ in dm.train_set.samples + dm.val_set.samples}
@@ -108,8 +109,8 @@ def test_the_image_check_is_cached_next_to_the_data(tmp_path, monkeypatch):
     _plant = tmp_path / "train" / "a" / "bad.jpg"
     _plant.write_bytes(b"")
     decoded = []
-    real = hw1.scan.load_rgb
-    monkeypatch.setattr(hw1.scan, "load_rgb", lambda f: decoded.append(f) or real(f))
+    real = hw1.data.scan.load_rgb
+    monkeypatch.setattr(hw1.data.scan, "load_rgb", lambda f: decoded.append(f) or real(f))
 
     datamodule(tmp_path).validate()
     assert len(decoded) == 6 + 4 + 4  # train, val, test (bad.jpg has no image header)
@@ -132,7 +133,7 @@ def test_a_read_only_data_root_is_checked_without_a_cache(tmp_path, monkeypatch)
     def read_only(path, data):
         raise PermissionError(13, "Read-only file system", str(path))
 
-    monkeypatch.setattr(hw1.scan, "write_atomically", read_only)
+    monkeypatch.setattr(hw1.data.scan, "write_atomically", read_only)
     dm = datamodule(tmp_path)
     dm.validate()
     assert len(dm.samples["train"]) == 4 and not (tmp_path / SCAN_CACHE).exists()
@@ -165,7 +166,7 @@ def test_links_to_folders_already_listed_are_not_followed_again(tmp_path, caplog
     Image.new("RGB", (8, 8)).save(pool / "extra.jpg")
     (tmp_path / "train" / "b" / "more").symlink_to(pool)  # a link elsewhere: followed once
     (tmp_path / "train" / "b" / "again").symlink_to(pool)
-    with caplog.at_level("WARNING", logger="hw1.scan"):
+    with caplog.at_level("WARNING", logger="hw1.data.scan"):
         found = labelled_files(tmp_path / "train", ["a", "b"])
     names = [str(Path(p).relative_to(tmp_path / "train")) for p, _ in found]
     assert names == [
@@ -198,7 +199,7 @@ def test_dangling_links_and_vanished_files_are_left_out_and_named(tmp_path, capl
 
     monkeypatch.setattr(Path, "stat", removed_after_listing)
     dm = datamodule(tmp_path)
-    with caplog.at_level("WARNING", logger="hw1.scan"):
+    with caplog.at_level("WARNING", logger="hw1.data.scan"):
         dm.validate()
     warnings = "\n".join(r.getMessage() for r in caplog.records)
     assert f"{tmp_path / 'test' / 'gone.png'}" in warnings  # a test link to nothing: skipped
@@ -214,7 +215,7 @@ def test_huge_images_are_reported_too_large_with_their_size_without_decoding(tmp
     huge_png(huge, 20000, 10000)  # 200 megapixels, over Pillow's limit
     assert huge.stat().st_size < 100_000
     dm = datamodule(tmp_path)
-    with caplog.at_level("WARNING", logger="hw1.scan"):
+    with caplog.at_level("WARNING", logger="hw1.data.scan"):
         dm.validate()
     assert (
         f"{huge}: too large: 20000 x 10000 = 200,000,000 pixels, over "
@@ -234,7 +235,7 @@ def test_data_max_image_pixels_sets_the_limit_over_a_cached_check(tmp_path, capl
     big = tmp_path / "train" / "a" / "big.png"
     Image.new("RGB", (60, 40)).save(big)  # 2400 pixels
     small = datamodule(tmp_path, max_image_pixels=2000)
-    with caplog.at_level("WARNING", logger="hw1.scan"):
+    with caplog.at_level("WARNING", logger="hw1.data.scan"):
         small.validate()
     assert (
         f"{big}: too large: 60 x 40 = 2,400 pixels, over data.max_image_pixels=2000" in caplog.text
@@ -252,11 +253,11 @@ def test_the_check_decodes_large_images_one_at_a_time(tmp_path, monkeypatch):
     for i in range(6):
         Image.new("RGB", (40, 40)).save(tmp_path / f"large{i}.png")
         Image.new("RGB", (20, 20)).save(tmp_path / f"small{i}.png")
-    monkeypatch.setattr(hw1.scan, "LARGE_IMAGE_PIXELS", 1000)
+    monkeypatch.setattr(hw1.data.scan, "LARGE_IMAGE_PIXELS", 1000)
     active = {"large": 0, "small": 0}
     most = {"large": 0, "small": 0}
     lock = threading.Lock()
-    real = hw1.scan.load_rgb
+    real = hw1.data.scan.load_rgb
 
     def counted(f):
         size = Image.open(f).width
@@ -269,9 +270,9 @@ def test_the_check_decodes_large_images_one_at_a_time(tmp_path, monkeypatch):
             active[kind] -= 1
         return real(f)
 
-    monkeypatch.setattr(hw1.scan, "load_rgb", counted)
-    monkeypatch.setattr(hw1.scan.os, "cpu_count", lambda: 4)  # eight threads
-    info = hw1.scan.inspect_images(sorted(tmp_path.iterdir()))
+    monkeypatch.setattr(hw1.data.scan, "load_rgb", counted)
+    monkeypatch.setattr(hw1.data.scan.os, "cpu_count", lambda: 4)  # eight threads
+    info = hw1.data.scan.inspect_images(sorted(tmp_path.iterdir()))
     assert all(i.readable for i in info.values())
     assert most["large"] == 1 and most["small"] > 1, most
 
@@ -286,12 +287,12 @@ def test_a_cache_of_another_shape_or_version_is_rebuilt_with_a_warning(tmp_path,
         cache = json.dumps({"train/a/empty.jpg": [st.st_size, st.st_mtime_ns, True, 8, 8, ""]})
     (tmp_path / SCAN_CACHE).write_text(cache)
     dm = datamodule(tmp_path)
-    with caplog.at_level("WARNING", logger="hw1.scan"):
+    with caplog.at_level("WARNING", logger="hw1.data.scan"):
         dm.validate()
     assert f"{tmp_path / SCAN_CACHE} is not an image-check cache of this hw1" in caplog.text
     assert len(dm.samples["train"]) == 4  # empty.jpg is checked, not taken from the cache
     rebuilt = json.loads((tmp_path / SCAN_CACHE).read_text())
-    assert rebuilt["version"] == hw1.scan.SCAN_CACHE_VERSION
+    assert rebuilt["version"] == hw1.data.scan.SCAN_CACHE_VERSION
     assert "train/a/empty.jpg" in rebuilt["files"]
 
 

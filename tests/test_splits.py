@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import itertools
 
-from hw1.splits import fold_split, stratified_split
+from hw1.data.splits import fold_split, stratified_split
 
 
 def test_stratified_split_gives_every_class_of_two_a_val_image():

@@ -7,11 +7,11 @@ import torch
 from conftest import run_in_process_group, train_command
 from run_probes import checksum
 
-from hw1.config import compose_config
-from hw1.errors import UserFileNotFoundError, UserValueError
-from hw1.model import Classifier
-from hw1.report import markdown, summarise
-from hw1.stages import check_start, load_weights
+from hw1.models.classifier import Classifier
+from hw1.reporting.runs import markdown, summarise
+from hw1.training.init_from import check_start, load_weights
+from hw1.utils.config import compose_config
+from hw1.utils.errors import UserFileNotFoundError, UserValueError
 
 CLASSES = ["a", "b", "c"]
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from hw1.config import compose_config
-from hw1.stopping import RandomState
-from hw1.train import resume_point
+from hw1.training.random_state import RandomState
+from hw1.training.resume import resume_point
+from hw1.utils.config import compose_config
 
 
 def draws() -> tuple:

@@ -7,10 +7,10 @@ from conftest import make_hw1_folder, run_train
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import StochasticWeightAveraging
 
-from hw1.average import check_swa
-from hw1.config import compose_config
-from hw1.errors import UserValueError
-from hw1.model import Classifier
+from hw1.inference.averaging import check_swa
+from hw1.models.classifier import Classifier
+from hw1.utils.config import compose_config
+from hw1.utils.errors import UserValueError
 
 
 def callbacks(*overrides: str) -> list:

@@ -13,9 +13,9 @@ import pytest
 import torch
 from conftest import make_hw1_folder, run_train, train_command
 
-from hw1.config import compose_config
-from hw1.eval import evaluate
-from hw1.predict import predict
+from hw1.inference.evaluation import evaluate
+from hw1.inference.predictor import predict
+from hw1.utils.config import compose_config
 
 
 def read_prediction(path: Path) -> list[list[str]]:

@@ -20,9 +20,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
-from hw1.config import compose_config
-from hw1.errors import UserValueError
-from hw1.search_space import distributions
+from hw1.training.search_space import distributions
 from hw1.tune import (
     Objective,
     check_settings,
@@ -32,6 +30,8 @@ from hw1.tune import (
     tune_config,
     tune_keys,
 )
+from hw1.utils.config import compose_config
+from hw1.utils.errors import UserValueError
 
 
 def tiny(*searched: str) -> list[str]:

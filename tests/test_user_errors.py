@@ -16,7 +16,7 @@ import pytest
 import torch
 from conftest import TINY, make_hw1_folder
 
-from hw1.errors import EXIT_STATUS
+from hw1.utils.errors import EXIT_STATUS
 
 Case = tuple[list[str], str]  # (the command after `python -m`, what stderr says)
 

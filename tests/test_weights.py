@@ -8,9 +8,10 @@ import torch
 from test_model import classifier
 from torchvision.models import ResNet18_Weights, resnet18
 
-from hw1.errors import UserFileNotFoundError, UserValueError
-from hw1.model import Backbone, Classifier
-from hw1.weights import load_checkpoint, resolve_weights
+from hw1.models.backbone import Backbone
+from hw1.models.classifier import Classifier
+from hw1.utils.errors import UserFileNotFoundError, UserValueError
+from hw1.utils.weights import load_checkpoint, resolve_weights
 
 
 def _planted_state(seed: int) -> dict[str, torch.Tensor]:

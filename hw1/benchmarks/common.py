@@ -1,0 +1,134 @@
+"""Side-by-side benchmarks, reported as ratios (one process, alternating rounds, so machine
+noise hits every contender alike).
+
+    python -m hw1.bench tta [--images 96] [--size 64] [--arch resnet18] [--batch-size 32]
+    python -m hw1.bench loader [--images 200] [--workers 0] [--size 224] [--rounds 5]  (and
+        the fast pipeline's decoder's full-size decode-only rate, its ceiling)
+    python -m hw1.bench step [--batches 20] [--batch-size 64] [--size 32] [--rounds 3]
+
+and the GPU check kit, every figure the performance documentation needs from a GPU, in
+about 8 minutes on one (``--device cpu --quick``: the same code at toy size on the CPU):
+
+    python -m hw1.bench gpu [--out DIR] [--device cuda|cpu] [--quick]
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+import simplejpeg
+import torch
+from omegaconf import DictConfig
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from hw1.data.datasets import UnlabeledImages
+from hw1.models.classifier import Classifier
+from hw1.transforms.device import FinishOnDevice
+from hw1.transforms.presets import EvalSpec, ViewStack, eval_spec
+from hw1.utils.config import compose_config
+
+
+def make_photos(folder: Path, n: int, seed: int = 0) -> list[Path]:
+    """JPEGs (quality 90) of varied sizes around 500x375 with photo-like content: smooth
+    colour regions plus finer, weaker detail (JPEG decoding slows with detail)."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        w, h = int(rng.integers(400, 600)), int(rng.integers(300, 450))
+        image = np.zeros((h, w, 3))
+        for cell, weight in ((32, 0.7), (8, 0.2), (2, 0.1)):
+            coarse = rng.integers(0, 256, (h // cell + 2, w // cell + 2, 3), dtype=np.uint8)
+            image += weight * np.asarray(Image.fromarray(coarse).resize((w, h), Image.BICUBIC))
+        paths.append(folder / f"img{i:04d}.jpg")
+        Image.fromarray(image.clip(0, 255).astype(np.uint8)).save(paths[-1], quality=90)
+    return paths
+
+
+def cached_photos(n: int) -> Path:
+    """``n`` photos in a one-class folder (the layout ClassFolders reads), made once and
+    kept in the temporary directory for later runs."""
+    folder = Path(tempfile.gettempdir()) / f"hw1-bench-photos-{n}"
+    if not (folder / "done").exists():
+        make_photos(folder / "train" / "0", n)
+        (folder / "done").touch()
+    return folder / "train"
+
+
+def simplejpeg_full(path: str) -> np.ndarray:
+    """A JPEG decoded at full size by the fast pipeline's decoder."""
+    with open(path, "rb") as f:
+        return simplejpeg.decode_jpeg(f.read(), "RGB")
+
+
+def per_view_probs(
+    model: Classifier,
+    views_per_image: Iterable[torch.Tensor],
+    spec: EvalSpec,
+    device: str | torch.device = "cpu",
+) -> torch.Tensor:
+    """The report's way: every view of every image through the model on its own (a batch
+    of one), the softmax averaged over each image's views. The uint8 views are normalised
+    on the device, as hw1.predict's data module does."""
+    finish = FinishOnDevice(spec.mean, spec.std)
+    out = []
+    for views in views_per_image:
+        views = finish(views.to(device))
+        probs = [model(v[None]).softmax(dim=1)[0].float() for v in views]
+        out.append(torch.stack(probs).mean(dim=0))
+    return torch.stack(out).cpu()
+
+
+def per_image_tta(model: Classifier, dataset: UnlabeledImages, stack: ViewStack) -> torch.Tensor:
+    views = (stack(dataset[i][0], i) for i in range(len(dataset)))
+    return per_view_probs(model, views, stack.spec)
+
+
+def batched(
+    model: Classifier, loader: DataLoader, spec: EvalSpec, device: str | torch.device = "cpu"
+) -> torch.Tensor:
+    """hw1.predict's way: a batch of images and all their views in one forward pass, the
+    uint8 views normalised on the device."""
+    finish = FinishOnDevice(spec.mean, spec.std)
+    return torch.cat([model.predict_probs(finish(x.to(device))) for x, _ in loader]).cpu()
+
+
+def time_rounds(contenders: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
+    """Seconds of each round per contender, running them in turn each round."""
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(rounds):
+        for name, run in contenders.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def time_alternating(contenders: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
+    """Median seconds per contender, running them in turn each round."""
+    return {name: statistics.median(t) for name, t in time_rounds(contenders, rounds).items()}
+
+
+BENCH_CLASSES = [str(i) for i in range(100)]  # the report's 100 classes
+
+
+def bench_config(arch: str, size: int, *overrides: str) -> DictConfig:
+    """conf/train.yaml's run config for ``arch`` at ``size`` px, from scratch (nothing to
+    download), with ``overrides``."""
+    return compose_config(
+        [f"model.arch={arch}", "model.weights=null", f"data.image_size={size}", *overrides]
+    )
+
+
+def bench_classifier(arch: str, size: int, *overrides: str) -> Classifier:
+    """A fresh ``arch`` from scratch with the default recipe's head, optimiser and schedule,
+    the same initial weights every call; ``overrides`` of the run config."""
+    cfg = bench_config(arch, size, *overrides)
+    torch.manual_seed(0)
+    return Classifier.from_config(cfg, BENCH_CLASSES, eval_spec(size).to_dict())

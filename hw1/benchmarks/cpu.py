@@ -1,0 +1,191 @@
+"""Side-by-side benchmarks, reported as ratios (one process, alternating rounds, so machine
+noise hits every contender alike).
+
+    python -m hw1.bench tta [--images 96] [--size 64] [--arch resnet18] [--batch-size 32]
+    python -m hw1.bench loader [--images 200] [--workers 0] [--size 224] [--rounds 5]  (and
+        the fast pipeline's decoder's full-size decode-only rate, its ceiling)
+    python -m hw1.bench step [--batches 20] [--batch-size 64] [--size 32] [--rounds 3]
+
+and the GPU check kit, every figure the performance documentation needs from a GPU, in
+about 8 minutes on one (``--device cpu --quick``: the same code at toy size on the CPU):
+
+    python -m hw1.bench gpu [--out DIR] [--device cuda|cpu] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import LearningRateMonitor, TQDMProgressBar
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch.utils.data import DataLoader, TensorDataset
+from torchvision.transforms import v2 as T
+
+from hw1.benchmarks.common import (
+    batched,
+    bench_classifier,
+    cached_photos,
+    make_photos,
+    per_image_tta,
+    simplejpeg_full,
+    time_alternating,
+    time_rounds,
+)
+from hw1.data.datamodule import train_pipeline
+from hw1.data.datasets import ClassFolders, UnlabeledImages, view_loader
+from hw1.data.device_batches import LoaderDataModule
+from hw1.training.callbacks import TensorBoardFigures
+from hw1.transforms.device import FinishOnDevice
+from hw1.transforms.fast_pipeline import DraftDecoder
+from hw1.transforms.presets import ViewStack, eval_spec
+
+
+def bench_tta(args: argparse.Namespace) -> None:
+    spec = eval_spec(args.size)
+    model = bench_classifier(args.arch, args.size).eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        make_photos(Path(tmp), args.images)
+        dataset = UnlabeledImages(tmp)
+        stack = ViewStack(spec, "report", seed=0)
+        tta_loader = view_loader(dataset, spec, "report", 0, args.batch_size, 0)
+        plain_loader = view_loader(dataset, spec, "none", 0, args.batch_size, 0)
+        with torch.inference_mode():
+            same = torch.allclose(
+                per_image_tta(model, dataset, stack), batched(model, tta_loader, spec), atol=1e-5
+            )
+            seconds = time_alternating(
+                {
+                    "per-image TTA loop": lambda: per_image_tta(model, dataset, stack),
+                    "batched TTA": lambda: batched(model, tta_loader, spec),
+                    "batched single view": lambda: batched(model, plain_loader, spec),
+                },
+                rounds=args.rounds,
+            )
+    print(f"{args.images} images, {args.arch}, {args.size} px, batch {args.batch_size}, "
+          f"{torch.get_num_threads()} threads; same probabilities: {same}")  # fmt: skip
+    for name, s in seconds.items():
+        print(f"{name:>22}: {args.images / s:8.1f} images/s")
+    speedup = seconds["per-image TTA loop"] / seconds["batched TTA"]
+    cost = seconds["batched TTA"] / seconds["batched single view"]
+    print(f"batched TTA vs per-image loop: {speedup:.2f}x faster")
+    print(f"batched 4-view TTA vs single view: {cost:.2f}x the time")
+    print(f"ratio: {speedup:.2f}")
+
+
+def bench_loader(args: argparse.Namespace) -> None:
+    # A DataLoader worker runs torch single-threaded; so does the main process here.
+    torch.set_num_threads(1)
+    spec = eval_spec(args.size)
+    root = cached_photos(args.images)
+    datasets = {
+        "reference": ClassFolders(root, ["0"], train_pipeline("reference", spec)),
+        "fast": ClassFolders(root, ["0"], loader=DraftDecoder(train_pipeline("fast", spec))),
+        "decode only": ClassFolders(root, ["0"], T.PILToTensor()),
+        # The fast pipeline's own decoder (hw1.transforms.decode), full size: its ceiling.
+        "simplejpeg": ClassFolders(root, ["0"], loader=simplejpeg_full),
+    }
+    loaders = {
+        # Decoded images differ in size: "decode only" batches are counted, not stacked.
+        name: DataLoader(
+            d,
+            batch_size=32,
+            num_workers=args.workers,
+            collate_fn=len if name in ("decode only", "simplejpeg") else None,
+        )
+        for name, d in datasets.items()
+    }
+    contenders = {n: lambda d=d: sum(1 for _ in d) for n, d in loaders.items()}
+    # The fast pipeline leaves its colour jitter and normalisation to the device (the data
+    # module's FinishOnDevice); where that device is this CPU, they cost this much more.
+    finish = FinishOnDevice(spec.mean, spec.std)
+    contenders["fast + device"] = lambda: sum(len(finish(x)) for x, _ in loaders["fast"])
+    rounds = time_rounds(contenders, args.rounds)
+    workers = max(1, args.workers)
+    print(
+        f"{args.images} JPEGs around 500x375 -> {args.size} px, {args.workers} workers, "
+        f"{args.rounds} alternating rounds; images/s per worker, median (min-max); "
+        "fast + device: with the jitter and normalisation done on the device, here the CPU"
+    )
+    for name, seconds in rounds.items():
+        rates = sorted(args.images / workers / s for s in seconds)
+        print(f"{name:>13}: {statistics.median(rates):8.1f} ({rates[0]:.1f}-{rates[-1]:.1f})")
+    on_cpu = sorted(
+        r / f for r, f in zip(rounds["reference"], rounds["fast + device"], strict=True)
+    )
+    print(f"fast + device on this CPU vs reference: {statistics.median(on_cpu):.2f}")
+    ceiling = sorted(d / f for d, f in zip(rounds["simplejpeg"], rounds["fast"], strict=True))
+    print(
+        f"fast vs its decoder's full-size decode-only rate: {statistics.median(ceiling):.0%} "
+        f"({ceiling[0]:.0%}-{ceiling[-1]:.0%})"
+    )
+    ratios = sorted(r / f for r, f in zip(rounds["reference"], rounds["fast"], strict=True))
+    print(f"fast vs reference per round: {ratios[0]:.2f}-{ratios[-1]:.2f}")
+    print(f"ratio: {statistics.median(ratios):.2f}")
+
+
+def lightning_fit(loader: DataLoader, args: argparse.Namespace, log_dir: str) -> None:
+    """Trainer.fit as a user's run does it: TensorBoard logging, the metrics, the progress
+    bar and the learning-rate and image callbacks of conf/callbacks/default.yaml (no
+    checkpoint file: the plain loop writes none either)."""
+    model = bench_classifier(args.arch, args.size)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        logger=TensorBoardLogger(log_dir, name="tb", default_hp_metric=False),
+        callbacks=[
+            TQDMProgressBar(refresh_rate=10),
+            LearningRateMonitor(logging_interval="step"),
+            TensorBoardFigures(),
+        ],
+        log_every_n_steps=10,
+        enable_checkpointing=False,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(model, datamodule=LoaderDataModule(eval_spec(args.size), loader))
+
+
+def plain_loop(loader: DataLoader, args: argparse.Namespace) -> None:
+    """The same optimiser steps in plain PyTorch: no logging, no metrics, no callbacks."""
+    model = bench_classifier(args.arch, args.size).train()
+    optimizer = model.configure_optimizers()["optimizer"]
+    spec = eval_spec(args.size)
+    finish = FinishOnDevice(spec.mean, spec.std)
+    for x, y in loader:
+        loss = model.criterion(model(finish(x)), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
+def bench_step(args: argparse.Namespace) -> None:
+    torch.manual_seed(0)
+    n = args.batches * args.batch_size
+    images = torch.randint(0, 256, (n, 3, args.size, args.size), dtype=torch.uint8)
+    labels = torch.randint(0, 100, (n,))
+    loader = DataLoader(TensorDataset(images, labels), batch_size=args.batch_size, shuffle=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        rounds = time_rounds(
+            {
+                "Trainer.fit": lambda: lightning_fit(loader, args, tmp),
+                "plain loop": lambda: plain_loop(loader, args),
+            },
+            args.rounds,
+        )
+    print(
+        f"{args.batches} optimizer steps, {args.arch}, {args.size} px, batch {args.batch_size}, "
+        f"{torch.get_num_threads()} threads, {args.rounds} alternating rounds"
+    )
+    for name, seconds in rounds.items():
+        per_batch = sorted(s / args.batches for s in seconds)
+        print(
+            f"{name:>12}: {statistics.median(per_batch):.3f} s per step "
+            f"({per_batch[0]:.3f}-{per_batch[-1]:.3f})"
+        )
+    ratios = sorted(f / p for f, p in zip(rounds["Trainer.fit"], rounds["plain loop"], strict=True))
+    print(f"Trainer.fit vs plain loop per round: {ratios[0]:.2f}-{ratios[-1]:.2f}")
+    print(f"ratio: {statistics.median(ratios):.2f}")

@@ -1,0 +1,169 @@
+"""Predict a test folder from checkpoints: ``python -m hw1.predict ckpt_path=PATH data.root=ROOT``.
+
+The model, head, image size and class names come from the checkpoint. ``ckpt_path=[A,B]``
+averages the softmax of several checkpoints (each with its own test-time views).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, ListConfig
+from torch.utils.data import Dataset
+
+from hw1.data.datasets import UnlabeledImages, view_loader
+from hw1.data.device_batches import LoaderDataModule
+from hw1.data.scan import check_test_images, display_path
+from hw1.models.classifier import Classifier
+from hw1.transforms.presets import EvalSpec
+from hw1.utils.errors import UserFileNotFoundError, UserValueError
+from hw1.utils.io import csv_text, write_atomically
+
+
+def checkpoint_paths(ckpt_path: str | Sequence[str] | None) -> list[Path]:
+    if ckpt_path is None:
+        raise UserValueError("ckpt_path is required: ckpt_path=PATH or ckpt_path=[A,B,C]")
+    paths = ckpt_path if isinstance(ckpt_path, (list, tuple, ListConfig)) else [ckpt_path]
+    return [Path(p) for p in paths]
+
+
+def load_ensemble(paths: Sequence[Path]) -> list[Classifier]:
+    models = [Classifier.from_checkpoint(p) for p in paths]
+    for path, model in zip(paths[1:], models[1:], strict=True):
+        if model.class_names != models[0].class_names:
+            raise UserValueError(
+                f"{path} was trained on other classes than {paths[0]}: an ensemble needs "
+                "checkpoints of the same class folders"
+            )
+    return models
+
+
+def ensemble_probs(
+    trainer: L.Trainer,
+    models: Sequence[Classifier],
+    dataset: Dataset,
+    tta: str,
+    seed: int,
+    batch_size: int,
+    num_workers: int,
+) -> tuple[list[Any], torch.Tensor]:
+    """(keys in dataset order, mean class probabilities over models and views)."""
+    keys: list[Any] = []
+    total = None
+    for model in models:
+        spec = EvalSpec.from_dict(model.hparams.preprocess)
+        loader = view_loader(dataset, spec, tta, seed, batch_size, num_workers)
+        # Under DDP every process gets the same rows in the same order: the models add up.
+        batches = LoaderDataModule(spec, predict=loader)  # normalises on the device
+        keys, probs = predict_rows(trainer, model, datamodule=batches)
+        total = probs if total is None else total + probs
+    return keys, total / len(models)
+
+
+def predict_rows(
+    trainer: L.Trainer, model: Classifier, *args: Any, **kwargs: Any
+) -> tuple[list[Any], torch.Tensor]:
+    """``trainer.predict(model, *args, **kwargs)`` as (keys, probs): one key list and one
+    tensor of every image. Under DDP each process predicts its share, and every process
+    gets all of them, in rank order."""
+    keys, probs = collect(trainer.predict(model, *args, **kwargs))
+    if trainer.world_size > 1:
+        keys, probs = gather_rows(keys, probs)
+    return keys, probs
+
+
+def collect(batches: list[tuple[Any, torch.Tensor]]) -> tuple[list[Any], torch.Tensor]:
+    """``Trainer.predict``'s (keys, probs) batches as one key list and one tensor."""
+    keys = [k for batch_keys, _ in batches for k in _as_list(batch_keys)]
+    return keys, torch.cat([p for _, p in batches])
+
+
+def gather_rows(keys: list[Any], probs: torch.Tensor) -> tuple[list[Any], torch.Tensor]:
+    """Every process's (keys, probs), on every process. all_gather_object because keys
+    may be strings, and the shares may differ in length (Lightning's predict sampler
+    repeats no image to even them out)."""
+    shares: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(shares, (keys, probs.cpu()))
+    return [k for share, _ in shares for k in share], torch.cat([p for _, p in shares])
+
+
+def _as_list(keys: Any) -> list[Any]:
+    return keys.tolist() if isinstance(keys, torch.Tensor) else list(keys)
+
+
+def submission_rows(
+    names: Sequence[str], probs: torch.Tensor, class_names: Sequence[str]
+) -> list[tuple[str, str]]:
+    """The rows of prediction.csv: (image name, class folder name), sorted by name."""
+    labels = [class_names[i] for i in probs.argmax(dim=1).tolist()]
+    return sorted(zip(names, labels, strict=True))
+
+
+def save_probs(
+    path: Path, keys: Sequence[Any], class_names: Sequence[str], probs: torch.Tensor
+) -> None:
+    """The class probabilities, for ensembling runs later: ``np.load(path)`` gives
+    ``keys``, ``class_names`` and ``probs`` (rows in ``keys`` order)."""
+    buffer = io.BytesIO()
+    np.savez_compressed(
+        buffer, keys=np.array(keys), class_names=np.array(class_names), probs=probs.numpy()
+    )
+    write_atomically(path, buffer.getvalue())
+
+
+def output_path(cfg: DictConfig, default_name: str) -> Path:
+    """``output=FILE``, or ``default_name`` in the Hydra run directory."""
+    if cfg.output:
+        return Path(cfg.output)
+    return Path(HydraConfig.get().runtime.output_dir) / default_name
+
+
+def inference_trainer(cfg: DictConfig, output: Path) -> L.Trainer:
+    return instantiate(
+        cfg.trainer,
+        default_root_dir=str(output.parent),
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+    )
+
+
+def predict(cfg: DictConfig) -> Path:
+    output = output_path(cfg, "prediction.csv")
+    test_dir = Path(cfg.data.root) / "test"
+    if not test_dir.is_dir():
+        raise UserFileNotFoundError(f"data.root={cfg.data.root}: no test/ folder to predict")
+    # before any model is loaded: nothing is written on error
+    if not check_test_images(test_dir, cfg.data.max_image_pixels):
+        raise UserFileNotFoundError(f"{display_path(test_dir)} has no images to predict")
+    models = load_ensemble(checkpoint_paths(cfg.ckpt_path))
+    class_names = models[0].class_names
+
+    L.seed_everything(cfg.seed)
+    trainer = inference_trainer(cfg, output)
+    names, probs = ensemble_probs(
+        trainer,
+        models,
+        UnlabeledImages(test_dir),
+        cfg.tta,
+        cfg.seed,
+        cfg.data.batch_size,
+        cfg.data.num_workers,
+    )
+    rows = submission_rows(names, probs, class_names)
+    if not trainer.is_global_zero:  # DDP: every process has every row, one writes
+        return output
+    write_atomically(output, csv_text([("image_name", "pred_label"), *rows]))
+    if cfg.save_probs:
+        save_probs(output.with_suffix(".probs.npz"), names, class_names, probs)
+    print(json.dumps({"prediction_csv": str(output), "images": len(rows), "tta": cfg.tta}))
+    return output

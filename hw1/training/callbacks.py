@@ -1,0 +1,86 @@
+"""Lightning callbacks: TensorBoard figures and a frozen-backbone warm-up. What keeps a run
+safe to stop and resume is in ``hw1.training.stopping`` and ``hw1.training.checkpoint_io``."""
+
+from __future__ import annotations
+
+import lightning as L
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from hw1.reporting.figures import confusion_image, hwc, labelled_grid, to_uint8
+from hw1.transforms.presets import EvalSpec
+
+
+def _tensorboard(trainer: L.Trainer):
+    """The SummaryWriter of the run's TensorBoard logger, or None (fast_dev_run, no logger)."""
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            return logger.experiment
+    return None
+
+
+class TensorBoardFigures(L.Callback):
+    """Images in TensorBoard: a grid of augmented training samples with their class names
+    at the first epoch, and the validation confusion matrix every ``confusion_every``
+    epochs and at the last one."""
+
+    def __init__(self, confusion_every: int = 10, samples: int = 32) -> None:
+        self.confusion_every = max(1, confusion_every)
+        self.samples = samples
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        writer = _tensorboard(trainer)
+        if (
+            writer is None
+            or trainer.current_epoch != 0
+            or batch_idx != 0
+            or not trainer.is_global_zero
+        ):
+            return
+        x, y = batch
+        spec = EvalSpec.from_dict(pl_module.hparams.preprocess)
+        images = to_uint8(x[: self.samples], spec)
+        names = [pl_module.class_names[i] for i in y[: self.samples].tolist()]
+        grid = labelled_grid(images, ncol=8, labels=names)
+        writer.add_image("train/augmented", hwc(grid), trainer.global_step, dataformats="HWC")
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        # Runs before the module's own hook, which resets the confusion matrix.
+        writer = _tensorboard(trainer)
+        if writer is None or trainer.sanity_checking:
+            return
+        epoch = trainer.current_epoch + 1
+        if epoch % self.confusion_every and epoch != trainer.max_epochs and not trainer.should_stop:
+            return
+        # compute() gathers the matrix from every DDP process: all of them must call it.
+        confusion = pl_module.val_confusion.compute().cpu()
+        if trainer.is_global_zero:
+            image = confusion_image(confusion, pl_module.class_names)
+            writer.add_image("val/confusion", hwc(image), trainer.global_step, dataformats="HWC")
+
+
+class FreezeBackbone(L.Callback):
+    """Train only the head for the first ``epochs`` epochs, then the backbone as configured
+    (``model.trainable_stages``).
+
+    The backbone is in the optimizer from the start and its parameters require gradients
+    throughout; while frozen, its BatchNorm layers are in eval mode and its gradients are
+    dropped before each optimizer step, which then leaves it as it is (no update, no weight
+    decay, no moment estimates). So the optimizer and the LR schedule stay as they are, and
+    under DDP every process's backbone stays the same: DDP synchronises only the parameters
+    that require gradients when it wraps the model, which happens after a callback's
+    ``setup``, where Lightning's BaseFinetuning switches them off. The frozen epochs cost
+    as much as the others, as the backbone's gradients are still computed.
+    """
+
+    def __init__(self, epochs: int = 1) -> None:
+        self.epochs = epochs
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        # Every epoch, not only the first and the last frozen one: a resumed run too.
+        pl_module.backbone.hold(trainer.current_epoch < self.epochs)
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        # After DDP's all-reduce, before gradient clipping and the step.
+        if pl_module.backbone.held:
+            for p in pl_module.backbone.parameters():
+                p.grad = None

@@ -1,0 +1,77 @@
+"""What keeps a run safe to stop and resume: a checkpoint writer that never leaves a
+half-written file, a stop on a non-finite loss, a checkpoint on SIGTERM or Ctrl-C, and the
+random states that a resumed run needs to draw what an uninterrupted one would."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import lightning as L
+import torch
+from lightning.fabric.plugins import TorchCheckpointIO
+
+from hw1.utils.io import temporary_beside
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint to a temporary file beside its target, then renames it into
+    place: a reader sees the old file or the new one, whole, whatever happens meanwhile.
+
+    Lightning's own save writes to $TMPDIR and moves the file, which is a rename only on
+    the same file system; from another (a small tmpfs /tmp, a cluster's node-local
+    scratch) the move truncates the target and copies into it, and a full disk there
+    leaves no loadable last.ckpt. It also holds the whole checkpoint in memory first.
+    Remote paths (s3://, ...) keep Lightning's write.
+    """
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path, storage_options: Any | None = None
+    ) -> None:
+        if storage_options is not None or fsspec.utils.get_protocol(str(path)) != "file":
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        target = Path(str(path).removeprefix("file://"))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temporary = temporary_beside(target)
+        try:
+            with open(temporary, "xb") as f:  # created with the umask's permissions
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())  # on disk before the rename makes it the checkpoint
+            os.replace(temporary, target)
+        except BaseException as error:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary)
+            cause = _os_error(error)  # torch reports a failed write as its own RuntimeError
+            if cause is None:
+                raise
+            raise OSError(
+                cause.errno,
+                f"writing checkpoint {target} failed: {cause.strerror}; the previous "
+                f"{target.name}, if any, is unchanged. Free space there and resume=true",
+            ) from error
+        with contextlib.suppress(OSError):  # the rename itself, where directories allow it
+            directory = os.open(target.parent, os.O_RDONLY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
+
+
+def _os_error(error: BaseException | None) -> OSError | None:
+    """The OSError (disk full, no permission, ...) at the root of ``error``, if any."""
+    while error is not None and not isinstance(error, OSError):
+        error = error.__cause__ or error.__context__
+    return error
+
+
+def last_checkpoint(trainer: L.Trainer) -> Path:
+    """Where the run's ``last.ckpt`` lives (the resume point)."""
+    ckpt = trainer.checkpoint_callback
+    folder = (
+        Path(ckpt.dirpath) if ckpt is not None else Path(trainer.default_root_dir) / "checkpoints"
+    )
+    return folder / "last.ckpt"

@@ -1,0 +1,290 @@
+"""Train a classifier: ``python -m hw1.train [overrides]``.
+
+Compose the config, build the data module, model, callbacks, loggers and trainer, fit,
+then predict the test folder with the best checkpoint and write ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from hw1 import PARAM_LIMIT
+from hw1.data.datamodule import FolderDataModule
+from hw1.data.demo import TEST_LABELS
+from hw1.inference.averaging import check_swa
+from hw1.inference.predictor import predict_rows, submission_rows
+from hw1.models.classifier import Classifier
+from hw1.training.init_from import check_start, load_weights
+from hw1.training.resume import resume_point
+from hw1.utils.errors import UserValueError
+from hw1.utils.io import csv_text, write_atomically
+from hw1.utils.precision import use_tensor_cores
+from hw1.utils.weights import safe_load
+
+log = logging.getLogger(__name__)
+
+
+ModelMaker = Callable[[DictConfig, list[str], dict[str, Any]], Classifier]
+
+
+def predict_folder(
+    trainer: L.Trainer, model: Classifier, datamodule: FolderDataModule, ckpt_path: str | None
+) -> list[tuple[str, str]]:
+    """(image name, class folder name) for every test image, sorted by name, predicted
+    with the weights in ``ckpt_path`` (the model's own without one)."""
+    if ckpt_path:
+        # Loaded here rather than by trainer.predict(ckpt_path=...): that also hands the
+        # checkpoint to EMAWeightAveraging, which puts the raw weights back in place of
+        # the averaged ones its state_dict holds, the ones that were validated.
+        model.load_state_dict(safe_load(ckpt_path)["state_dict"])
+    names, probs = predict_rows(trainer, model, datamodule=datamodule)
+    return submission_rows(names, probs, model.class_names)
+
+
+def accuracy_against(rows: list[tuple[str, str]], labels_csv: Path) -> float:
+    """Accuracy of the predicted rows against a ``image_name,label`` answer file."""
+    with open(labels_csv, newline="") as f:
+        truth = {r["image_name"]: r["label"] for r in csv.DictReader(f)}
+    return sum(truth[name] == label for name, label in rows) / len(rows)
+
+
+HPARAM_GROUPS = (
+    "id",
+    "family",
+    "seed",
+    "tta",
+    "data",
+    "model",
+    "head",
+    "optim",
+    "backbone_lr_factor",
+    "param_groups",
+    "init_from",
+    "sched",
+    "loss",
+    "mix",
+    "trainer",
+)
+
+
+def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    """The leaves of nested dicts as ``{"group.key": value}``."""
+    if not isinstance(node, dict):
+        return {prefix: node}
+    flat: dict[str, Any] = {}
+    for key, value in node.items():
+        flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
+    """The run's settings as flat ``group.key`` scalars, which TensorBoard's HPARAMS tab
+    can show and compare across the runs of a sweep."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    flat = flatten({k: container[k] for k in HPARAM_GROUPS if k in container})
+    return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flat.items()}
+
+
+def summary_text(metrics: dict[str, Any], run_dir: Path) -> str:
+    """The end-of-training summary for the console."""
+    params = metrics["params"]
+    limit = "under" if params < PARAM_LIMIT else "OVER"
+    name = f"hw1 run {metrics['id']}" if metrics["id"] else "hw1 run"
+    lines = ["", f"{name} finished in {metrics['wall_time_s']:.0f} s"]
+    if metrics["best_val_acc"] is not None:
+        lines.append(
+            f"  best val acc   {metrics['best_val_acc']:.4f} at epoch {metrics['best_epoch']}"
+            f" of {metrics['epochs']}"
+        )
+    if "test_acc" in metrics:
+        lines.append(f"  test acc       {metrics['test_acc']:.4f} (tta={metrics['tta']})")
+    lines += [
+        f"  parameters     {params:,} ({limit} the 100 M limit)",
+        f"  training       {metrics['train_images_per_s']:.1f} images/s",
+    ]
+    for label, key in (("best ckpt", "best_ckpt"), ("prediction", "prediction_csv")):
+        if metrics.get(key):
+            lines.append(f"  {label:<14} {metrics[key]}")
+    if "prediction_error" in metrics:
+        lines.append(f"  prediction     FAILED: {metrics['prediction_error']}")
+    lines.append(f"  metrics        {run_dir / 'metrics.json'}")
+    lines.append(f"  TensorBoard    tensorboard --logdir {run_dir}")
+    return "\n".join(lines)
+
+
+def data_and_model(
+    cfg: DictConfig, make_model: ModelMaker = Classifier.from_config
+) -> tuple[FolderDataModule, Classifier]:
+    """The run's data module, checked, and its model (also for hw1.tune's LR finder).
+    ``make_model(cfg, class_names, preprocess)`` builds the model (hw1.distill's student)."""
+    datamodule: FolderDataModule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.validate()  # fails early, before any model is built, on a bad data.root
+    model = make_model(cfg, datamodule.class_names, datamodule.eval_spec.to_dict())
+    return datamodule, model
+
+
+def train(
+    cfg: DictConfig,
+    extra_callbacks: Sequence[L.Callback] = (),
+    make_model: ModelMaker = Classifier.from_config,
+) -> dict[str, Any]:
+    """Build the data module, model, callbacks, loggers and trainer from ``cfg``, fit,
+    predict the test folder with the best checkpoint; write the run's outputs.
+    ``extra_callbacks`` join the configured ones (hw1.tune's pruning callback);
+    ``make_model`` builds the model (hw1.distill's student)."""
+    require_multirun_for_a_family(cfg)
+    check_start(cfg.init_from, cfg.ckpt_path)
+    use_tensor_cores()
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    L.seed_everything(cfg.seed, workers=True)
+    start = time.time()
+
+    datamodule, model = data_and_model(cfg, make_model)
+    if cfg.init_from and not cfg.resume:  # resumed, a stage continues from its own last.ckpt
+        load_weights(model, cfg.init_from)
+    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
+    callbacks += extra_callbacks
+    check_swa(callbacks)
+    loggers = [instantiate(lg) for lg in cfg.logger.values() if lg is not None]
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+
+    fit_start = time.time()
+    # weights_only: a checkpoint may hold tensors and plain containers, never code
+    trainer.fit(
+        model, datamodule=datamodule, ckpt_path=resume_point(cfg, trainer), weights_only=True
+    )
+    metrics = fit_metrics(cfg, trainer, model, datamodule, time.time() - fit_start)
+    metrics["wall_time_s"] = round(time.time() - start, 1)
+    if trainer.is_global_zero:  # the fit's record, whatever predicting does
+        write_atomically(run_dir / "metrics.json", json.dumps(metrics, indent=2))
+
+    try:
+        rows = predict_test_folder(trainer, model, datamodule, metrics["best_ckpt"])
+        if rows is not None and trainer.is_global_zero:
+            metrics |= write_prediction(rows, run_dir, datamodule.root)
+    except Exception as e:
+        # Re-raised once the fit's outputs are complete: the run exits non-zero, as it
+        # delivered no prediction.csv, and the error is reported as any other.
+        metrics["prediction_error"] = f"{type(e).__name__}: {e}"
+        log.error(prediction_failed_text(cfg, metrics, datamodule.root))
+        raise
+    finally:
+        metrics["wall_time_s"] = round(time.time() - start, 1)
+        if trainer.is_global_zero:
+            write_run_outputs(cfg, trainer, metrics, run_dir)
+    return metrics
+
+
+def prediction_failed_text(cfg: DictConfig, metrics: dict[str, Any], data_root: Path) -> str:
+    """What a failed end-of-training prediction kept, and how to predict again."""
+    ckpt = metrics["best_ckpt"] or metrics["last_ckpt"]
+    again = (
+        f"predict again with: python -m hw1.predict ckpt_path={ckpt} data.root={data_root} "
+        f"tta={cfg.tta}"
+        if ckpt
+        else "no checkpoint was saved to predict from"
+    )
+    return (
+        f"the end-of-training prediction failed, no prediction.csv: {metrics['prediction_error']}"
+        f"\nmetrics.json, the checkpoints and the TensorBoard logs are kept; {again}"
+    )
+
+
+def require_multirun_for_a_family(cfg: DictConfig) -> None:
+    if cfg.family and HydraConfig.get().mode == RunMode.RUN:
+        raise UserValueError(
+            f"experiment={cfg.family} is a sweep of the report's family {cfg.family!r}: run it "
+            f"with -m (python -m hw1.train -m experiment={cfg.family}), or one of its runs "
+            f"with recipe=ID"
+        )
+
+
+def fit_metrics(
+    cfg: DictConfig,
+    trainer: L.Trainer,
+    model: Classifier,
+    datamodule: FolderDataModule,
+    fit_seconds: float,
+) -> dict[str, Any]:
+    """metrics.json as fit leaves it: the best validation epoch, the checkpoints, the
+    parameter counts and the training speed."""
+    ckpt = trainer.checkpoint_callback
+    history = model.val_history
+    best = max(history, key=lambda h: h["val_acc"]) if history else None
+    folds = datamodule.hparams.folds
+    return {
+        "id": cfg.id,
+        "family": cfg.family,
+        "seed": cfg.seed,
+        "init_from": cfg.init_from,  # the checkpoint a second stage started from
+        "val_images": len(datamodule.val_set),  # for the confidence intervals of hw1.report
+        "folds": folds,  # cross-validation: hw1.report pools the folds
+        "fold": datamodule.hparams.fold if folds else None,
+        "best_val_acc": best["val_acc"] if best else None,
+        "best_epoch": best["epoch"] if best else None,
+        "epochs": trainer.current_epoch,
+        "params": sum(p.numel() for p in model.parameters()),
+        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "best_ckpt": ckpt.best_model_path if ckpt is not None and ckpt.best_model_path else None,
+        "last_ckpt": ckpt.last_model_path if ckpt is not None and ckpt.last_model_path else None,
+        "tta": cfg.tta,
+        # train_images counts this process's batches; under DDP each process has its own.
+        "train_images_per_s": round(model.train_images * trainer.world_size / fit_seconds, 1),
+        "val_history": history,
+    }
+
+
+def predict_test_folder(
+    trainer: L.Trainer, model: Classifier, datamodule: FolderDataModule, ckpt_path: str | None
+) -> list[tuple[str, str]] | None:
+    """The rows of prediction.csv; None when the test folder has no images, or when not
+    every image was predicted (fast_dev_run, limit_predict_batches): that is no submission."""
+    if not datamodule.test_images():
+        return None
+    rows = predict_folder(trainer, model, datamodule, ckpt_path)
+    if len(rows) < len(datamodule.test_set):
+        log.warning(
+            "predicted %d of %d test images: no prediction.csv", len(rows), len(datamodule.test_set)
+        )
+        return None
+    return rows
+
+
+def write_prediction(rows: list[tuple[str, str]], run_dir: Path, data_root: Path) -> dict[str, Any]:
+    """Writes prediction.csv; returns its entries of metrics.json, with the test accuracy
+    when the data root holds the answers (the demo's test_labels.csv)."""
+    path = run_dir / "prediction.csv"
+    write_atomically(path, csv_text([("image_name", "pred_label"), *rows]))
+    entries: dict[str, Any] = {"prediction_csv": str(path)}
+    if (data_root / TEST_LABELS).exists():
+        entries["test_acc"] = accuracy_against(rows, data_root / TEST_LABELS)
+        entries["test_images"] = len(rows)
+    return entries
+
+
+def write_run_outputs(
+    cfg: DictConfig, trainer: L.Trainer, metrics: dict[str, Any], run_dir: Path
+) -> None:
+    """metrics.json, the settings and results in TensorBoard's HPARAMS tab, and the console
+    summary."""
+    write_atomically(run_dir / "metrics.json", json.dumps(metrics, indent=2))
+    results = {f"hparams/{k}": metrics.get(k) for k in ("best_val_acc", "best_epoch", "test_acc")}
+    for logger in trainer.loggers:
+        logger.log_hyperparams(
+            flat_hparams(cfg), {k: v for k, v in results.items() if v is not None}
+        )
+        logger.finalize("failed" if "prediction_error" in metrics else "success")
+    print(summary_text(metrics, run_dir))

@@ -1,0 +1,33 @@
+"""Private APIs of hw1's dependencies, in one place. Each has no public equivalent (the
+comment says why hw1 needs it); tests/test_compat.py fails by name when an upgrade of
+Lightning, Hydra or torchvision removes or changes one, instead of a run failing later.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+
+# hw1.tune runs each trial as a Hydra job in-process (run_job needs a HydraContext, which
+# needs the Callbacks object); Hydra exposes no public constructor for it.
+from hydra._internal.callbacks import Callbacks as HydraCallbacks
+
+# hw1.train's resume=true reads the command line before Hydra composes it, to add the run's
+# own overrides (training/resume.py); Hydra's argument parser is the only one that knows
+# every flag Hydra accepts (-m, --config-dir, --cfg, ...), and Hydra has no earlier hook.
+from hydra._internal.utils import get_args_parser as hydra_args_parser
+
+# The fast pipeline's batched colour jitter must equal torchvision's ColorJitter to the
+# level (transforms/colour_jitter.py): its hue step goes through these two conversions,
+# which torchvision keeps private.
+from torchvision.transforms.v2.functional._color import _hsv_to_rgb as hsv_to_rgb
+from torchvision.transforms.v2.functional._color import _rgb_to_hsv as rgb_to_hsv
+
+__all__ = ["HydraCallbacks", "hsv_to_rgb", "hydra_args_parser", "rgb_to_hsv", "stop_fit"]
+
+
+def stop_fit(trainer: L.Trainer, stop: bool) -> None:
+    """While set, Lightning's fit stops (SIGTERMException) at its next stopping point: the
+    end of a training batch, of a validation batch, of an epoch. It is what Lightning's
+    own SIGTERM handler sets; the public ``trainer.should_stop`` waits for the end of the
+    epoch's training part and does not stop a validation loop."""
+    trainer._signal_connector.received_sigterm = stop
