@@ -96,7 +96,7 @@ def report(cfg: DictConfig) -> tuple[str, list[str]]:
     datamodule: FolderDataModule = instantiate(cfg.data)
     root = datamodule.root
     try:
-        datamodule.check_layout()
+        datamodule.layout.check()
     except FileNotFoundError as e:
         return "\n".join([f"dataset {root}", *problem_lines([str(e)])]), [str(e)]
     found = split_files(root)
@@ -107,7 +107,7 @@ def report(cfg: DictConfig) -> tuple[str, list[str]]:
     # what training meets: class folders, empty classes; the test images are checked next
     checks = [lambda: datamodule.validate(test_images=False)]
     if "test" in found:
-        checks.append(lambda: check_test_images(datamodule.test_dir, limit))
+        checks.append(lambda: check_test_images(datamodule.layout.test_dir, limit))
     for check in checks:
         try:
             check()
@@ -123,7 +123,7 @@ def report(cfg: DictConfig) -> tuple[str, list[str]]:
             f"val: cross-validation, train and val pooled into data.folds={hp.folds},"
             f" fold {hp.fold} validated on"
         )
-    elif not datamodule.has_val_dir():
+    elif not datamodule.layout.has_val_dir():
         lines.append(f"val: no val/ folder; data.val_split={hp.val_split} of train")
     lines += table(root, found, info)
     if "test" in found and not found["test"]:

@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Iterable
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -80,68 +80,53 @@ def demo_data(per_class: dict[str, int] | None) -> Path:
     return demo.write_layout(arrays, root)
 
 
-class GpuCheck:
-    """``python -m hw1.bench gpu``: each part measures one thing and is guarded, so that a
-    failing part is recorded as an error and the others still run; gpu-check.json is
-    rewritten after each part, so that a run stopped halfway keeps what it measured."""
+def environment(device: torch.device) -> dict[str, Any]:
+    """The machine and the library versions, for the report's header."""
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        hardware = f"{props.name}, {props.total_memory / 2**30:.0f} GiB"
+    else:
+        hardware = platform.processor() or platform.machine()
+        with contextlib.suppress(OSError):
+            names = [
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ]
+            hardware = names[0] if names else hardware
+    return {
+        "hardware": hardware,
+        "cpus": len(os.sched_getaffinity(0)),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "lightning": L.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+    }
 
-    def __init__(self, out: Path, device: str, size: KitSize, compile_backend: str) -> None:
-        self.out, self.size = out, size
-        self.device = torch.device(device)
-        self.trainer_group = "gpu" if self.device.type == "cuda" else "cpu"
-        self.compile_backend = compile_backend
-        self.all_workers = len(os.sched_getaffinity(0))
-        self.demo_run: dict[str, Any] | None = None  # the demo part's checkpoint and data
+
+class KitReport:
+    """gpu-check.json: each part measures one thing and is guarded, so that a failing part
+    is recorded as an error and the others still run; the file is rewritten after each
+    part, so that a run stopped halfway keeps what it measured."""
+
+    def __init__(self, out: Path, device: torch.device, settings: dict[str, Any]) -> None:
+        self.out = out
         self.report: dict[str, Any] = {
             "date": datetime.datetime.now().isoformat(timespec="seconds"),
-            **self.environment(),
-            "settings": {
-                **asdict(size),
-                "head": "v1",
-                "device": device,
-                "compile_backend": compile_backend,
-                "all_workers": self.all_workers,
-                "float32_matmul_precision": "high in training (as hw1.train), else highest",
-                "peak_memory": "torch.cuda.max_memory_allocated"
-                if self.device.type == "cuda"
-                else "the process's peak resident size",
-            },
+            **environment(device),
+            "settings": settings,
             "parts": {},
         }
 
-    def environment(self) -> dict[str, Any]:
-        if self.device.type == "cuda":
-            props = torch.cuda.get_device_properties(self.device)
-            hardware = f"{props.name}, {props.total_memory / 2**30:.0f} GiB"
-        else:
-            hardware = platform.processor() or platform.machine()
-            with contextlib.suppress(OSError):
-                names = [
-                    line.split(":", 1)[1].strip()
-                    for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name")
-                ]
-                hardware = names[0] if names else hardware
-        return {
-            "hardware": hardware,
-            "cpus": self.all_workers,
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "torchvision": torchvision.__version__,
-            "lightning": L.__version__,
-            "cuda": torch.version.cuda,
-            "cudnn": torch.backends.cudnn.version()
-            if torch.backends.cudnn.is_available()
-            else None,
-        }
-
-    def run(self, parts: Iterable[str] = PARTS) -> dict[str, Any]:
-        for name in parts:
+    def run(self, parts: dict[str, Callable[[], dict[str, float]]]) -> dict[str, Any]:
+        for name, part in parts.items():
             start = time.perf_counter()
             entry: dict[str, Any] = {"figures": {}, "error": None}
             print(f"[{name}] ...", flush=True)
             try:
-                entry["figures"] = getattr(self, f"part_{name}")()
+                entry["figures"] = part()
             except Exception:
                 entry["error"] = traceback.format_exc()[-4000:]
                 print(entry["error"], file=sys.stderr, flush=True)
@@ -150,6 +135,15 @@ class GpuCheck:
             self.report["parts"][name] = entry
             write_atomically(self.out / "gpu-check.json", json.dumps(self.report, indent=2))
         return self.report
+
+
+class TrainingParts:
+    """The kit's training figures: images/s and peak memory per precision, compiled, and
+    fed by the data module from JPEGs on disk."""
+
+    def __init__(self, device: torch.device, size: KitSize, compile_backend: str) -> None:
+        self.device, self.size, self.compile_backend = device, size, compile_backend
+        self.all_workers = len(os.sched_getaffinity(0))
 
     def classifier(self, *overrides: str) -> Classifier:
         return bench_classifier(self.size.arch, self.size.image_size, *overrides)
@@ -213,6 +207,20 @@ class GpuCheck:
                 figures[f"{pipeline}_{label}_workers_images_per_s"] = rate
                 figures[f"{pipeline}_{label}_workers_vs_synthetic"] = rate / synthetic
         return figures
+
+
+class InferenceParts:
+    """The kit's inference figures, and the demo end to end: batched TTA against the
+    per-image loop, the demo trained by hw1.train, and hw1.predict and hw1.eval on its
+    checkpoint on the CPU and on the device."""
+
+    def __init__(self, out: Path, device: torch.device, size: KitSize) -> None:
+        self.out, self.device, self.size = out, device, size
+        self.trainer_group = "gpu" if device.type == "cuda" else "cpu"
+        self.demo_run: dict[str, Any] | None = None  # the demo part's checkpoint and data
+
+    def classifier(self, *overrides: str) -> Classifier:
+        return bench_classifier(self.size.arch, self.size.image_size, *overrides)
 
     def part_tta(self) -> dict[str, float]:
         """The report's four test-time views batched as hw1.predict does, against the
@@ -339,7 +347,21 @@ def bench_gpu(args: argparse.Namespace) -> None:
         torch.set_num_threads(1)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
-    check = GpuCheck(Path(args.out), args.device, QUICK if args.quick else FULL, backend)
-    report = check.run(args.parts or PARTS)
+    out, device, size = Path(args.out), torch.device(args.device), QUICK if args.quick else FULL
+    settings = {
+        **asdict(size),
+        "head": "v1",
+        "device": args.device,
+        "compile_backend": backend,
+        "all_workers": len(os.sched_getaffinity(0)),
+        "float32_matmul_precision": "high in training (as hw1.train), else highest",
+        "peak_memory": "torch.cuda.max_memory_allocated"
+        if device.type == "cuda"
+        else "the process's peak resident size",
+    }
+    training, inference = TrainingParts(device, size, backend), InferenceParts(out, device, size)
+    every = {name: getattr(training, f"part_{name}", None) for name in PARTS}
+    every = {n: part or getattr(inference, f"part_{n}") for n, part in every.items()}
+    report = KitReport(out, device, settings).run({n: every[n] for n in args.parts or PARTS})
     print_table(report)
     print(f"\nwritten: {Path(args.out) / 'gpu-check.json'}")

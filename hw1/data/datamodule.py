@@ -58,6 +58,101 @@ def local_rank() -> int:
     return 0
 
 
+class FolderLayout:
+    """Which images are labelled with which class, in the HW1 layout: ``ROOT/train/<class>/``,
+    ``ROOT/val/<class>/`` (or a seeded, stratified part of train: ``val_split``; or K folds
+    of train and val pooled: ``folds``/``fold``) and ``ROOT/test/``. Reads folders and the
+    image check's results; builds no dataset and no transform (the data module does)."""
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        seed: int = 0,
+        val_split: float | None = None,
+        folds: int | None = None,
+        fold: int = 0,
+        max_image_pixels: int | None = None,
+    ) -> None:
+        if val_split is not None and not 0 < val_split < 1:
+            raise UserValueError(f"data.val_split={val_split}: use null or a fraction in (0, 1)")
+        if folds is not None and not (folds >= 2 and 0 <= fold < folds):
+            raise UserValueError(
+                f"data.folds={folds} data.fold={fold}: use folds >= 2, 0 <= fold < folds"
+            )
+        self.root = Path(root).expanduser()
+        self.seed, self.val_split, self.folds, self.fold = seed, val_split, folds, fold
+        self.max_image_pixels = max_image_pixels
+
+    @property
+    def test_dir(self) -> Path:
+        return self.root / "test"
+
+    def test_images(self) -> list[Path]:
+        """The test folder's images; none without a test/ folder."""
+        return image_files(self.test_dir) if self.test_dir.is_dir() else []
+
+    def has_val_dir(self) -> bool:
+        return (self.root / "val").is_dir()
+
+    def check(self) -> None:
+        """The folders training needs: root, train/, and val/ unless data.val_split."""
+        if not self.root.is_dir():
+            raise UserFileNotFoundError(f"data.root={self.root}: no such folder.\n{LAYOUT}")
+        if not (self.root / "train").is_dir():
+            raise UserFileNotFoundError(f"data.root={self.root} has no train/ folder.\n{LAYOUT}")
+        if not self.has_val_dir() and self.val_split is None and self.folds is None:
+            raise UserFileNotFoundError(
+                f"data.root={self.root} has no val/ folder: add one, or hold out a seeded, "
+                f"stratified part of train with data.val_split=0.1.\n{LAYOUT}"
+            )
+
+    def class_names(self) -> list[str]:
+        """train/'s class folders, in hw1's order; val/ must hold the same ones."""
+        names = class_names(self.root / "train")
+        if not names:
+            raise UserFileNotFoundError(f"{self.root / 'train'} has no class folders.\n{LAYOUT}")
+        not_utf8 = [display_path(self.root / "train" / n) for n in names if not is_utf8(n)]
+        if not_utf8:
+            raise UserValueError(
+                f"class folder names that are not valid UTF-8, which prediction.csv cannot "
+                f"hold: {', '.join(not_utf8)}. Rename them (in val/ too)."
+            )
+        val = set(class_names(self.root / "val")) if self.has_val_dir() else set(names)
+        if val != set(names):
+            raise UserValueError(
+                f"train/ and val/ under {self.root} have different class folders: "
+                f"missing in val: {sorted(set(names) - val)}; "
+                f"missing in train: {sorted(val - set(names))}"
+            )
+        return names
+
+    def labelled(self, names: list[str]) -> dict[str, list[tuple[str, int]]]:
+        """(path, class index) for train and val: unreadable images left out with one warning
+        (found by a parallel decode, cached in the data root); val split off train when
+        there is no val/ folder and data.val_split is set."""
+        splits = ("train", "val") if self.has_val_dir() else ("train",)
+        found = {split: labelled_files(self.root / split, names) for split in splits}
+        every = [x for s in splits for x in found[s]]
+        readable = set(readable_samples(every, self.root, self.max_image_pixels))
+        kept = {s: [x for x in found[s] if x in readable] for s in splits}
+        empty = [
+            str(self.root / split / names[c])
+            for split in splits
+            for c in sorted(set(range(len(names))) - {c for _, c in kept[split]})
+        ]
+        if empty:
+            raise UserValueError(
+                "class folders without a readable image: " + ", ".join(empty) + ". Add "
+                "images or remove the folder (from train/ and val/ alike)."
+            )
+        if self.folds is not None:
+            pooled = kept["train"] + kept.get("val", [])
+            kept["train"], kept["val"] = fold_split(pooled, self.folds, self.fold, self.seed)
+        elif not self.has_val_dir():
+            kept["train"], kept["val"] = stratified_split(kept["train"], self.val_split, self.seed)
+        return kept
+
+
 class FolderDataModule(DeviceBatches):
     """Train/val/test folders in the HW1 layout with the report's augmentation.
 
@@ -96,17 +191,12 @@ class FolderDataModule(DeviceBatches):
         super().__init__()
         if sampler not in (None, "balanced"):
             raise UserValueError(f"data.sampler={sampler}: use null (shuffle) or balanced")
-        if val_split is not None and not 0 < val_split < 1:
-            raise UserValueError(f"data.val_split={val_split}: use null or a fraction in (0, 1)")
-        if folds is not None and not (folds >= 2 and 0 <= fold < folds):
-            raise UserValueError(
-                f"data.folds={folds} data.fold={fold}: use folds >= 2, 0 <= fold < folds"
-            )
+        self.layout = FolderLayout(root, seed, val_split, folds, fold, max_image_pixels)
         # Not logged: train logs the whole run's settings. Kept in checkpoints, which load
         # with weights_only, hence a plain string for the root.
         self.save_hyperparameters(logger=False)
         self.hparams.root = os.fspath(root)
-        self.root = Path(root).expanduser()
+        self.root = self.layout.root
         resolved = resolve_weights(arch, weights)
         # A local state-dict file says nothing about its preprocessing: ImageNet defaults.
         known = resolved if not isinstance(resolved, Path) else None
@@ -120,29 +210,6 @@ class FolderDataModule(DeviceBatches):
         self.samples: dict[str, list[tuple[str, int]]] | None = None
         self.train_set = self.val_set = self.test_set = None
 
-    @property
-    def test_dir(self) -> Path:
-        return self.root / "test"
-
-    def test_images(self) -> list[Path]:
-        """The test folder's images; none without a test/ folder."""
-        return image_files(self.test_dir) if self.test_dir.is_dir() else []
-
-    def has_val_dir(self) -> bool:
-        return (self.root / "val").is_dir()
-
-    def check_layout(self) -> None:
-        """The folders training needs: root, train/, and val/ unless data.val_split."""
-        if not self.root.is_dir():
-            raise UserFileNotFoundError(f"data.root={self.root}: no such folder.\n{LAYOUT}")
-        if not (self.root / "train").is_dir():
-            raise UserFileNotFoundError(f"data.root={self.root} has no train/ folder.\n{LAYOUT}")
-        if not self.has_val_dir() and self.hparams.val_split is None and self.hparams.folds is None:
-            raise UserFileNotFoundError(
-                f"data.root={self.root} has no val/ folder: add one, or hold out a seeded, "
-                f"stratified part of train with data.val_split=0.1.\n{LAYOUT}"
-            )
-
     def validate(self, test_images: bool = True) -> None:
         """Raise what would stop training, before any model is built: a missing folder,
         unreadable test images (unless ``test_images=False``), class folders that differ
@@ -151,64 +218,18 @@ class FolderDataModule(DeviceBatches):
 
         Under DDP every process validates: only local rank zero decodes the images (and
         sets ``samples``); the others check the folders and read its cache in ``setup``."""
-        self.check_layout()
+        self.layout.check()
         decodes = local_rank() == 0
-        if decodes and test_images and self.test_dir.is_dir():
-            tests = check_test_images(self.test_dir, self.hparams.max_image_pixels)
+        if decodes and test_images and self.layout.test_dir.is_dir():
+            tests = check_test_images(self.layout.test_dir, self.hparams.max_image_pixels)
             if not tests:
                 log.warning(
                     "test/ has no images: no prediction.csv will be written (%s)",
-                    display_path(self.test_dir),
+                    display_path(self.layout.test_dir),
                 )
-        self.class_names = self._class_folders()
+        self.class_names = self.layout.class_names()
         if decodes:
-            self.samples = self._scan(self.class_names)
-
-    def _class_folders(self) -> list[str]:
-        names = class_names(self.root / "train")
-        if not names:
-            raise UserFileNotFoundError(f"{self.root / 'train'} has no class folders.\n{LAYOUT}")
-        not_utf8 = [display_path(self.root / "train" / n) for n in names if not is_utf8(n)]
-        if not_utf8:
-            raise UserValueError(
-                f"class folder names that are not valid UTF-8, which prediction.csv cannot "
-                f"hold: {', '.join(not_utf8)}. Rename them (in val/ too)."
-            )
-        val = set(class_names(self.root / "val")) if self.has_val_dir() else set(names)
-        if val != set(names):
-            raise UserValueError(
-                f"train/ and val/ under {self.root} have different class folders: "
-                f"missing in val: {sorted(set(names) - val)}; "
-                f"missing in train: {sorted(val - set(names))}"
-            )
-        return names
-
-    def _scan(self, names: list[str]) -> dict[str, list[tuple[str, int]]]:
-        """(path, class index) for train and val: unreadable images left out with one warning
-        (found by a parallel decode, cached in the data root); val split off train when
-        there is no val/ folder and data.val_split is set."""
-        splits = ("train", "val") if self.has_val_dir() else ("train",)
-        found = {split: labelled_files(self.root / split, names) for split in splits}
-        every = [x for s in splits for x in found[s]]
-        readable = set(readable_samples(every, self.root, self.hparams.max_image_pixels))
-        kept = {s: [x for x in found[s] if x in readable] for s in splits}
-        empty = [
-            str(self.root / split / names[c])
-            for split in splits
-            for c in sorted(set(range(len(names))) - {c for _, c in kept[split]})
-        ]
-        if empty:
-            raise UserValueError(
-                "class folders without a readable image: " + ", ".join(empty) + ". Add "
-                "images or remove the folder (from train/ and val/ alike)."
-            )
-        hp = self.hparams
-        if hp.folds is not None:
-            pooled = kept["train"] + kept.get("val", [])
-            kept["train"], kept["val"] = fold_split(pooled, hp.folds, hp.fold, hp.seed)
-        elif not self.has_val_dir():
-            kept["train"], kept["val"] = stratified_split(kept["train"], hp.val_split, hp.seed)
-        return kept
+            self.samples = self.layout.labelled(self.class_names)
 
     def setup(self, stage: str | None = None) -> None:
         if stage in ("fit", "validate", None) and self.val_set is None:
@@ -217,7 +238,7 @@ class FolderDataModule(DeviceBatches):
             if self.trainer is not None:  # DDP: wait for local rank zero's image check
                 self.trainer.strategy.barrier("hw1 image check")
             if self.samples is None:  # another process decoded them: its cache has them
-                self.samples = self._scan(self.class_names)
+                self.samples = self.layout.labelled(self.class_names)
             train, val = self.samples["train"], self.samples["val"]
             folder = self.root / "train"
             if isinstance(self.train_transform, FastTrainPreset):  # it decodes, too
@@ -225,10 +246,11 @@ class FolderDataModule(DeviceBatches):
                 self.train_set = ClassFolders(folder, self.class_names, None, train, decoder)
             else:
                 self.train_set = ClassFolders(folder, self.class_names, self.train_transform, train)
-            val_folder = self.root / "val" if self.has_val_dir() else folder
+            val_folder = self.root / "val" if self.layout.has_val_dir() else folder
             self.val_set = ClassFolders(val_folder, self.class_names, self.eval_transform, val)
-        if stage in ("predict", None) and self.test_set is None and self.test_dir.is_dir():
-            self.test_set = UnlabeledImages(self.test_dir)
+        test_dir = self.layout.test_dir
+        if stage in ("predict", None) and self.test_set is None and test_dir.is_dir():
+            self.test_set = UnlabeledImages(test_dir)
 
     def _loader(self, dataset: Dataset, shuffle: bool = False) -> DataLoader:
         balanced = shuffle and self.hparams.sampler == "balanced"
@@ -253,7 +275,7 @@ class FolderDataModule(DeviceBatches):
     def predict_dataloader(self) -> DataLoader:
         """The test folder, each image as its TTA views (``tta``: report or none)."""
         if self.test_set is None:
-            raise UserFileNotFoundError(f"{self.test_dir}: no test folder to predict")
+            raise UserFileNotFoundError(f"{self.layout.test_dir}: no test folder to predict")
         hp = self.hparams
         return view_loader(
             self.test_set, self.eval_spec, hp.tta, hp.seed, hp.batch_size, hp.num_workers

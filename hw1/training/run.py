@@ -252,7 +252,7 @@ def predict_test_folder(
 ) -> list[tuple[str, str]] | None:
     """The rows of prediction.csv; None when the test folder has no images, or when not
     every image was predicted (fast_dev_run, limit_predict_batches): that is no submission."""
-    if not datamodule.test_images():
+    if not datamodule.layout.test_images():
         return None
     rows = predict_folder(trainer, model, datamodule, ckpt_path)
     if len(rows) < len(datamodule.test_set):

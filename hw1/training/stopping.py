@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import lightning as L
@@ -102,6 +103,48 @@ class StopOnNonFiniteLoss(L.Callback):
         )
 
 
+class SignalLatch:
+    """Notes the first SIGTERM or SIGINT this process receives, and nothing more: Python
+    runs a handler between two bytecodes, where no collective or file write may start, so
+    the owner reads ``received`` at points of its own choosing. The handlers that were in
+    place (Python's, a job scheduler's) are chained; a second Ctrl-C raises
+    KeyboardInterrupt at once. ``announce(signum)`` is called on the first signal."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self, announce: Callable[[int], None] | None = None) -> None:
+        self.received: int = 0  # the signal this process got, 0 for none
+        self.announce = announce
+        self._installed = False
+        self._chained: dict[int, Any] = {}
+
+    def arm(self) -> None:
+        """Forget any earlier signal and note the handlers in place now, to chain them."""
+        self.received = 0
+        self._installed = False
+        self._chained = {s: signal.getsignal(s) for s in self.SIGNALS}
+
+    def install(self) -> bool:
+        """Install the handlers once (only the main thread may); True the first time."""
+        if self._installed or threading.current_thread() is not threading.main_thread():
+            return False
+        self._installed = True
+        for signum in self.SIGNALS:
+            signal.signal(signum, self._handle)
+        return True
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.received and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C
+        if not self.received:
+            self.received = signum
+            if self.announce is not None:
+                self.announce(signum)
+        previous = self._chained.get(signum)
+        if callable(previous) and previous is not signal.default_int_handler:
+            previous(signum, frame)
+
+
 class CheckpointOnSignal(L.Callback):
     """Saves ``last.ckpt`` when the run is stopped with SIGTERM (``kill``, a cluster's
     preemption or time limit) or Ctrl-C (SIGINT) and exits with status 128 + the signal
@@ -112,62 +155,48 @@ class CheckpointOnSignal(L.Callback):
     Lightning's own handler decides on each process alone, and broadcasts from inside the
     signal handler, where a collective can pair with any other: under DDP, a signal that
     reaches one process (or all of them, a batch apart) stopped one process and left the
-    others waiting in the next collective. Here the handler only notes the signal; every
-    process asks the others at the same points (after each training batch, at the end of a
-    validation) and all stop at the same step, through Lightning's own stopping points.
+    others waiting in the next collective. Here the handler (a SignalLatch) only notes the
+    signal; every process asks the others at the same points (after each training batch,
+    at the end of a validation) and all stop at the same step, through Lightning's own
+    stopping points.
     """
 
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
     def __init__(self) -> None:
-        self._received: int = 0  # the signal this process got, 0 for none
+        self._latch = SignalLatch(announce=self._announce)
         self._stopping: int = 0  # the signal every process agreed to stop on
-        self._installed = False
         self._global_zero = True
-        self._chained: dict[int, Any] = {}
 
     def on_fit_start(self, trainer, pl_module) -> None:
         # Lightning installs its handler after this hook; the ones in place now (Python's,
         # a job scheduler's) are called after ours.
-        self._received = self._stopping = 0
-        self._installed = False
-        self._chained = {s: signal.getsignal(s) for s in self.SIGNALS}
+        self._stopping = 0
+        self._latch.arm()
 
     def _install(self, trainer: L.Trainer) -> None:
         """Replaces Lightning's handler, which it installs just before the sanity check (and
         restores the previous ones after fit)."""
-        if self._installed or threading.current_thread() is not threading.main_thread():
+        if not self._latch.install():
             return
-        self._installed = True
         self._global_zero = trainer.is_global_zero
         if trainer.received_sigterm:  # between Lightning's handler and this hook
-            self._received = signal.SIGTERM
+            self._latch.received = signal.SIGTERM
             stop_fit(trainer, False)
-        for signum in self.SIGNALS:
-            signal.signal(signum, self._handle)
 
-    def _handle(self, signum: int, frame) -> None:
-        if self._received and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C
-        if not self._received:
-            self._received = signum
-            if self._global_zero:
-                again = "; Ctrl-C again stops at once, without saving"
-                log.warning(
-                    "%s: stopping at the end of this batch (or validation) to save last.ckpt%s",
-                    signal.Signals(signum).name,
-                    again if signum == signal.SIGINT else "",
-                )
-        previous = self._chained.get(signum)
-        if callable(previous) and previous is not signal.default_int_handler:
-            previous(signum, frame)
+    def _announce(self, signum: int) -> None:
+        if self._global_zero:
+            again = "; Ctrl-C again stops at once, without saving"
+            log.warning(
+                "%s: stopping at the end of this batch (or validation) to save last.ckpt%s",
+                signal.Signals(signum).name,
+                again if signum == signal.SIGINT else "",
+            )
 
     def _decide(self, trainer: L.Trainer) -> bool:
         """Whether any process received a signal. Every process calls this at the same point:
         under DDP it is a collective (a batch of 1 integer)."""
         if self._stopping:
             return True
-        signum = self._received
+        signum = self._latch.received
         if trainer.world_size > 1:
             flag = torch.tensor(signum, device=trainer.strategy.root_device)
             signum = int(trainer.strategy.reduce(flag, reduce_op="max").item())
