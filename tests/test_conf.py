@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -350,3 +352,26 @@ def test_runs_on_a_gpu_use_channels_last_unless_turned_off(monkeypatch, override
     assert compose_config(overrides).model.channels_last is expected
     for name in MODELS:
         assert compose_config([*overrides, f"model={name}"]).model.channels_last is expected
+
+
+def test_a_users_own_recipe_composes_from_another_folder(tmp_path):
+    """Users add config groups without editing the package: --config-dir (or
+    hydra.searchpath) puts their folder before hw1's pkg://hw1.conf."""
+    (tmp_path / "mine" / "recipe").mkdir(parents=True)
+    (tmp_path / "mine" / "recipe" / "mine.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - R50_64_V3\nid: mine\noptim:\n  lr: 3e-4\n"
+    )
+    for where in (
+        ["--config-dir", str(tmp_path / "mine")],
+        [f"hydra.searchpath=[file://{tmp_path / 'mine'}]"],
+    ):
+        cmd = [sys.executable, "-m", "hw1.train", *where, "recipe=mine", "--cfg", "job"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        cfg = OmegaConf.create(proc.stdout)
+        assert (cfg.id, cfg.optim.lr, cfg.head.name, cfg.model.arch) == (
+            "mine",
+            3e-4,
+            "v3",
+            "resnet50",
+        )
