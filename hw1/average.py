@@ -1,12 +1,9 @@
 """Average the weights of checkpoints into one model:
 ``python -m hw1.average 'ckpt_path=[A.ckpt,B.ckpt,C.ckpt]' output=avg.ckpt data.root=ROOT``.
 
-The checkpoints must hold the same model (architecture, head, classes, preprocessing),
-e.g. the top-k checkpoints of one run. Their floating-point tensors are averaged; integer
-buffers (BatchNorm's ``num_batches_tracked``) are the first checkpoint's. Averaged weights
-do not match the averaged BatchNorm statistics, so those are recomputed with a pass over
-the training images, with the eval transform (``torch.optim.swa_utils.update_bn``). The
-result is a checkpoint that hw1.predict and hw1.eval read as any other.
+The checkpoints must hold the same model, e.g. the top-k checkpoints of one run; BatchNorm
+statistics are recomputed on the training images. The result is a checkpoint hw1.predict
+and hw1.eval read as any other (hw1.inference.averaging).
 """
 
 from __future__ import annotations

@@ -1,16 +1,6 @@
-"""The embedded demo data set: a small, balanced subset of real Fashion-MNIST.
-
-Fashion-MNIST (Zalando SE, MIT licence) comes from Debian's ``dataset-fashion-mnist``
-package. The subset is stored in the package as one compressed NumPy archive and written
-out in the HW1 layout the first time ``data=demo`` is used:
-
-    <root>/train/<garment>/<name>.png
-    <root>/val/<garment>/<name>.png
-    <root>/test/<name>.png
-    <root>/test_labels.csv            (the test answers, so the demo can report test accuracy)
-
-``python -m hw1.demo build`` remakes the archive from the Debian package; ``python -m hw1.demo
-subset ROOT`` draws a second set from it without any of the demo's images.
+"""The demo's data set: ``python -m hw1.demo build`` remakes the archive from Debian's
+``dataset-fashion-mnist``; ``python -m hw1.demo subset ROOT`` draws a second set from it
+without any of the demo's images (hw1.data.demo).
 """
 
 from __future__ import annotations

@@ -1,15 +1,6 @@
-"""Side-by-side benchmarks, reported as ratios (one process, alternating rounds, so machine
-noise hits every contender alike).
-
-    python -m hw1.bench tta [--images 96] [--size 64] [--arch resnet18] [--batch-size 32]
-    python -m hw1.bench loader [--images 200] [--workers 0] [--size 224] [--rounds 5]  (and
-        the fast pipeline's decoder's full-size decode-only rate, its ceiling)
-    python -m hw1.bench step [--batches 20] [--batch-size 64] [--size 32] [--rounds 3]
-
-and the GPU check kit, every figure the performance documentation needs from a GPU, in
-about 8 minutes on one (``--device cpu --quick``: the same code at toy size on the CPU):
-
-    python -m hw1.bench gpu [--out DIR] [--device cuda|cpu] [--quick]
+"""What the benchmarks share: synthetic photo sets, timing rounds that alternate the
+contenders (so machine noise hits each alike), a benchmark's config and classifier, and
+batched against per-image test-time augmentation.
 """
 
 from __future__ import annotations

@@ -1,17 +1,8 @@
-"""Parity of the fast train pipeline with the reference: both are given the same drawn
-parameters (crop box, flip, angle, shift, colour factors and order) on real image files,
-and their outputs compared per image (mean absolute difference in grey levels, PSNR),
-split by crop scale, by enlarging vs reducing, by image size, with and without colour.
-
-    python -m hw1.parity [--sets demo photos photos64 small] [--draws 4] [--images 24]
-    python -m hw1.parity jpegs SRC DST [--min 20] [--max 40] [--seed 0]
-
-``demo``: the demo's 32 px Fashion-MNIST PNGs at 32 px, with the demo's augmentation;
-``photos``: quality-90 JPEGs around 500x375 at 224 px; ``photos64``: the same at 64 px,
-most of them decoded at a reduced scale;
-``small``: JPEGs of 24-56 px at 64 px, every crop enlarged. ``jpegs`` rewrites a data set
-in the HW1 layout (e.g. the demo's) as quality-90 JPEGs whose longer side is drawn from
-MIN..MAX px, a set to train at a size its images must be enlarged to.
+"""The parity harness behind ``python -m hw1.parity``: both train pipelines are given the
+same drawn parameters (crop box, flip, angle, shift, colour factors and order) on real
+image files, and their outputs compared per image (mean absolute difference in grey
+levels, PSNR), tabled by crop scale, enlarging vs reducing, image size, with and without
+colour; and the image sets it measures on.
 """
 
 from __future__ import annotations

@@ -1,8 +1,11 @@
-"""The data: folders in the HW1 layout, wrapped in a LightningDataModule.
+"""The HW1 layout and its LightningDataModule:
 
-<root>/train/<class>/<image>
-<root>/val/<class>/<image>
-<root>/test/<image>          (flat, unlabeled; optional)
+    <root>/train/<class>/<image>
+    <root>/val/<class>/<image>
+    <root>/test/<image>          (flat, unlabeled; optional)
+
+``FolderLayout`` says which files are labelled with which class; ``FolderDataModule``
+builds the train and eval pipelines, datasets and loaders from it.
 """
 
 from __future__ import annotations

@@ -1,8 +1,6 @@
-"""The data: folders in the HW1 layout, wrapped in a LightningDataModule.
-
-<root>/train/<class>/<image>
-<root>/val/<class>/<image>
-<root>/test/<image>          (flat, unlabeled; optional)
+"""Datasets over image files: labelled class folders (a file that stops being readable is
+replaced by the next one and reported once), unlabelled test images, and each image's
+test-time views as one stack.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
-"""The device-side end of every batch: a data module that finishes its batches on the
-device after the transfer (the fast pipeline's deferred steps, uint8 to normalised floats,
-the model's dtype), as timm's PrefetchLoader normalises on the GPU, and that data module
-around ready DataLoaders."""
+"""Data modules that finish their batches on the device after the transfer (as timm's
+PrefetchLoader normalises on the GPU), so the model gets normalised floats whatever
+pipeline made them; and that data module around ready DataLoaders.
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""Class imbalance: a sampler that draws each class equally often (``data.sampler=balanced``)
-and inverse-frequency class weights for the loss (``loss.class_weights=balanced``), both
-from the training set's class counts."""
+"""Class imbalance on the data side: class counts, inverse-frequency weights, and a sampler
+that draws each class equally often (``data.sampler=balanced``).
+"""
 
 from __future__ import annotations
 

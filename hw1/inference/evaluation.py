@@ -1,8 +1,5 @@
-"""Evaluate checkpoints on a labelled split:
-``python -m hw1.eval ckpt_path=PATH data.root=ROOT [split=val]``.
-
-Prints and writes ``eval.json`` (accuracy with and without TTA, per-class accuracy, the
-ten most confused class pairs) and ``confusion.png`` beside it.
+"""Evaluation of checkpoints on a labelled split (``python -m hw1.eval``): accuracy with and
+without TTA, per-class accuracy, the most confused class pairs, and the confusion image.
 """
 
 from __future__ import annotations

@@ -1,7 +1,6 @@
-"""Predict a test folder from checkpoints: ``python -m hw1.predict ckpt_path=PATH data.root=ROOT``.
-
-The model, head, image size and class names come from the checkpoint. ``ckpt_path=[A,B]``
-averages the softmax of several checkpoints (each with its own test-time views).
+"""Prediction from checkpoints: one model or an ensemble (the mean of their softmax, each
+with its own test-time views), gathered across DDP processes, turned into the submission's
+rows; ``predict(cfg)`` is ``python -m hw1.predict``'s whole job.
 """
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
-"""The model: a torchvision ResNet/ResNeXt backbone, one of the report's heads, and the
-LightningModule that trains them."""
+"""The network: a torchvision ResNet/ResNeXt backbone without its classifier (pretrained
+weights by torchvision's weights API or a local state dict, frozen stages, channels-last,
+compiling) and the report's heads v0..v4.
+"""
 
 from __future__ import annotations
 

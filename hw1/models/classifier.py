@@ -1,5 +1,6 @@
-"""The model: a torchvision ResNet/ResNeXt backbone, one of the report's heads, and the
-LightningModule that trains them."""
+"""The LightningModule: backbone + head, trained with the configured loss, optimizer and
+schedule on normalised float batches, and rebuilt from a checkpoint's own configs.
+"""
 
 from __future__ import annotations
 

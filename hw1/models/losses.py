@@ -1,6 +1,6 @@
-"""Class imbalance: a sampler that draws each class equally often (``data.sampler=balanced``)
-and inverse-frequency class weights for the loss (``loss.class_weights=balanced``), both
-from the training set's class counts."""
+"""The training loss: torch's cross-entropy with optional inverse-frequency class weights
+(``loss.class_weights=balanced``), counted from the training set once it is known.
+"""
 
 from __future__ import annotations
 

@@ -1,12 +1,5 @@
-"""Distil an ensemble into one model: ``python -m hw1.distill 'teachers=[A.ckpt,B.ckpt,C.ckpt]'
-recipe=ID data.root=ROOT [distill.temperature=T distill.alpha=A]``.
-
-The student is any training config (conf/distill.yaml composes conf/train.yaml), trained
-as hw1.train trains, into the same run directory (checkpoints, metrics.json,
-prediction.csv, TensorBoard), on the mean of its teachers' softened predictions of each
-augmented training batch and on the labels. Its parameter count is checked against the
-competition's limit before anything trains. Its checkpoints are plain hw1 checkpoints: the
-teachers are not part of them.
+"""The distilled student: a Classifier trained on its teachers' softened predictions of each
+augmented batch and on the labels (Hinton et al.'s loss, ``distillation_loss``).
 """
 
 from __future__ import annotations

@@ -1,17 +1,7 @@
-"""Summarise training runs against the report: ``python -m hw1.report DIR [DIR ...]``.
-
-Reads every run under the given directories (a run is a directory with a ``metrics.json``,
-as ``python -m hw1.train -m experiment=depth`` leaves under ``outputs/multirun/...``) and
-writes, into ``--out`` (default: the first DIR):
-
-- ``report.md``: a table per family, one row per report ID, with its settings, parameters,
-  best validation accuracy and its 95 % confidence interval, best epoch, epochs, wall time,
-  test accuracy when the data has test labels, and the report's own number beside it;
-- ``report.csv``: the same rows, one line each, for spreadsheets;
-- ``curves.png``: validation accuracy per epoch of every run, one panel per family, read
-  from the runs' TensorBoard event files.
-
-Runs of one ID with several seeds become one row: mean ± standard deviation.
+"""A sweep's runs against the report, for ``python -m hw1.report``: each run directory's
+metrics.json, settings and validation curve; one row per report ID (mean ± std over seeds,
+95 % Wilson intervals, the report's own number from reference.csv, whether a gap is within
+noise), written as Markdown, CSV and a curves figure.
 """
 
 from __future__ import annotations

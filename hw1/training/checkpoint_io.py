@@ -1,6 +1,6 @@
-"""What keeps a run safe to stop and resume: a checkpoint writer that never leaves a
-half-written file, a stop on a non-finite loss, a checkpoint on SIGTERM or Ctrl-C, and the
-random states that a resumed run needs to draw what an uninterrupted one would."""
+"""Checkpoint files: a writer that never leaves a half-written file (a temporary file, then
+a rename), and where ``last.ckpt`` lives.
+"""
 
 from __future__ import annotations
 

@@ -1,12 +1,7 @@
-"""Distil an ensemble into one model: ``python -m hw1.distill 'teachers=[A.ckpt,B.ckpt,C.ckpt]'
-recipe=ID data.root=ROOT [distill.temperature=T distill.alpha=A]``.
-
-The student is any training config (conf/distill.yaml composes conf/train.yaml), trained
-as hw1.train trains, into the same run directory (checkpoints, metrics.json,
-prediction.csv, TensorBoard), on the mean of its teachers' softened predictions of each
-augmented training batch and on the labels. Its parameter count is checked against the
-competition's limit before anything trains. Its checkpoints are plain hw1 checkpoints: the
-teachers are not part of them.
+"""Distilling an ensemble into one model (``python -m hw1.distill``): the teachers loaded
+from their checkpoints and checked against the student's data and preprocessing, the
+student's size checked against the competition's limit before anything trains, and the
+training run that hw1.train runs, with the student.
 """
 
 from __future__ import annotations

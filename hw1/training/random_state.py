@@ -1,6 +1,6 @@
-"""What keeps a run safe to stop and resume: a checkpoint writer that never leaves a
-half-written file, a stop on a non-finite loss, a checkpoint on SIGTERM or Ctrl-C, and the
-random states that a resumed run needs to draw what an uninterrupted one would."""
+"""The random states a resumed run needs to draw what an uninterrupted one would, saved in
+and restored from the checkpoint.
+"""
 
 from __future__ import annotations
 

@@ -1,7 +1,6 @@
-"""Train a classifier: ``python -m hw1.train [overrides]``.
-
-Compose the config, build the data module, model, callbacks, loggers and trainer, fit,
-then predict the test folder with the best checkpoint and write ``metrics.json``.
+"""Continuing a stopped run: ``resume=true hydra.run.dir=RUN`` takes the run's own saved
+overrides under the command line's (read before Hydra composes the config), and
+``resume_point`` names the checkpoint fit continues from.
 """
 
 from __future__ import annotations

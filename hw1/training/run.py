@@ -1,7 +1,7 @@
-"""Train a classifier: ``python -m hw1.train [overrides]``.
-
-Compose the config, build the data module, model, callbacks, loggers and trainer, fit,
-then predict the test folder with the best checkpoint and write ``metrics.json``.
+"""One training run from a composed config (``python -m hw1.train``, and each trial of
+hw1.tune and the student of hw1.distill): build the data module, model, callbacks, loggers
+and trainer, fit, predict the test folder with the best checkpoint, and write the run's
+outputs (prediction.csv, metrics.json, the summary).
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""The model: a torchvision ResNet/ResNeXt backbone, one of the report's heads, and the
-LightningModule that trains them."""
+"""The report's learning-rate schedule: linear warm-up, cosine decay over ``T_max`` epochs,
+then flat at ``eta_min``.
+"""
 
 from __future__ import annotations
 

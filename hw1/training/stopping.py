@@ -1,6 +1,7 @@
-"""What keeps a run safe to stop and resume: a checkpoint writer that never leaves a
-half-written file, a stop on a non-finite loss, a checkpoint on SIGTERM or Ctrl-C, and the
-random states that a resumed run needs to draw what an uninterrupted one would."""
+"""Stopping a run safely: on a non-finite loss (before anything after the bad step is
+saved), and on SIGTERM or Ctrl-C (saving ``last.ckpt`` at a point every DDP process agrees
+on, so ``resume=true`` continues from there).
+"""
 
 from __future__ import annotations
 

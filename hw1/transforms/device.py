@@ -1,7 +1,6 @@
-"""The device-side end of every batch: a data module that finishes its batches on the
-device after the transfer (the fast pipeline's deferred steps, uint8 to normalised floats,
-the model's dtype), as timm's PrefetchLoader normalises on the GPU, and that data module
-around ready DataLoaders."""
+"""The last steps of every uint8 batch, on the batch's device: the fast pipeline's deferred
+colour jitter, rotation and shift, then uint8 to normalised floats in the model's dtype.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""The model: a torchvision ResNet/ResNeXt backbone, one of the report's heads, and the
-LightningModule that trains them."""
+"""MixUp and CutMix on a training batch (``mix.*``), by torchvision's transforms."""
 
 from __future__ import annotations
 
