@@ -15,6 +15,7 @@ import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 
 from hw1.utils.io import temporary_beside
+from hw1.utils.weights import current_targets, safe_load
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -59,6 +60,21 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 os.fsync(directory)
             finally:
                 os.close(directory)
+
+    def load_checkpoint(self, path, map_location: Any = None, weights_only: bool | None = None):
+        """Lightning's own reads (``trainer.fit(ckpt_path=...)``, resume) go through
+        ``safe_load``, every command's reader: a damaged file or one that holds code gets
+        its message, not torch's traceback, and old ``_target_`` paths are rewritten.
+        Remote paths, and a caller that asks for ``weights_only=False``, keep Lightning's."""
+        local = Path(str(path).removeprefix("file://"))
+        remote = fsspec.utils.get_protocol(str(path)) != "file"
+        if weights_only is False or remote or not local.is_file():
+            where = {} if map_location is None else {"map_location": map_location}
+            return super().load_checkpoint(path, weights_only=weights_only, **where)
+        ckpt = safe_load(local)
+        if "hyper_parameters" in ckpt:
+            ckpt["hyper_parameters"] = current_targets(ckpt["hyper_parameters"])
+        return ckpt
 
 
 def _os_error(error: BaseException | None) -> OSError | None:
