@@ -32,8 +32,8 @@ from hw1.inference.predictor import checkpoint_paths
 from hw1.models.classifier import Classifier
 from hw1.transforms.device import FinishOnDevice
 from hw1.transforms.presets import EvalSpec, eval_preset
-from hw1.utils.errors import UserFileNotFoundError, UserValueError
-from hw1.utils.io import write_atomically
+from hw1.utils.errors import UserFileNotFoundError, UserValueError, require_positive
+from hw1.utils.io import check_writable_file, write_atomically
 from hw1.utils.weights import load_checkpoint
 
 # model settings that change how a model runs, not which weights it has
@@ -189,6 +189,8 @@ def average(cfg: DictConfig) -> Path:
     if not cfg.output:
         raise UserValueError("output is required: output=avg.ckpt")
     output = Path(cfg.output)
+    check_writable_file(output, "output")
+    require_positive(data__batch_size=cfg.data.batch_size)
     paths = checkpoint_paths(cfg.ckpt_path)
     ckpt = averaged_checkpoint(load_checkpoints(paths), paths)
     model = Classifier.from_checkpoint(paths[0])

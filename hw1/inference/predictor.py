@@ -25,8 +25,8 @@ from hw1.data.device_batches import LoaderDataModule
 from hw1.data.scan import check_test_images, display_path
 from hw1.models.classifier import Classifier
 from hw1.transforms.presets import EvalSpec
-from hw1.utils.errors import UserFileNotFoundError, UserValueError
-from hw1.utils.io import csv_text, write_atomically
+from hw1.utils.errors import UserFileNotFoundError, UserValueError, require_positive
+from hw1.utils.io import check_writable_file, csv_text, write_atomically
 
 
 def checkpoint_paths(ckpt_path: str | Sequence[str] | None) -> list[Path]:
@@ -121,9 +121,13 @@ def save_probs(
 
 
 def output_path(cfg: DictConfig, default_name: str) -> Path:
-    """``output=FILE``, or ``default_name`` in the Hydra run directory."""
+    """``output=FILE``, or ``default_name`` in the Hydra run directory; checked before any
+    work (check_writable_file), with the data settings the work needs."""
+    require_positive(data__batch_size=cfg.data.batch_size)
     if cfg.output:
-        return Path(cfg.output)
+        output = Path(cfg.output)
+        check_writable_file(output, "output")
+        return output
     return Path(HydraConfig.get().runtime.output_dir) / default_name
 
 

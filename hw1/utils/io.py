@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from hw1.utils.errors import UserValueError
+
 
 def temporary_beside(path: Path) -> Path:
     """A hidden name in ``path``'s folder that no other process or call picks, to write
@@ -37,3 +39,23 @@ def csv_text(rows: Sequence[Sequence[Any]]) -> str:
     out = io.StringIO()
     csv.writer(out, lineterminator="\n").writerows(rows)
     return out.getvalue()
+
+
+def check_writable_file(path: Path, key: str) -> None:
+    """Refuses, before any work, an output path that write_atomically could not write: a
+    folder, a path through a file, or a place this process may not write (a read-only file
+    system, no permission). Nothing is created: the missing folders are made on writing."""
+    if path.is_dir():
+        raise UserValueError(
+            f"{key}={path} is a folder: give a file path in it, e.g. {key}={path / path.name}.out"
+        )
+    existing = path.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserValueError(f"{key}={path}: {existing} is a file, so no folder can be made there")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserValueError(
+            f"{key}={path}: cannot write in {existing} (read-only or no permission): choose "
+            "another place"
+        )
