@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import signal
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -24,7 +25,7 @@ from hw1 import PARAM_LIMIT
 from hw1.data.datamodule import FolderDataModule
 from hw1.data.demo import TEST_LABELS
 from hw1.inference.averaging import check_swa
-from hw1.inference.predictor import predict_rows, submission_rows
+from hw1.inference.predictor import predict_rows, stopping_on_signal, submission_rows
 from hw1.models.classifier import Classifier
 from hw1.training.init_from import check_start, load_weights
 from hw1.training.resume import resume_point, save_run_config
@@ -32,6 +33,7 @@ from hw1.utils.errors import UserValueError
 from hw1.utils.io import csv_text, write_atomically
 from hw1.utils.precision import use_tensor_cores
 from hw1.utils.runlock import command_lock
+from hw1.utils.signals import Stopped
 from hw1.utils.weights import safe_load
 
 log = logging.getLogger(__name__)
@@ -186,9 +188,14 @@ def train_in(
         write_atomically(run_dir / "metrics.json", json.dumps(metrics, indent=2))
 
     try:
-        rows = predict_test_folder(trainer, model, datamodule, metrics["best_ckpt"])
+        again = f"python -m hw1.{HydraConfig.get().job.name} resume=true hydra.run.dir={run_dir}"
+        with stopping_on_signal(trainer, "the end-of-training prediction", again):
+            rows = predict_test_folder(trainer, model, datamodule, metrics["best_ckpt"])
         if rows is not None and trainer.is_global_zero:
             metrics |= write_prediction(rows, run_dir, datamodule.root)
+    except Stopped as e:  # metrics.json and the checkpoints are kept; a resume predicts
+        metrics["prediction_error"] = f"stopped by {signal.Signals(e.signum).name}"
+        raise
     except Exception as e:
         # Re-raised once the fit's outputs are complete: the run exits non-zero, as it
         # delivered no prediction.csv, and the error is reported as any other.
