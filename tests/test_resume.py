@@ -124,3 +124,17 @@ def test_a_failed_resume_keeps_the_runs_settings_and_a_plain_one_continues(tmp_p
     assert config.resume is True and config.model.arch == "resnet18"
     assert "resume=true" in OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")
     assert "Restored all states from the checkpoint" in good.stdout + good.stderr
+
+
+def test_a_resume_from_the_middle_of_an_epoch_says_the_run_will_differ(tmp_path, caplog):
+    """R1, not fixed: the rest of the epoch's data order is not replayed; README says
+    which resumes differ, and the resume says so."""
+    model = classifier(head="v0", classes=3)
+    progress = {"current": {"completed": 5}, "is_last_batch": False}
+    loops = {"fit_loop": {"epoch_loop.batch_progress": progress}}
+    check_resumable(model, saved_run(tmp_path / "mid.ckpt", model, loops=loops))
+    assert "saved 5 batches into epoch 2" in caplog.text and "will differ" in caplog.text
+    caplog.clear()
+    progress["is_last_batch"] = True
+    check_resumable(model, saved_run(tmp_path / "end.ckpt", model, loops=loops))
+    assert "will differ" not in caplog.text

@@ -5,6 +5,7 @@ random states that a resumed run needs to draw what an uninterrupted one would."
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from lightning.fabric.plugins import TorchCheckpointIO
 
 from hw1.utils.io import temporary_beside
 from hw1.utils.weights import current_targets, safe_load
+
+log = logging.getLogger(__name__)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -91,3 +94,22 @@ def last_checkpoint(trainer: L.Trainer) -> Path:
         Path(ckpt.dirpath) if ckpt is not None else Path(trainer.default_root_dir) / "checkpoints"
     )
     return folder / "last.ckpt"
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Removes the temporary files (temporary_beside's ``.NAME.PID.HEX.tmp``) that a save
+    killed mid-write (SIGKILL, a lost node) left in ``folder``: as large as a checkpoint,
+    and nothing else removes them. Called by the run that holds the folder's lock
+    (hw1.utils.runlock), so no save of another process is under way there."""
+    removed = []
+    for path in folder.glob(".*.*.*.tmp") if folder.is_dir() else []:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            removed.append(path)
+    if removed:
+        log.info(
+            "removed %d temporary file(s) left by a save cut short: %s",
+            len(removed),
+            ", ".join(p.name for p in removed),
+        )
+    return removed

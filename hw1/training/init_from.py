@@ -8,6 +8,7 @@ stopped, optimizer and epoch included.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -17,6 +18,8 @@ from hw1.inference.averaging import must_share
 from hw1.models.student import DistilledClassifier
 from hw1.utils.errors import UserValueError
 from hw1.utils.weights import first_keys, load_checkpoint, mismatched_keys
+
+log = logging.getLogger(__name__)
 
 
 def check_start(init_from: str | None, ckpt_path: str | None) -> None:
@@ -116,6 +119,31 @@ def check_resumable(model: nn.Module, path: str | os.PathLike, key: str = "ckpt_
                 f"run; use init_from={path} to start a new run from these weights"
             )
     check_state(model, ckpt, f"{key}={path}", "Resume with the run's own settings")
+    warn_if_mid_epoch(ckpt, path)
+
+
+def mid_epoch_batches(ckpt: dict[str, Any]) -> int:
+    """How many training batches of its epoch a checkpoint saved in the middle of one
+    (a SIGTERM or Ctrl-C) had done; 0 for one saved at an epoch's end."""
+    progress = ckpt.get("loops", {}).get("fit_loop", {}).get("epoch_loop.batch_progress", {})
+    done = progress.get("current", {}).get("completed", 0)
+    return 0 if progress.get("is_last_batch", True) else int(done)
+
+
+def warn_if_mid_epoch(ckpt: dict[str, Any], path: str | os.PathLike) -> None:
+    """A run resumed in the middle of an epoch finishes that epoch, but not on the batches
+    the uninterrupted run would have drawn: the loader's shuffle and the augmentations'
+    draws are not replayed from the batch it stopped at (README, "Resuming")."""
+    done = mid_epoch_batches(ckpt)
+    if done:
+        log.warning(
+            "%s was saved %d batches into epoch %d: the rest of that epoch is trained on "
+            "other batches and augmentations than an uninterrupted run's, so the resumed run "
+            "will differ from it (from the next epoch on, the data order is the seed's again)",
+            path,
+            done,
+            int(ckpt.get("epoch", 0)) + 1,
+        )
 
 
 def differences(theirs: dict[str, Any], ours: dict[str, Any], names: list[str]) -> list[str]:

@@ -27,12 +27,13 @@ from hw1.data.demo import TEST_LABELS
 from hw1.inference.averaging import check_swa
 from hw1.inference.predictor import predict_rows, stopping_on_signal, submission_rows
 from hw1.models.classifier import Classifier
+from hw1.training.checkpoint_io import last_checkpoint, remove_stale_temporaries
 from hw1.training.init_from import check_start, load_weights
 from hw1.training.resume import resume_point, save_run_config
 from hw1.utils.errors import UserValueError
 from hw1.utils.io import csv_text, write_atomically
 from hw1.utils.precision import use_tensor_cores
-from hw1.utils.runlock import command_lock
+from hw1.utils.runlock import command_lock, first_process
 from hw1.utils.signals import Stopped
 from hw1.utils.weights import safe_load
 
@@ -175,6 +176,8 @@ def train_in(
     check_swa(callbacks)
     loggers = [instantiate(lg) for lg in cfg.logger.values() if lg is not None]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    if first_process():  # the lock's holder: no save of another process is under way
+        remove_stale_temporaries(last_checkpoint(trainer).parent)
 
     ckpt_path = resume_point(cfg, trainer, model)
     if trainer.is_global_zero:
