@@ -47,6 +47,7 @@ def test_a_lock_of_another_host_is_honoured_and_says_how_to_clear_it(tmp_path):
         pass
 
 
+@pytest.mark.slow
 def test_train_into_a_locked_run_directory_is_refused_before_hydra_writes_there(tmp_path):
     run_dir = tmp_path / "run"
     cmd = [sys.executable, "-m", "hw1.train", f"data.root={tmp_path}", f"hydra.run.dir={run_dir}"]
