@@ -7,16 +7,19 @@ averages the softmax of several checkpoints (each with its own test-time views).
 from __future__ import annotations
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from hw1.inference.predictor import predict
 from hw1.utils.config import CONF_PATH
 from hw1.utils.errors import reported
+from hw1.utils.runlock import command_lock
 
 
 @hydra.main(version_base="1.3", config_path=CONF_PATH, config_name="predict")
 def main(cfg: DictConfig) -> None:
-    with reported():
+    run_dir = HydraConfig.get().runtime.output_dir  # its .hydra/, its log, its default output
+    with reported(), command_lock(run_dir, "hw1.predict"):
         predict(cfg)
 
 

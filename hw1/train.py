@@ -12,7 +12,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from hw1.training.resume import with_run_overrides
+from hw1.training.resume import refuse_a_locked_run_dir, with_run_overrides
 from hw1.training.run import train
 from hw1.utils.config import CONF_PATH
 from hw1.utils.errors import reported
@@ -37,6 +37,8 @@ def main() -> None:
     """``python -m hw1.train``: a resumed run's own overrides join the command line before
     Hydra composes the config (Hydra has no hook that runs earlier)."""
     global taken_overrides_note
+    with reported():
+        refuse_a_locked_run_dir(sys.argv)
     sys.argv, taken_overrides_note = with_run_overrides(sys.argv)
     run()
 

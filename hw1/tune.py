@@ -104,16 +104,36 @@ def storage_of(cfg: DictConfig, must_exist: bool = False) -> optuna.storages.Bas
     return open_storage(url, engine)
 
 
+# A running trial's heartbeat, every HEARTBEAT_S seconds (Optuna's thread, beside the
+# training): a trial whose process was killed (SIGKILL, a lost node) stops beating, and the
+# next trial of the study, in any process, marks it FAIL once GRACE_S have passed, instead
+# of it staying RUNNING forever. Its run directory's last.ckpt can still be resumed by hand.
+HEARTBEAT_S = 30
+GRACE_S = 120
+
+
 def open_storage(url: str, engine_kwargs: dict, attempts: int = 5) -> optuna.storages.RDBStorage:
-    """Optuna's RDBStorage, retried: it creates its tables and stamps their version without
-    a lock, so processes starting on one new study at the same moment can collide (an
-    IntegrityError or "table already exists"); a second try finds the tables made."""
+    """Optuna's RDBStorage with heartbeats, retried: it creates its tables and stamps their
+    version without a lock, so processes starting on one new study at the same moment can
+    collide (an IntegrityError or "table already exists"); a second try finds the tables."""
+    kwargs = {"engine_kwargs": engine_kwargs, "heartbeat_interval": HEARTBEAT_S}
+    kwargs["grace_period"] = GRACE_S
     for attempt in range(1, attempts):
         try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+            return optuna.storages.RDBStorage(url, **kwargs)
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError):
             time.sleep(0.5 * attempt)
-    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+    return optuna.storages.RDBStorage(url, **kwargs)
+
+
+class TrialStopped(KeyboardInterrupt):
+    """A trial stopped by SIGTERM or Ctrl-C (the training's SystemExit 143 or 130). Optuna
+    records a KeyboardInterrupt as the trial's failure and re-raises it; a SystemExit would
+    leave the trial RUNNING. search() exits with ``code``."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
 
 
 class Pruning(PyTorchLightningPruningCallback):
@@ -182,6 +202,14 @@ class Objective:
                 )
         except optuna.TrialPruned:
             raise
+        except SystemExit as e:  # SIGTERM or Ctrl-C: last.ckpt saved, or a stopped prediction
+            code = e.code if isinstance(e.code, int) else 1
+            trial.set_user_attr(
+                "fail_reason",
+                f"stopped (exit {code}); continue it by hand with python -m hw1.train "
+                f"resume=true hydra.run.dir={run_dir}",
+            )
+            raise TrialStopped(code) from e
         except Exception as e:
             # NaN loss, out of memory, bad settings: recorded, and the search goes on.
             trial.set_user_attr("fail_reason", failure_text(e))
@@ -250,14 +278,17 @@ def search(cfg: DictConfig, choice: str | None, train_overrides: list[str]) -> N
     )
     study.set_user_attr("monitor", cfg.monitor)
     print(f"study {cfg.study_name}: {len(study.trials)} trials so far; running {cfg.n_trials} more")
-    study.optimize(
-        Objective(cfg, space, train_overrides),
-        n_trials=cfg.n_trials,
-        timeout=cfg.timeout,
-        catch=(Exception,),  # a failed trial is recorded with its reason; the next one runs
-        callbacks=[progress],
-        gc_after_trial=True,
-    )
+    try:
+        study.optimize(
+            Objective(cfg, space, train_overrides),
+            n_trials=cfg.n_trials,
+            timeout=cfg.timeout,
+            catch=(Exception,),  # a failed trial is recorded with its reason; the next one runs
+            callbacks=[progress],
+            gc_after_trial=True,
+        )
+    except TrialStopped as stopped:  # recorded as FAIL, with how to continue it
+        raise SystemExit(stopped.code) from None
     summarise(study, Path(cfg.dir))
 
 

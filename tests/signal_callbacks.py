@@ -36,6 +36,9 @@ class SignalAt(L.Callback):
     def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dl_idx=0) -> None:
         self._maybe_send(trainer, "sanity" if trainer.sanity_checking else "validation", batch_idx)
 
+    def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dl_idx=0) -> None:
+        self._maybe_send(trainer, "predict", batch_idx)
+
 
 class NaNLossAt(L.Callback):
     """Makes the training loss NaN on the process of rank ``rank`` at global step ``step``

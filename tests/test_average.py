@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -12,13 +13,15 @@ from PIL import Image
 from test_predict import tiny_model
 from torch import nn
 
-from hw1.inference.averaging import average, averaged_checkpoint, load_checkpoints
+from hw1.inference.averaging import average, averaged_checkpoint, load_checkpoints, normalised
 from hw1.inference.evaluation import evaluate
 from hw1.inference.predictor import predict
 from hw1.models.classifier import Classifier
+from hw1.transforms.device import FinishOnDevice
 from hw1.transforms.presets import EvalSpec, eval_preset
 from hw1.utils.config import compose_config
 from hw1.utils.errors import UserValueError
+from hw1.utils.signals import Stopped, latched
 
 CLASSES = [str(i) for i in range(12)]
 
@@ -189,3 +192,17 @@ def test_a_runs_top_k_checkpoints_average_from_the_command_line(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "BatchNorm statistics" in proc.stderr
     assert Classifier.from_checkpoint(out).class_names == CLASSES
+
+
+def test_a_signal_stops_the_batchnorm_pass_between_batches():
+    """R8: hw1.average's pass over the training images stops at a batch on SIGTERM or
+    Ctrl-C (Stopped: exit 143 or 130), before the averaged checkpoint is written."""
+    batches = [(torch.zeros(1, 3, 4, 4), 0)] * 3
+    finish = FinishOnDevice((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    with latched("averaging") as latch:
+        passed = normalised(batches, finish, torch.device("cpu"), latch)
+        next(passed)
+        latch.received = signal.SIGINT
+        with pytest.raises(Stopped) as stopped:
+            next(passed)
+    assert stopped.value.code == 130

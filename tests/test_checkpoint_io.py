@@ -125,3 +125,16 @@ def test_a_write_that_fills_the_disk_keeps_the_previous_checkpoint(disks, tmp_pa
     plugin.save_checkpoint(a_checkpoint(3.0), last)
     assert torch.load(last, weights_only=True)["epoch"] == 3
     assert sorted(p.name for p in last.parent.iterdir()) == ["last.ckpt"]
+
+
+def test_a_temporary_left_by_a_killed_save_is_removed_at_the_next_start(tmp_path):
+    """Smaller finding: a SIGKILL mid-save left a hidden checkpoint-sized .tmp for ever."""
+    from hw1.training.checkpoint_io import remove_stale_temporaries
+
+    left = tmp_path / ".best.ckpt.4242.0a1b2c3d.tmp"
+    left.write_bytes(b"x" * 100)
+    kept = [tmp_path / "best.ckpt", tmp_path / "last.ckpt", tmp_path / "notes.tmp"]
+    for path in kept:
+        path.write_bytes(b"ckpt")
+    assert remove_stale_temporaries(tmp_path) == [left]
+    assert not left.exists() and all(p.exists() for p in kept)

@@ -2,6 +2,9 @@ from __future__ import annotations
 
 import csv
 import io
+import re
+import signal
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,12 +15,15 @@ from torchvision.transforms.v2 import functional as F
 
 from hw1.benchmarks.common import batched, per_image_tta
 from hw1.data.datasets import UnlabeledImages, view_loader
+from hw1.inference.evaluation import evaluate
 from hw1.inference.predictor import collect, predict, submission_rows
 from hw1.models.classifier import Classifier
 from hw1.transforms.device import FinishOnDevice
 from hw1.transforms.presets import EvalSpec, ViewStack, eval_preset
 from hw1.utils.config import compose_config
+from hw1.utils.errors import UserValueError
 from hw1.utils.io import csv_text
+from hw1.utils.signals import Stopped
 
 
 def tiny_model(seed: int = 0) -> Classifier:
@@ -197,3 +203,45 @@ def test_an_empty_test_folder_is_a_clear_error_in_predict(tmp_path):
     (root / "test" / "notes.txt").write_text("not an image")
     with pytest.raises(FileNotFoundError, match=f"{root / 'test'} has no images to predict"):
         run_predict(root, tmp_path / "out.csv", f"ckpt_path={tmp_path / 'never.ckpt'}")
+
+
+@pytest.mark.parametrize("name, status", [("SIGTERM", 143), ("SIGINT", 130)])
+def test_a_signal_stops_predict_and_eval_at_a_batch_with_nothing_written(
+    tmp_path, caplog, name, status
+):
+    """R8: Lightning noted a SIGTERM and predicted on, then wrote the CSV and exited 0."""
+    root = tmp_path / "data"
+    make_hw1_folder(root, ["0", "1"], train=1, val=3, test=3, size=32)
+    ckpt = saved_tiny_model(tmp_path / "tiny.ckpt")
+    sender = (
+        f"+trainer.callbacks=[{{_target_:signal_callbacks.SignalAt,signal:{name},phase:predict}}]"
+    )
+    for command, out in ((predict, tmp_path / "p.csv"), (evaluate, tmp_path / "eval.json")):
+        cfg = compose_config(
+            [f"data.root={root}", f"output={out}", "data.num_workers=0", "trainer=cpu",
+             "data.batch_size=1", "tta=none", f"ckpt_path={ckpt}", sender],
+            config_name="predict" if command is predict else "eval",
+        )  # fmt: skip
+        with pytest.raises(Stopped) as stopped:
+            command(cfg)
+        assert stopped.value.code == status
+        assert not out.exists() and not list(tmp_path.glob(".*.tmp"))
+        what = "predicting" if command is predict else "evaluating"
+        assert f"{name}: stopped {what}; nothing was written. Rerun: " in caplog.text
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers given back
+
+
+def test_a_bad_output_is_refused_before_any_work(tmp_path):
+    """R7: these failed after the whole prediction, with a traceback."""
+    (tmp_path / "afile.txt").write_text("x")
+    never = f"ckpt_path={tmp_path / 'never.ckpt'}"  # refused before it is looked for
+    for output, message in (
+        (tmp_path, "is a folder: give a file path in it"),
+        (tmp_path / "afile.txt" / "p.csv", "afile.txt is a file, so no folder can be made"),
+        (Path("/sys/hw1/p.csv"), "cannot write in /sys ("),
+    ):
+        with pytest.raises(UserValueError, match=re.escape(f"output={output}")) as error:
+            run_predict(tmp_path, output, never)
+        assert message in str(error.value)
+    with pytest.raises(UserValueError, match=r"data\.batch_size=0: use a whole number"):
+        run_predict(tmp_path, tmp_path / "p.csv", never, "data.batch_size=0")

@@ -155,3 +155,21 @@ def test_a_nan_loss_on_one_ddp_process_stops_both_with_the_error(small_root, tmp
     assert all(
         torch.isfinite(t).all() for t in last["state_dict"].values() if t.is_floating_point()
     )
+
+
+@pytest.mark.slow
+def test_sigterm_in_the_end_of_training_prediction_exits_143_and_says_to_resume(tmp_path):
+    """R8: the end-of-training prediction noted the SIGTERM, predicted on and exited 0."""
+    root = tmp_path / "data"
+    make_hw1_folder(root, ["0", "1"], train=4, val=2, test=4, size=32)
+    run_dir = tmp_path / "run"
+    cmd = train_command(root, run_dir, "trainer.max_epochs=1", *signal_at("SIGTERM", "predict"))
+    status, out = run([*cmd, "data.batch_size=2"])
+    assert status == 143, out[-3000:]
+    assert not (run_dir / "prediction.csv").exists()
+    assert (
+        f"SIGTERM: stopped the end-of-training prediction; nothing was written. Rerun: "
+        f"python -m hw1.train resume=true hydra.run.dir={run_dir}" in out
+    )
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["prediction_error"] == "stopped by SIGTERM" and metrics["best_ckpt"]

@@ -11,6 +11,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from hw1.training.random_state import RandomState
 from hw1.training.resume import resume_point
 from hw1.utils.config import compose_config
+from hw1.utils.errors import UserValueError
 
 
 def draws() -> tuple:
@@ -33,13 +34,13 @@ def test_resume_without_a_last_checkpoint_says_how_to_point_at_the_run(tmp_path)
         callbacks=[ModelCheckpoint(dirpath=tmp_path / "checkpoints")],
         logger=False,
     )
+    model = None  # not reached: no checkpoint to check it against
     with pytest.raises(FileNotFoundError, match=r"resume=true: no .*last\.ckpt.*hydra\.run\.dir="):
-        resume_point(compose_config(["resume=true"]), trainer)
-    assert resume_point(compose_config(), trainer) is None
+        resume_point(compose_config(["resume=true"]), trainer, model)
+    assert resume_point(compose_config(), trainer, model) is None
     (tmp_path / "checkpoints").mkdir()
-    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"")
-    assert resume_point(compose_config(["resume=true"]), trainer) == str(
-        tmp_path / "checkpoints" / "last.ckpt"
-    )
+    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"")  # a save cut short (R4)
+    with pytest.raises(UserValueError, match=r"last\.ckpt: not a readable checkpoint: it is em"):
+        resume_point(compose_config(["resume=true"]), trainer, model)
     with pytest.raises(FileNotFoundError, match=r"ckpt_path=.*nope\.ckpt: no such checkpoint"):
-        resume_point(compose_config([f"ckpt_path={tmp_path / 'nope.ckpt'}"]), trainer)
+        resume_point(compose_config([f"ckpt_path={tmp_path / 'nope.ckpt'}"]), trainer, model)

@@ -20,9 +20,11 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
+import hw1.tune
 from hw1.training.search_space import distributions
 from hw1.tune import (
     Objective,
+    TrialStopped,
     check_settings,
     main,
     open_storage,
@@ -301,3 +303,41 @@ def test_two_processes_on_one_sqlite_study_run_their_trials_once_each(tmp_path):
         str(Path("outputs/tune/both") / str(n)) for n in range(2)
     ]
     assert all((folder / str(n) / "metrics.json").is_file() for n in range(2))
+
+
+def test_a_trial_stopped_by_a_signal_is_failed_with_how_to_continue_it(tmp_path):
+    """R9: a SIGTERM in a trial (the training exits 143, last.ckpt saved) left the trial
+    RUNNING in the study forever."""
+    cfg, _ = tune_config(
+        ["study_name=s", f"dir={tmp_path}", "+search.params.x={type:float,low:0,high:1}"]
+    )
+    study = optuna.create_study(direction="maximize")
+    objective = Objective(cfg, distributions(cfg.search.params, "search"), [])
+
+    def stopped(overrides, run_dir, callbacks):
+        raise SystemExit(143)
+
+    objective.run_training = stopped
+    with pytest.raises(TrialStopped) as error:
+        study.optimize(objective, n_trials=2, catch=(Exception,))
+    assert error.value.code == 143
+    assert [t.state for t in study.trials] == [TrialState.FAIL]
+    assert study.trials[0].user_attrs["fail_reason"] == (
+        f"stopped (exit 143); continue it by hand with python -m hw1.train resume=true "
+        f"hydra.run.dir={tmp_path / '0'}"
+    )
+
+
+def test_a_trial_whose_process_was_killed_is_failed_by_the_next_run(tmp_path, monkeypatch):
+    """R9, SIGKILL: no handler runs; the trial's heartbeat stops, and the next trial of the
+    study (any process) marks it FAIL after the grace period."""
+    monkeypatch.setattr(hw1.tune, "HEARTBEAT_S", 1)
+    monkeypatch.setattr(hw1.tune, "GRACE_S", 1)
+    storage = open_storage(sqlite(tmp_path), {})
+    study = optuna.create_study(study_name="k", storage=storage, direction="maximize")
+    killed = study.ask()  # RUNNING, as a killed process leaves it
+    storage.record_heartbeat(killed._trial_id)
+    time.sleep(2.5)
+    study.optimize(lambda trial: 0.5, n_trials=1)
+    states = [t.state for t in optuna.load_study(study_name="k", storage=storage).trials]
+    assert states == [TrialState.FAIL, TrialState.COMPLETE]

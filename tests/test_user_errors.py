@@ -125,7 +125,7 @@ def resnet34_v2_weights_in_check(tmp: Path, root: Path) -> Case:
 def a_pickle_of_more_than_tensors(tmp: Path, root: Path) -> Case:
     torch.save({"conv1.weight": argparse.Namespace()}, tmp / "code.pth")
     command = ["train", f"data.root={root}", f"model.weights={tmp / 'code.pth'}"]
-    return command, "refused to load: it holds more than tensors and plain containers"
+    return command, "refused to load: it holds code, not only tensors and plain containers"
 
 
 def a_family_without_multirun(tmp: Path, root: Path) -> Case:

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from test_model import classifier
@@ -11,7 +13,7 @@ from torchvision.models import ResNet18_Weights, resnet18
 from hw1.models.backbone import Backbone
 from hw1.models.classifier import Classifier
 from hw1.utils.errors import UserFileNotFoundError, UserValueError
-from hw1.utils.weights import load_checkpoint, resolve_weights
+from hw1.utils.weights import load_checkpoint, resolve_weights, safe_load, unsafe_global
 
 
 def _planted_state(seed: int) -> dict[str, torch.Tensor]:
@@ -146,3 +148,78 @@ def test_reading_a_checkpoint_names_the_setting_and_what_is_wrong(tmp_path, read
     saved = tmp_path / "model.ckpt"
     torch.save({"state_dict": classifier().state_dict(), "hyper_parameters": {}}, saved)
     assert set(load_checkpoint(saved, "ckpt_path")) == {"state_dict", "hyper_parameters"}
+
+
+class SystemCall:
+    """Pickles as a call to os.system: what a malicious checkpoint holds."""
+
+    def __reduce__(self):
+        return (os.system, ("true",))
+
+
+def damaged_files(tmp_path: Path) -> dict[str, Path]:
+    """A good checkpoint and the ways one gets damaged: empty, cut short, text, random."""
+    good = tmp_path / "good.ckpt"
+    torch.save({"state_dict": classifier(head="v0", classes=2).state_dict()}, good)
+    data = good.read_bytes()
+    files = {
+        "empty": b"",
+        "truncated": data[: len(data) // 2],
+        "text": b"hello, this is not a checkpoint\n",
+        "random": bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8)),
+    }
+    for name, content in files.items():
+        (tmp_path / f"{name}.ckpt").write_bytes(content)
+    return {name: tmp_path / f"{name}.ckpt" for name in files}
+
+
+@pytest.mark.parametrize("kind", ["empty", "truncated", "text", "random"])
+def test_a_damaged_checkpoint_is_named_as_such_in_every_reader(tmp_path, kind):
+    """R4: torch raises EOFError, RuntimeError, KeyError or UnpicklingError for these; every
+    reader (predict/eval's from_checkpoint, average and init_from's load_checkpoint, the
+    backbone's model.weights=, Lightning's resume through AtomicCheckpointIO) says the file
+    is not a readable checkpoint, and never that it holds code."""
+    from hw1.training.checkpoint_io import AtomicCheckpointIO
+
+    path = damaged_files(tmp_path)[kind]
+    readers = [
+        lambda: safe_load(path),
+        lambda: Classifier.from_checkpoint(path),
+        lambda: load_checkpoint(path, "init_from"),
+        lambda: Backbone("resnet18", str(path)),
+        lambda: AtomicCheckpointIO().load_checkpoint(path, weights_only=True),
+    ]
+    for read in readers:
+        with pytest.raises(UserValueError) as error:
+            read()
+        message = str(error.value)
+        assert f"{path}: not a readable checkpoint" in message
+        assert "empty (0 bytes)" in message if kind == "empty" else "bytes" in message
+        assert "weights_only" not in message and "holds code" not in message
+
+
+def test_a_checkpoint_that_calls_a_function_names_it_and_gives_no_unsafe_advice(tmp_path):
+    """R5: torch 2.7+ words its refusal "Trying to load unsupported GLOBAL posix.system";
+    the refusal names that global, and does not pass on torch's advice to load the file
+    with weights_only=False."""
+    path = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "extra": SystemCall()}, path)
+    with pytest.raises(UserValueError) as error:
+        safe_load(path)
+    message = str(error.value)
+    assert re.search(
+        r"evil\.ckpt: refused to load: it holds code.*would call posix\.system", message
+    )
+    assert "weights_only" not in message and "not a readable" not in message
+
+
+@pytest.mark.parametrize(
+    "wording",
+    [
+        "Unsupported global: GLOBAL posix.system was not an allowed global",
+        "Trying to load unsupported GLOBAL posix.system whose module posix is blocked.",
+    ],
+)
+def test_the_refused_global_is_found_in_each_of_torchs_wordings(wording):
+    assert unsafe_global(f"Weights only load failed.\n\n{wording}\n") == "posix.system"
+    assert unsafe_global("WeightsUnpickler error: Unsupported operand 80") is None

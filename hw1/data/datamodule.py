@@ -35,7 +35,7 @@ from hw1.data.splits import fold_split, stratified_split
 from hw1.transforms.device import FinishOnDevice
 from hw1.transforms.fast_pipeline import DraftDecoder, FastTrainPreset
 from hw1.transforms.presets import EvalSpec, eval_preset, eval_spec, train_preset
-from hw1.utils.errors import UserFileNotFoundError, UserValueError
+from hw1.utils.errors import UserFileNotFoundError, UserValueError, require_positive
 from hw1.utils.weights import resolve_weights
 
 log = logging.getLogger(__name__)
@@ -192,6 +192,11 @@ class FolderDataModule(DeviceBatches):
         Pillow's limit (``hw1.data.scan.DEFAULT_MAX_PIXELS``). ``sampler``: null (shuffle) or
         ``balanced`` (``hw1.data.samplers.BalancedSampler``: every class equally often)."""
         super().__init__()
+        require_positive(
+            data__batch_size=batch_size, data__image_size=image_size, data__eval_size=eval_size
+        )
+        if num_workers < 0:
+            raise UserValueError(f"data.num_workers={num_workers}: use 0 (no workers) or more")
         if sampler not in (None, "balanced"):
             raise UserValueError(f"data.sampler={sampler}: use null (shuffle) or balanced")
         self.layout = FolderLayout(root, seed, val_split, folds, fold, max_image_pixels)

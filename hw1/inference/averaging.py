@@ -32,8 +32,9 @@ from hw1.inference.predictor import checkpoint_paths
 from hw1.models.classifier import Classifier
 from hw1.transforms.device import FinishOnDevice
 from hw1.transforms.presets import EvalSpec, eval_preset
-from hw1.utils.errors import UserFileNotFoundError, UserValueError
-from hw1.utils.io import write_atomically
+from hw1.utils.errors import UserFileNotFoundError, UserValueError, require_positive
+from hw1.utils.io import check_writable_file, write_atomically
+from hw1.utils.signals import SignalLatch, latched, stop_if_signalled
 from hw1.utils.weights import load_checkpoint
 
 # model settings that change how a model runs, not which weights it has
@@ -134,10 +135,14 @@ def frozen_norms(model: Classifier) -> dict[str, dict[str, torch.Tensor]]:
 
 
 def normalised(
-    loader: DataLoader, finish: FinishOnDevice, device: torch.device
+    loader: DataLoader, finish: FinishOnDevice, device: torch.device, latch: SignalLatch
 ) -> Iterator[torch.Tensor]:
+    """The loader's batches on ``device``, normalised; stopped (Stopped) between two once
+    ``latch`` has noted a SIGTERM or Ctrl-C."""
     for x, _ in loader:
+        stop_if_signalled(latch)
         yield finish(x.to(device))
+    stop_if_signalled(latch)
 
 
 def recalibrate_batch_norm(
@@ -189,6 +194,8 @@ def average(cfg: DictConfig) -> Path:
     if not cfg.output:
         raise UserValueError("output is required: output=avg.ckpt")
     output = Path(cfg.output)
+    check_writable_file(output, "output")
+    require_positive(data__batch_size=cfg.data.batch_size)
     paths = checkpoint_paths(cfg.ckpt_path)
     ckpt = averaged_checkpoint(load_checkpoints(paths), paths)
     model = Classifier.from_checkpoint(paths[0])
@@ -205,7 +212,9 @@ def average(cfg: DictConfig) -> Path:
         pin_memory=device.type == "cuda",
     )
     finish = FinishOnDevice(model.hparams.preprocess["mean"], model.hparams.preprocess["std"])
-    recalibrate_batch_norm(model, normalised(loader, finish, device), total=len(loader))
+    with latched("averaging") as latch:
+        batches = normalised(loader, finish, device, latch)
+        recalibrate_batch_norm(model, batches, total=len(loader))
     ckpt["state_dict"] = {k: v.cpu() for k, v in model.state_dict().items()}
 
     buffer = io.BytesIO()

@@ -22,6 +22,7 @@ from hw1.inference.predictor import (
     load_ensemble,
     output_path,
     save_probs,
+    stopping_on_signal,
 )
 from hw1.reporting.figures import confusion_image, png_bytes
 from hw1.utils.errors import UserFileNotFoundError, UserValueError
@@ -80,14 +81,15 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "tta": cfg.tta,
     }
     probs_by_tta = {}
-    for tta in dict.fromkeys(["none", cfg.tta]):
-        args = (trainer, models, dataset, tta, cfg.seed, cfg.data.batch_size, cfg.data.num_workers)
-        # The keys are the class indices, in the order of the rows (under DDP, not the
-        # dataset's: each process predicted its share).
-        keys, probs_by_tta[tta] = ensemble_probs(*args)
-        targets = torch.tensor(keys)
-        acc = (probs_by_tta[tta].argmax(dim=1) == targets).float().mean().item()
-        results["acc" if tta == "none" else "acc_tta"] = acc
+    with stopping_on_signal(trainer, "evaluating"):
+        for tta in dict.fromkeys(["none", cfg.tta]):
+            args = (trainer, models, dataset, tta, cfg.seed, cfg.data.batch_size)
+            # The keys are the class indices, in the order of the rows (under DDP, not the
+            # dataset's: each process predicted its share).
+            keys, probs_by_tta[tta] = ensemble_probs(*args, cfg.data.num_workers)
+            targets = torch.tensor(keys)
+            acc = (probs_by_tta[tta].argmax(dim=1) == targets).float().mean().item()
+            results["acc" if tta == "none" else "acc_tta"] = acc
     probs = probs_by_tta[cfg.tta]
     confusion = multiclass_confusion_matrix(probs.argmax(dim=1), targets, num_classes=len(names))
     results |= confusion_report(confusion, names)

@@ -5,9 +5,10 @@ rows; ``predict(cfg)`` is ``python -m hw1.predict``'s whole job.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,9 @@ from hw1.data.device_batches import LoaderDataModule
 from hw1.data.scan import check_test_images, display_path
 from hw1.models.classifier import Classifier
 from hw1.transforms.presets import EvalSpec
-from hw1.utils.errors import UserFileNotFoundError, UserValueError
-from hw1.utils.io import csv_text, write_atomically
+from hw1.utils.errors import UserFileNotFoundError, UserValueError, require_positive
+from hw1.utils.io import check_writable_file, csv_text, write_atomically
+from hw1.utils.signals import SignalLatch, latched, stop_if_signalled
 
 
 def checkpoint_paths(ckpt_path: str | Sequence[str] | None) -> list[Path]:
@@ -66,6 +68,37 @@ def ensemble_probs(
         keys, probs = predict_rows(trainer, model, datamodule=batches)
         total = probs if total is None else total + probs
     return keys, total / len(models)
+
+
+class StopOnSignal(L.Callback):
+    """Stops ``trainer.predict`` at the end of a batch once ``latch`` has noted a SIGTERM
+    or Ctrl-C (Lightning notes a SIGTERM, and predicts on): every process decides at the
+    same batch (under DDP a collective of one integer), then Stopped leaves predict."""
+
+    def __init__(self, latch: SignalLatch) -> None:
+        self.latch = latch
+
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dl_idx=0):
+        signum = self.latch.received
+        if trainer.world_size > 1:
+            flag = torch.tensor(signum, device=trainer.strategy.root_device)
+            signum = int(trainer.strategy.reduce(flag, reduce_op="max").item())
+        stop_if_signalled(self.latch, signum)
+
+
+@contextlib.contextmanager
+def stopping_on_signal(trainer: L.Trainer, what: str, again: str | None = None) -> Iterator[None]:
+    """While the block runs, a SIGTERM or Ctrl-C stops ``trainer``'s predictions at the end
+    of a batch, exit status 143 or 130 (Stopped), with a log line saying what to rerun;
+    nothing is written after it (the block writes its outputs once it has them all)."""
+    with latched(what, again) as latch:
+        callback = StopOnSignal(latch)
+        trainer.callbacks.append(callback)
+        try:
+            yield
+            stop_if_signalled(latch)  # one that came after the last batch
+        finally:
+            trainer.callbacks.remove(callback)
 
 
 def predict_rows(
@@ -120,9 +153,13 @@ def save_probs(
 
 
 def output_path(cfg: DictConfig, default_name: str) -> Path:
-    """``output=FILE``, or ``default_name`` in the Hydra run directory."""
+    """``output=FILE``, or ``default_name`` in the Hydra run directory; checked before any
+    work (check_writable_file), with the data settings the work needs."""
+    require_positive(data__batch_size=cfg.data.batch_size)
     if cfg.output:
-        return Path(cfg.output)
+        output = Path(cfg.output)
+        check_writable_file(output, "output")
+        return output
     return Path(HydraConfig.get().runtime.output_dir) / default_name
 
 
@@ -149,15 +186,16 @@ def predict(cfg: DictConfig) -> Path:
 
     L.seed_everything(cfg.seed)
     trainer = inference_trainer(cfg, output)
-    names, probs = ensemble_probs(
-        trainer,
-        models,
-        UnlabeledImages(test_dir),
-        cfg.tta,
-        cfg.seed,
-        cfg.data.batch_size,
-        cfg.data.num_workers,
-    )
+    with stopping_on_signal(trainer, "predicting"):
+        names, probs = ensemble_probs(
+            trainer,
+            models,
+            UnlabeledImages(test_dir),
+            cfg.tta,
+            cfg.seed,
+            cfg.data.batch_size,
+            cfg.data.num_workers,
+        )
     rows = submission_rows(names, probs, class_names)
     if not trainer.is_global_zero:  # DDP: every process has every row, one writes
         return output

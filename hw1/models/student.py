@@ -5,6 +5,7 @@ augmented batch and on the labels (Hinton et al.'s loss, ``distillation_loss``).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch.nn import functional as F
@@ -63,6 +64,11 @@ class DistilledClassifier(Classifier):
             teacher.eval()
         self.teachers = list(teachers)  # a list: not registered as submodules
         self.temperature, self.alpha = temperature, alpha
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        # hw1.train resuming it would continue without its teachers (check_resumable)
+        checkpoint["distilled"] = True
 
     def on_fit_start(self) -> None:
         for teacher in self.teachers:

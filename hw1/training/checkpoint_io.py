@@ -5,6 +5,7 @@ a rename), and where ``last.ckpt`` lives.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,9 @@ import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 
 from hw1.utils.io import temporary_beside
+from hw1.utils.weights import current_targets, safe_load
+
+log = logging.getLogger(__name__)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -60,6 +64,21 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             finally:
                 os.close(directory)
 
+    def load_checkpoint(self, path, map_location: Any = None, weights_only: bool | None = None):
+        """Lightning's own reads (``trainer.fit(ckpt_path=...)``, resume) go through
+        ``safe_load``, every command's reader: a damaged file or one that holds code gets
+        its message, not torch's traceback, and old ``_target_`` paths are rewritten.
+        Remote paths, and a caller that asks for ``weights_only=False``, keep Lightning's."""
+        local = Path(str(path).removeprefix("file://"))
+        remote = fsspec.utils.get_protocol(str(path)) != "file"
+        if weights_only is False or remote or not local.is_file():
+            where = {} if map_location is None else {"map_location": map_location}
+            return super().load_checkpoint(path, weights_only=weights_only, **where)
+        ckpt = safe_load(local)
+        if "hyper_parameters" in ckpt:
+            ckpt["hyper_parameters"] = current_targets(ckpt["hyper_parameters"])
+        return ckpt
+
 
 def _os_error(error: BaseException | None) -> OSError | None:
     """The OSError (disk full, no permission, ...) at the root of ``error``, if any."""
@@ -75,3 +94,22 @@ def last_checkpoint(trainer: L.Trainer) -> Path:
         Path(ckpt.dirpath) if ckpt is not None else Path(trainer.default_root_dir) / "checkpoints"
     )
     return folder / "last.ckpt"
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Removes the temporary files (temporary_beside's ``.NAME.PID.HEX.tmp``) that a save
+    killed mid-write (SIGKILL, a lost node) left in ``folder``: as large as a checkpoint,
+    and nothing else removes them. Called by the run that holds the folder's lock
+    (hw1.utils.runlock), so no save of another process is under way there."""
+    removed = []
+    for path in folder.glob(".*.*.*.tmp") if folder.is_dir() else []:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            removed.append(path)
+    if removed:
+        log.info(
+            "removed %d temporary file(s) left by a save cut short: %s",
+            len(removed),
+            ", ".join(p.name for p in removed),
+        )
+    return removed

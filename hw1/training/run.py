@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import signal
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -24,13 +25,16 @@ from hw1 import PARAM_LIMIT
 from hw1.data.datamodule import FolderDataModule
 from hw1.data.demo import TEST_LABELS
 from hw1.inference.averaging import check_swa
-from hw1.inference.predictor import predict_rows, submission_rows
+from hw1.inference.predictor import predict_rows, stopping_on_signal, submission_rows
 from hw1.models.classifier import Classifier
+from hw1.training.checkpoint_io import last_checkpoint, remove_stale_temporaries
 from hw1.training.init_from import check_start, load_weights
-from hw1.training.resume import resume_point
+from hw1.training.resume import resume_point, save_run_config
 from hw1.utils.errors import UserValueError
 from hw1.utils.io import csv_text, write_atomically
 from hw1.utils.precision import use_tensor_cores
+from hw1.utils.runlock import command_lock, first_process
+from hw1.utils.signals import Stopped
 from hw1.utils.weights import safe_load
 
 log = logging.getLogger(__name__)
@@ -144,11 +148,23 @@ def train(
     """Build the data module, model, callbacks, loggers and trainer from ``cfg``, fit,
     predict the test folder with the best checkpoint; write the run's outputs.
     ``extra_callbacks`` join the configured ones (hw1.tune's pruning callback);
-    ``make_model`` builds the model (hw1.distill's student)."""
+    ``make_model`` builds the model (hw1.distill's student). The run directory is locked
+    (hw1.utils.runlock) meanwhile: a second run there is refused."""
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    with command_lock(run_dir, f"hw1.{HydraConfig.get().job.name}"):
+        return train_in(run_dir, cfg, extra_callbacks, make_model)
+
+
+def train_in(
+    run_dir: Path,
+    cfg: DictConfig,
+    extra_callbacks: Sequence[L.Callback] = (),
+    make_model: ModelMaker = Classifier.from_config,
+) -> dict[str, Any]:
+    """train()'s work, in its locked ``run_dir``."""
     require_multirun_for_a_family(cfg)
     check_start(cfg.init_from, cfg.ckpt_path)
     use_tensor_cores()
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
     L.seed_everything(cfg.seed, workers=True)
     start = time.time()
 
@@ -160,21 +176,29 @@ def train(
     check_swa(callbacks)
     loggers = [instantiate(lg) for lg in cfg.logger.values() if lg is not None]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    if first_process():  # the lock's holder: no save of another process is under way
+        remove_stale_temporaries(last_checkpoint(trainer).parent)
 
+    ckpt_path = resume_point(cfg, trainer, model)
+    if trainer.is_global_zero:
+        save_run_config(cfg)  # a resume's settings, now that they have been checked
     fit_start = time.time()
     # weights_only: a checkpoint may hold tensors and plain containers, never code
-    trainer.fit(
-        model, datamodule=datamodule, ckpt_path=resume_point(cfg, trainer), weights_only=True
-    )
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     metrics = fit_metrics(cfg, trainer, model, datamodule, time.time() - fit_start)
     metrics["wall_time_s"] = round(time.time() - start, 1)
     if trainer.is_global_zero:  # the fit's record, whatever predicting does
         write_atomically(run_dir / "metrics.json", json.dumps(metrics, indent=2))
 
     try:
-        rows = predict_test_folder(trainer, model, datamodule, metrics["best_ckpt"])
+        again = f"python -m hw1.{HydraConfig.get().job.name} resume=true hydra.run.dir={run_dir}"
+        with stopping_on_signal(trainer, "the end-of-training prediction", again):
+            rows = predict_test_folder(trainer, model, datamodule, metrics["best_ckpt"])
         if rows is not None and trainer.is_global_zero:
             metrics |= write_prediction(rows, run_dir, datamodule.root)
+    except Stopped as e:  # metrics.json and the checkpoints are kept; a resume predicts
+        metrics["prediction_error"] = f"stopped by {signal.Signals(e.signum).name}"
+        raise
     except Exception as e:
         # Re-raised once the fit's outputs are complete: the run exits non-zero, as it
         # delivered no prediction.csv, and the error is reported as any other.

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import threading
-from collections.abc import Callable
 from typing import Any
 
 import lightning as L
@@ -18,6 +16,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from hw1.training.checkpoint_io import last_checkpoint
 from hw1.utils.compat import stop_fit
 from hw1.utils.errors import UserRuntimeError
+from hw1.utils.signals import SignalLatch
 
 log = logging.getLogger(__name__)
 
@@ -102,48 +101,6 @@ class StopOnNonFiniteLoss(L.Callback):
             f"{global_step}){where}: stopped; {kept}. Lower optim.lr, or clip gradients with "
             "trainer.gradient_clip_val=1.0."
         )
-
-
-class SignalLatch:
-    """Notes the first SIGTERM or SIGINT this process receives, and nothing more: Python
-    runs a handler between two bytecodes, where no collective or file write may start, so
-    the owner reads ``received`` at points of its own choosing. The handlers that were in
-    place (Python's, a job scheduler's) are chained; a second Ctrl-C raises
-    KeyboardInterrupt at once. ``announce(signum)`` is called on the first signal."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-    def __init__(self, announce: Callable[[int], None] | None = None) -> None:
-        self.received: int = 0  # the signal this process got, 0 for none
-        self.announce = announce
-        self._installed = False
-        self._chained: dict[int, Any] = {}
-
-    def arm(self) -> None:
-        """Forget any earlier signal and note the handlers in place now, to chain them."""
-        self.received = 0
-        self._installed = False
-        self._chained = {s: signal.getsignal(s) for s in self.SIGNALS}
-
-    def install(self) -> bool:
-        """Install the handlers once (only the main thread may); True the first time."""
-        if self._installed or threading.current_thread() is not threading.main_thread():
-            return False
-        self._installed = True
-        for signum in self.SIGNALS:
-            signal.signal(signum, self._handle)
-        return True
-
-    def _handle(self, signum: int, frame) -> None:
-        if self.received and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C
-        if not self.received:
-            self.received = signum
-            if self.announce is not None:
-                self.announce(signum)
-        previous = self._chained.get(signum)
-        if callable(previous) and previous is not signal.default_int_handler:
-            previous(signum, frame)
 
 
 class CheckpointOnSignal(L.Callback):

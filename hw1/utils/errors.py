@@ -37,6 +37,19 @@ class UserRuntimeError(UserError, RuntimeError):
     pass
 
 
+def require_positive(**settings: int | None) -> None:
+    """A clear error for a size or count that must be at least 1 (``data.batch_size=0``
+    would otherwise fail deep in a DataLoader, with a traceback). None is left alone: the
+    setting's own default applies."""
+    for key, value in settings.items():
+        if value is not None and (
+            not isinstance(value, int) or isinstance(value, bool) or value < 1
+        ):
+            raise UserValueError(
+                f"{key.replace('__', '.')}={value}: use a whole number of 1 or more"
+            )
+
+
 def user_error(error: BaseException | None) -> UserError | None:
     """The UserError that ``error`` is or was raised from (``raise ... from``: Hydra's
     instantiate wraps what a constructor raises), if any."""

@@ -6,9 +6,12 @@ import csv
 import io
 import os
 import secrets
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from hw1.utils.errors import UserValueError
 
 
 def temporary_beside(path: Path) -> Path:
@@ -37,3 +40,26 @@ def csv_text(rows: Sequence[Sequence[Any]]) -> str:
     out = io.StringIO()
     csv.writer(out, lineterminator="\n").writerows(rows)
     return out.getvalue()
+
+
+def check_writable_file(path: Path, key: str) -> None:
+    """Refuses, before any work, an output path that write_atomically could not write: a
+    folder, a path through a file, or a place this process may not write (a read-only file
+    system, no permission): a file is created there and removed at once; the missing
+    folders are made on writing."""
+    if path.is_dir():
+        raise UserValueError(
+            f"{key}={path} is a folder: give a file path in it, e.g. {key}={path / path.name}.out"
+        )
+    existing = path.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserValueError(f"{key}={path}: {existing} is a file, so no folder can be made there")
+    try:  # what permissions alone do not tell: a read-only or special file system (/sys)
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".hw1-write-check."):
+            pass
+    except OSError as error:
+        raise UserValueError(
+            f"{key}={path}: cannot write in {existing} ({error.strerror}): choose another place"
+        ) from None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -46,19 +47,59 @@ def download_hint(weights: WeightsEnum) -> str:
     )
 
 
-def safe_load(path: Path) -> dict[str, Any]:
+def safe_load(path: str | os.PathLike) -> dict[str, Any]:
     """``torch.load`` with ``weights_only=True``: tensors and plain containers only. A
-    pickle can run any code on load; a file that needs more is refused, not trusted."""
+    pickle can run any code on load; a file that needs more is refused, not trusted.
+
+    Its errors tell two cases apart, both naming the file: a file that is not a readable
+    checkpoint (empty, cut short, not an archive, text: torch raises EOFError, RuntimeError,
+    KeyError or UnpicklingError for these), and one that holds code, which names the global
+    it would have called. Neither quotes torch's advice to load with ``weights_only=False``,
+    which would run that code."""
+    path = Path(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
-        what = f"it would call {found.group(1)}" if found else str(e).splitlines()[0]
+        refused = unsafe_global(str(e))
+        if refused is None:
+            raise UserValueError(damaged_text(path)) from None
         raise UserValueError(
-            f"{path}: refused to load: it holds more than tensors and plain containers "
-            f"({what}). Loading a checkpoint runs the code it holds: use only files you "
-            "trust, saved by hw1, Lightning or torchvision."
+            f"{path}: refused to load: it holds code, not only tensors and plain containers "
+            f"(loading it would call {refused}). Loading a checkpoint runs the code it holds: "
+            "use only files you trust, saved by hw1, Lightning or torchvision."
         ) from None
+    except (EOFError, RuntimeError, KeyError, ValueError, IndexError, zipfile.BadZipFile):
+        # How torch fails on a file that is no checkpoint: EOFError (empty), RuntimeError
+        # (a cut zip archive), KeyError/IndexError/ValueError (text or other bytes).
+        raise UserValueError(damaged_text(path)) from None
+
+
+# How torch's weights-only unpickler names the global it refused, in its wordings so far:
+# "Unsupported global: GLOBAL posix.system" (2.4-2.6), "Trying to load unsupported GLOBAL
+# posix.system whose module posix is blocked" (2.7 on).
+UNSAFE_GLOBAL = re.compile(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)")
+
+
+def unsafe_global(message: str) -> str | None:
+    """The global (``module.name``) that torch refused to load, from its error message."""
+    found = UNSAFE_GLOBAL.search(message)
+    return found.group(1) if found else None
+
+
+def damaged_text(path: Path) -> str:
+    """Why the file at ``path`` is no checkpoint, from what it is: empty, not a zip archive
+    (torch has saved checkpoints as one since 1.6) or a damaged one."""
+    size = path.stat().st_size
+    if size == 0:
+        what = "it is empty (0 bytes)"
+    elif not zipfile.is_zipfile(path):
+        what = f"it is not a checkpoint archive ({size:,} bytes, cut short or another kind of file)"
+    else:
+        what = f"its archive is damaged ({size:,} bytes)"
+    return (
+        f"{path}: not a readable checkpoint: {what}. A save or copy cut short leaves such a "
+        "file: use another checkpoint (a run keeps last.ckpt and its best), or copy it again."
+    )
 
 
 def load_checkpoint(
