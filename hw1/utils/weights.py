@@ -53,12 +53,26 @@ def safe_load(path: Path) -> dict[str, Any]:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        if "Unsupported global" not in str(e):  # not a pickle of code: no pickle at all
+            raise damaged(path, "no pickle in it") from None
         what = f"it would call {found.group(1)}" if found else str(e).splitlines()[0]
         raise UserValueError(
             f"{path}: refused to load: it holds more than tensors and plain containers "
             f"({what}). Loading a checkpoint runs the code it holds: use only files you "
             "trust, saved by hw1, Lightning or torchvision."
         ) from None
+    except (RuntimeError, EOFError) as e:  # torch.load's zip reader on a truncated file
+        raise damaged(path, str(e).splitlines()[0][:120]) from None
+
+
+def damaged(path: Path, detail: str) -> UserValueError:
+    """The error for a file torch.load cannot read at all: not a PyTorch file (a text file,
+    an image), or a truncated or damaged one (an interrupted copy)."""
+    return UserValueError(
+        f"{path}: not a readable PyTorch checkpoint ({detail}). Is it a truncated copy or "
+        "another kind of file? Copy it again, or give the checkpoint hw1.train saved "
+        "(checkpoints/best.ckpt in the run directory)."
+    )
 
 
 def load_checkpoint(
