@@ -75,9 +75,7 @@ PUBLIC_API = {"hw1": {"hw1.inference.api"}}
 def graph() -> dict[str, set[str]]:
     found = modules()
     known = set(found)
-    return {
-        m: hw1_imports(p, known) - {m} - PUBLIC_API.get(m, set()) for m, p in found.items()
-    }
+    return {m: hw1_imports(p, known) - {m} - PUBLIC_API.get(m, set()) for m, p in found.items()}
 
 
 def test_every_subpackage_is_a_known_layer():

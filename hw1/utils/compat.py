@@ -7,6 +7,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+# The fast pipeline's batched colour jitter must equal torchvision's ColorJitter to the
+# level (transforms/colour_jitter.py): its hue step goes through these two conversions,
+# which torchvision keeps private.
+from torchvision.transforms.v2.functional._color import _hsv_to_rgb as hsv_to_rgb
+from torchvision.transforms.v2.functional._color import _rgb_to_hsv as rgb_to_hsv
+
 if TYPE_CHECKING:
     import lightning as L
 
@@ -33,13 +39,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-# The fast pipeline's batched colour jitter must equal torchvision's ColorJitter to the
-# level (transforms/colour_jitter.py): its hue step goes through these two conversions,
-# which torchvision keeps private.
-from torchvision.transforms.v2.functional._color import _hsv_to_rgb as hsv_to_rgb
-from torchvision.transforms.v2.functional._color import _rgb_to_hsv as rgb_to_hsv
-
-__all__ = ["HydraCallbacks", "hsv_to_rgb", "hydra_args_parser", "rgb_to_hsv", "stop_fit"]
+__all__ = ["hsv_to_rgb", "rgb_to_hsv", "stop_fit", *HYDRA_PRIVATE]
 
 
 def stop_fit(trainer: L.Trainer, stop: bool) -> None:
