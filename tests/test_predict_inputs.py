@@ -62,14 +62,16 @@ def test_a_nested_folder_from_a_checkpoint_and_an_export_gives_the_same_top1(
 def test_inputs_takes_a_file_a_glob_or_a_list_of_paths(exported, photos, tmp_path):
     _, _, folder = exported
     one = sorted(photos.rglob("*.png"))[0]
-    assert [r[0] for r in rows(run(folder, tmp_path / "1.csv", f"inputs={one}"))[1:]] == [str(one)]
+    assert [r[0] for r in rows(run(folder, tmp_path / "1.csv", f"inputs='{one}'"))[1:]] == [
+        str(one)
+    ]
     globbed = rows(run(folder, tmp_path / "2.csv", f"inputs='{photos}/**/*.jpg'", "topk=1"))
     assert {r[0] for r in globbed[1:]} == {str(p) for p in photos.rglob("*.jpg")} - {
         str(photos / "deep" / "broken.jpg")
     }
     listing = tmp_path / "list.txt"
     listing.write_text(f"# my photos\n{one}\nphotos/gone.jpg\n\n")
-    listed = rows(run(folder, tmp_path / "3.csv", f"inputs={listing}"))
+    listed = rows(run(folder, tmp_path / "3.csv", f"inputs='{listing}'"))
     assert [r[0] for r in listed[1:]] == [str(one)]  # the missing one skipped
 
 

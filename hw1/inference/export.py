@@ -175,6 +175,7 @@ def write_onnx(net: ExportNet, example: torch.Tensor, path: Path) -> None:
                 opset_version=ONNX_OPSET,
                 dynamic_shapes={"images": {0: torch.export.Dim("batch")}},
                 dynamo=True,
+                external_data=False,  # one file: the weights inside model.onnx
                 verbose=False,
             )
     except Exception as e:

@@ -61,7 +61,7 @@ def safe_load(path: Path) -> dict[str, Any]:
             f"({what}). Loading a checkpoint runs the code it holds: use only files you "
             "trust, saved by hw1, Lightning or torchvision."
         ) from None
-    except (RuntimeError, EOFError) as e:  # torch.load's zip reader on a truncated file
+    except (RuntimeError, EOFError, OSError) as e:  # torch.load on a truncated file
         raise damaged(path, str(e).splitlines()[0][:120]) from None
 
 
