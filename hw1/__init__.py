@@ -24,3 +24,13 @@ OmegaConf.register_new_resolver("hw1.workers", default_workers, replace=True)
 OmegaConf.register_new_resolver(
     "hw1.job_dir", lambda num, id: f"{num}_{id}" if id else str(num), replace=True
 )
+
+
+def __getattr__(name: str):
+    """``hw1.load_classifier``, imported on first use: ``import hw1`` stays light, and an
+    exported folder loads without the training stack."""
+    if name == "load_classifier":
+        from hw1.inference.api import load_classifier
+
+        return load_classifier
+    raise AttributeError(f"module 'hw1' has no attribute {name!r}")

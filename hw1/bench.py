@@ -5,6 +5,8 @@ noise hits every contender alike).
     python -m hw1.bench loader [--images 200] [--workers 0] [--size 224] [--rounds 5]  (and
         the fast pipeline's decoder's full-size decode-only rate, its ceiling)
     python -m hw1.bench step [--batches 20] [--batch-size 64] [--size 32] [--rounds 3]
+    python -m hw1.bench infer [--arch resnet18] [--size 224] [--batch-size 32] [--rounds 5]
+        (an exported model on the CPU: eager PyTorch, TorchScript, onnxruntime)
 
 and the GPU check kit, every figure the performance documentation needs from a GPU, in
 about 8 minutes on one (``--device cpu --quick``: the same code at toy size on the CPU):
@@ -39,6 +41,11 @@ def main(argv: list[str] | None = None) -> None:
     step.add_argument("--size", type=int, default=32, help="image size in pixels")
     step.add_argument("--arch", default="resnet18")
     step.add_argument("--rounds", type=int, default=3)
+    infer = sub.add_parser("infer", help="eager vs TorchScript vs onnxruntime on the CPU")
+    infer.add_argument("--arch", default="resnet18")
+    infer.add_argument("--size", type=int, default=224, help="crop size in pixels")
+    infer.add_argument("--batch-size", type=int, default=32)
+    infer.add_argument("--rounds", type=int, default=5)
     # Imported here: the kit builds on this module's helpers, so a top-level import would
     # be circular.
     from hw1.benchmarks.gpu_check import PARTS, bench_gpu
@@ -53,6 +60,10 @@ def main(argv: list[str] | None = None) -> None:
     gpu.add_argument("--parts", nargs="+", choices=PARTS, help="only these parts, in this order")
     args = parser.parse_args(argv)
     benches = {"tta": bench_tta, "loader": bench_loader, "step": bench_step, "gpu": bench_gpu}
+    if args.bench == "infer":  # needs hw1[export]: imported only when asked for
+        from hw1.benchmarks.infer import bench_infer
+
+        benches["infer"] = bench_infer
     benches[args.bench](args)
 
 

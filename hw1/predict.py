@@ -1,7 +1,11 @@
-"""Predict a test folder from checkpoints: ``python -m hw1.predict ckpt_path=PATH data.root=ROOT``.
+"""Predict images from checkpoints or an exported folder:
+``python -m hw1.predict ckpt_path=PATH data.root=ROOT`` (the competition CSV of the test
+folder) or ``python -m hw1.predict ckpt_path=PATH inputs=FOLDER`` (any images: top-k labels
+and probabilities in predictions.csv or JSON lines).
 
-The model, head, image size and class names come from the checkpoint. ``ckpt_path=[A,B]``
-averages the softmax of several checkpoints (each with its own test-time views).
+The model, head, image size and class names come from the checkpoint (or model.json).
+``ckpt_path=[A,B]`` averages the softmax of several checkpoints (each with its own
+test-time views).
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from hw1.inference.predictor import predict
+from hw1.inference.api import predict
 from hw1.utils.config import CONF_PATH
 from hw1.utils.errors import reported
 from hw1.utils.runlock import command_lock

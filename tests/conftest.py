@@ -137,3 +137,41 @@ def run_in_process_group(cmd: list[str], timeout: float) -> tuple[int, str]:
         out, _ = proc.communicate()
         raise AssertionError(f"still running after {timeout} s:\n{out.decode()[-4000:]}") from None
     return proc.returncode, out.decode(errors="replace")
+
+
+# Class names a CSV must quote (a comma, a quote) and one beyond ASCII.
+AWKWARD_CLASSES = ["a,b", 'say "hi"', "été"]
+
+
+def save_tiny_checkpoint(path: Path, classes=AWKWARD_CLASSES, seed: int = 0, head: str = "v3"):
+    """A resnet18 Classifier from scratch (32 px crops; v3 has BatchNorm, so eval mode
+    matters) saved as hw1.train's checkpoint holds it: state dict and hyper-parameters."""
+    import torch
+
+    from hw1.models.classifier import Classifier
+    from hw1.transforms.presets import EvalSpec
+
+    torch.manual_seed(seed)
+    model = Classifier(
+        model={"_target_": "hw1.models.backbone.Backbone", "arch": "resnet18"},
+        head={"_target_": "hw1.models.backbone.make_head", "name": head},
+        optim={},
+        sched={},
+        class_names=classes,
+        preprocess=EvalSpec(crop=32, resize=37).to_dict(),
+    ).eval()
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """A tiny checkpoint exported in every format, shared: (data root, checkpoint, folder)."""
+    from hw1.inference.export import export
+
+    base = tmp_path_factory.mktemp("exported")
+    root = base / "data"
+    make_hw1_folder(root, AWKWARD_CLASSES, train=2, val=2, test=2)
+    ckpt = save_tiny_checkpoint(base / "tiny.ckpt")
+    export(str(ckpt), ["onnx", "torchscript", "safetensors"], base / "export", str(root / "val"))
+    return root, ckpt, base / "export"

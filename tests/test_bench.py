@@ -30,6 +30,17 @@ def test_loader_bench_times_both_pipelines_and_the_decode_ceiling(capsys):
     assert _ratio(out) > 0
 
 
+@pytest.mark.slow  # an ONNX export and a TorchScript trace: about 10 s
+def test_infer_bench_puts_the_three_runtimes_side_by_side(capsys):
+    main(["infer", "--size", "32", "--batch-size", "4", "--rounds", "1"])
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "ms |" in line]
+    assert [r.split(" | ")[0] for r in rows] == ["| eager", "| torchscript", "| onnxruntime"]
+    assert "| 1.00x |" in rows[0] and _ratio(out) > 0
+    diffs = out.splitlines()[0].split("max abs logit difference to eager: ")[1]
+    assert all(float(d.split()[-1]) <= 1e-4 for d in diffs.split(", "))
+
+
 def test_step_bench_compares_trainer_fit_with_a_plain_loop(capsys):
     main(["step", "--batches", "2", "--batch-size", "4", "--size", "32", "--rounds", "1"])
     out = capsys.readouterr().out

@@ -24,6 +24,7 @@ from hw1.data.scan import (
 )
 from hw1.transforms.decode import load_rgb
 from hw1.transforms.presets import EvalSpec, ViewStack
+from hw1.utils.errors import UserValueError
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,30 @@ class UnlabeledImages(Dataset):
 
     def __getitem__(self, i: int) -> tuple[Image.Image, str]:
         return load_rgb(self.files[i]), self.files[i].stem
+
+
+class ImageInputs(Dataset):
+    """Any images, as ``hw1.load_classifier``'s ``predict`` takes them: paths (read with
+    ``load_rgb``, turned upright) or PIL images (converted to RGB); yields (RGB image, its
+    position), the position seeding its test-time views."""
+
+    def __init__(self, items: Sequence[str | os.PathLike | Image.Image]) -> None:
+        self.items = list(items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[Image.Image, int]:
+        item = self.items[i]
+        if isinstance(item, Image.Image):
+            return item.convert("RGB"), i
+        try:
+            return load_rgb(item), i
+        except (OSError, SyntaxError, ValueError) as e:
+            raise UserValueError(
+                f"{display_path(item)} cannot be read as an image ({e}): check the path, or "
+                "leave the file out"
+            ) from None
 
 
 class Views(Dataset):

@@ -3,6 +3,7 @@ check (every file decoded once, in parallel, the results cached in the data root
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import io
 import json
@@ -19,7 +20,7 @@ from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
 from hw1.transforms.decode import load_rgb, pillow_limit_lifted
-from hw1.utils.errors import UserValueError
+from hw1.utils.errors import UserFileNotFoundError, UserValueError
 from hw1.utils.io import write_atomically
 
 log = logging.getLogger(__name__)
@@ -132,6 +133,56 @@ def _identity(folder: str) -> tuple[int, int]:
 def image_files(folder: str | os.PathLike) -> list[Path]:
     """The images of a flat folder, by extension (case-insensitive), sorted by name."""
     return sorted(p for p in Path(folder).iterdir() if p.is_file() and is_image_file(p))
+
+
+GLOB_CHARS = "*?["
+
+
+def input_files(inputs: str | os.PathLike) -> list[Path]:
+    """The images ``inputs=`` names: a folder (every image under it, recursively, sorted),
+    one image file, a glob (``photos/**/*.jpg``), or a text file of paths, one a line
+    (relative to the text file's folder; blank lines and ``#`` comments skipped). Files
+    that are not images by their extension are left out of folders and globs; a text
+    file's paths are kept as listed, for the image check to name the missing ones."""
+    text = str(inputs)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        found = [
+            Path(root, f)
+            for root, _, files in os.walk(path, followlinks=True)
+            for f in files
+            if is_image_file(f)
+        ]
+    elif path.is_file() and is_image_file(path):
+        found = [path]
+    elif path.is_file():
+        found = _listed_paths(path)
+    elif any(c in text for c in GLOB_CHARS):
+        matches = glob.glob(os.path.expanduser(text), recursive=True)
+        found = [Path(m) for m in matches if os.path.isfile(m) and is_image_file(m)]
+    else:
+        raise UserFileNotFoundError(
+            f"inputs={text}: no such file or folder. Give a folder of images, an image, a "
+            "glob in quotes ('photos/**/*.jpg') or a text file of paths, one a line"
+        )
+    if not found:
+        raise UserFileNotFoundError(
+            f"inputs={text}: no images there (extensions {', '.join(IMG_EXTENSIONS)}). "
+            "Give a folder of images, an image, a glob or a text file of paths"
+        )
+    return sorted(found) if not path.is_file() else found
+
+
+def _listed_paths(listing: Path) -> list[Path]:
+    """The paths of a text file, one a line, relative to its folder."""
+    try:
+        lines = listing.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserValueError(
+            f"inputs={listing}: neither an image nor a readable text file of paths ({e})"
+        ) from None
+    entries = [line.strip() for line in lines]
+    return [listing.parent / Path(e).expanduser() for e in entries if e and not e.startswith("#")]
 
 
 # Why the image check leaves a file out (ImageInfo.problem), and what to tell the user.

@@ -173,14 +173,22 @@ def inference_trainer(cfg: DictConfig, output: Path) -> L.Trainer:
     )
 
 
-def predict(cfg: DictConfig) -> Path:
-    output = output_path(cfg, "prediction.csv")
+def checked_test_folder(cfg: DictConfig) -> Path:
+    """data.root's test folder, its images checked before any model is loaded: nothing
+    is written on error."""
     test_dir = Path(cfg.data.root) / "test"
     if not test_dir.is_dir():
         raise UserFileNotFoundError(f"data.root={cfg.data.root}: no test/ folder to predict")
-    # before any model is loaded: nothing is written on error
     if not check_test_images(test_dir, cfg.data.max_image_pixels):
         raise UserFileNotFoundError(f"{display_path(test_dir)} has no images to predict")
+    return test_dir
+
+
+def predict(cfg: DictConfig) -> Path:
+    """The competition's prediction.csv of data.root's test folder, from checkpoints
+    (``hw1.inference.api.predict`` sends other images and exported folders elsewhere)."""
+    output = output_path(cfg, "prediction.csv")
+    test_dir = checked_test_folder(cfg)
     models = load_ensemble(checkpoint_paths(cfg.ckpt_path))
     class_names = models[0].class_names
 

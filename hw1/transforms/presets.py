@@ -136,6 +136,13 @@ def eval_preset(spec: EvalSpec) -> T.Compose:
     return T.Compose([*_resize_crop(spec), T.PILToTensor()])
 
 
+def eval_transform(spec: EvalSpec) -> T.Compose:
+    """The eval view as the model takes it, a normalised float (C, H, W) tensor: the eval
+    preset and the normalisation the data module does on the device, in one transform
+    (``hw1.load_classifier``'s ``transform``, for programs that batch images themselves)."""
+    return T.Compose([*_resize_crop(spec), *_to_normalised_tensor(spec)])
+
+
 class ViewStack:
     """The test-time views of one image as one uint8 (views, C, H, W) tensor, so a batch of
     images and all their views goes through the model in a single call; the data module

@@ -5,16 +5,7 @@ Lightning, Hydra or torchvision removes or changes one, instead of a run failing
 
 from __future__ import annotations
 
-import lightning as L
-
-# hw1.tune runs each trial as a Hydra job in-process (run_job needs a HydraContext, which
-# needs the Callbacks object); Hydra exposes no public constructor for it.
-from hydra._internal.callbacks import Callbacks as HydraCallbacks
-
-# hw1.train's resume=true reads the command line before Hydra composes it, to add the run's
-# own overrides (training/resume.py); Hydra's argument parser is the only one that knows
-# every flag Hydra accepts (-m, --config-dir, --cfg, ...), and Hydra has no earlier hook.
-from hydra._internal.utils import get_args_parser as hydra_args_parser
+from typing import TYPE_CHECKING, Any
 
 # The fast pipeline's batched colour jitter must equal torchvision's ColorJitter to the
 # level (transforms/colour_jitter.py): its hue step goes through these two conversions,
@@ -22,7 +13,33 @@ from hydra._internal.utils import get_args_parser as hydra_args_parser
 from torchvision.transforms.v2.functional._color import _hsv_to_rgb as hsv_to_rgb
 from torchvision.transforms.v2.functional._color import _rgb_to_hsv as rgb_to_hsv
 
-__all__ = ["HydraCallbacks", "hsv_to_rgb", "hydra_args_parser", "rgb_to_hsv", "stop_fit"]
+if TYPE_CHECKING:
+    import lightning as L
+
+# The Hydra ones are imported on first use (``__getattr__`` below): the fast pipeline's
+# colour jitter imports this module, and an exported model predicts without Hydra.
+HYDRA_PRIVATE = {
+    # hw1.tune runs each trial as a Hydra job in-process (run_job needs a HydraContext,
+    # which needs the Callbacks object); Hydra exposes no public constructor for it.
+    "HydraCallbacks": ("hydra._internal.callbacks", "Callbacks"),
+    # hw1.train's resume=true reads the command line before Hydra composes it, to add the
+    # run's own overrides (training/resume.py); Hydra's argument parser is the only one that
+    # knows every flag Hydra accepts (-m, --config-dir, --cfg, ...), and Hydra has no
+    # earlier hook.
+    "hydra_args_parser": ("hydra._internal.utils", "get_args_parser"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in HYDRA_PRIVATE:
+        import importlib
+
+        module, attr = HYDRA_PRIVATE[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["hsv_to_rgb", "rgb_to_hsv", "stop_fit", *HYDRA_PRIVATE]
 
 
 def stop_fit(trainer: L.Trainer, stop: bool) -> None:

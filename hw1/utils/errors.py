@@ -91,3 +91,17 @@ def in_hydra_sweep() -> bool:
     from hydra.types import RunMode
 
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def import_extra(module: str, extra: str, purpose: str):
+    """``module``, imported; when it is not installed, an error naming the extra of hw1
+    that installs it (``pip install "hw1[extra]"``) and what it is for."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise UserRuntimeError(
+            f"{purpose} needs {module.split('.')[0]}, which is not installed: "
+            f'pip install "hw1[{extra}]"'
+        ) from None
