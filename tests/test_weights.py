@@ -165,6 +165,7 @@ def damaged_files(tmp_path: Path) -> dict[str, Path]:
     files = {
         "empty": b"",
         "truncated": data[: len(data) // 2],
+        "headless": data[:5000],  # torch's zip reader: OSError EINVAL, not RuntimeError
         "text": b"hello, this is not a checkpoint\n",
         "random": bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8)),
     }
@@ -173,7 +174,7 @@ def damaged_files(tmp_path: Path) -> dict[str, Path]:
     return {name: tmp_path / f"{name}.ckpt" for name in files}
 
 
-@pytest.mark.parametrize("kind", ["empty", "truncated", "text", "random"])
+@pytest.mark.parametrize("kind", ["empty", "truncated", "headless", "text", "random"])
 def test_a_damaged_checkpoint_is_named_as_such_in_every_reader(tmp_path, kind):
     """R4: torch raises EOFError, RuntimeError, KeyError or UnpicklingError for these; every
     reader (predict/eval's from_checkpoint, average and init_from's load_checkpoint, the

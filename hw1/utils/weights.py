@@ -72,6 +72,12 @@ def safe_load(path: str | os.PathLike) -> dict[str, Any]:
         # How torch fails on a file that is no checkpoint: EOFError (empty), RuntimeError
         # (a cut zip archive), KeyError/IndexError/ValueError (text or other bytes).
         raise UserValueError(damaged_text(path)) from None
+    except OSError as e:
+        # torch's zip reader raises EINVAL on some cut archives; a file that cannot be
+        # opened at all (permissions) is another problem, reported as it is.
+        if isinstance(e, PermissionError | FileNotFoundError | IsADirectoryError):
+            raise
+        raise UserValueError(damaged_text(path)) from None
 
 
 # How torch's weights-only unpickler names the global it refused, in its wordings so far:
