@@ -34,9 +34,7 @@ def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, max_iter: int =
         raise UserValueError("calibration needs labelled validation images: none were given")
     logits, targets = logits.double().detach(), targets.long()
     log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
-    optimizer = torch.optim.LBFGS(
-        [log_t], lr=0.5, max_iter=max_iter, line_search_fn="strong_wolfe"
-    )
+    optimizer = torch.optim.LBFGS([log_t], lr=0.5, max_iter=max_iter, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
@@ -45,7 +43,9 @@ def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, max_iter: int =
         return loss
 
     optimizer.step(closure)
-    return float(log_t.detach().exp())
+    # A model no better than chance is best calibrated by T -> infinity (uniform
+    # probabilities): kept within [1e-2, 1e2], where any real model's T lies.
+    return float(log_t.detach().exp().clamp(1e-2, 1e2))
 
 
 def store_temperature(path: str | Path, temperature: float) -> None:

@@ -44,7 +44,9 @@ def classification_metrics(
     }
     for average in ("macro", "weighted"):
         # torchmetrics leaves out of the macro mean a class neither present nor predicted
-        out[f"precision_{average}"] = multiclass_precision(probs, targets, n, average=average).item()
+        out[f"precision_{average}"] = multiclass_precision(
+            probs, targets, n, average=average
+        ).item()
         out[f"recall_{average}"] = multiclass_recall(probs, targets, n, average=average).item()
         out[f"f1_{average}"] = multiclass_f1_score(probs, targets, n, average=average).item()
     out["nll"] = nll(probs, targets)

@@ -26,6 +26,7 @@ from hw1.data.demo import TEST_LABELS
 from hw1.inference.averaging import check_swa
 from hw1.inference.predictor import predict_rows, submission_rows
 from hw1.models.classifier import Classifier
+from hw1.training.final_metrics import evaluate_and_calibrate
 from hw1.training.init_from import check_start, load_weights
 from hw1.training.resume import resume_point
 from hw1.utils.errors import UserValueError
@@ -175,6 +176,11 @@ def train(
         rows = predict_test_folder(trainer, model, datamodule, metrics["best_ckpt"])
         if rows is not None and trainer.is_global_zero:
             metrics |= write_prediction(rows, run_dir, datamodule.root)
+        # Temperature scaling and the full metrics (test/... or val/...), after the
+        # submission is safely written.
+        metrics |= evaluate_and_calibrate(
+            trainer, model, datamodule, metrics["best_ckpt"], cfg.calibrate
+        )
     except Exception as e:
         # Re-raised once the fit's outputs are complete: the run exits non-zero, as it
         # delivered no prediction.csv, and the error is reported as any other.
