@@ -174,3 +174,19 @@ def test_reliability_bins_hold_every_image_once():
     assert sum(b["images"] for b in bins) == 4
     top = bins[-1]
     assert top["images"] == 2 and top["accuracy"] == 0.5 and top["lo"] < 0.95 <= top["hi"]
+
+
+@pytest.mark.slow
+def test_training_ends_calibrated_with_the_full_metrics_logged(trained_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _, _, run_dir = trained_run
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert 0 < metrics["temperature"] != 1.0
+    assert Classifier.from_checkpoint(metrics["best_ckpt"]).temperature == metrics["temperature"]
+    assert metrics["val_top1"] == pytest.approx(metrics["best_val_acc"], abs=1e-6)
+    for key in ("val_top5", "val_f1_macro", "val_nll", "val_ece", "val_ece_uncalibrated"):
+        assert metrics[key] >= 0
+    events = EventAccumulator(str(run_dir / "tb")).Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"val/top1", "val/f1_macro", "val/ece", "val/temperature"} <= tags

@@ -101,7 +101,8 @@ def evaluate_and_calibrate(
     tested = labelled_test_probs(trainer, model, datamodule)
     if tested is not None:
         split, scored = "test", tested
-    metrics = classification_metrics(*scored, model.class_names)
+    true, predicted = scored
+    metrics = classification_metrics(predicted, true, model.class_names)
     out |= {f"{split}_{k}": metrics[k] for k in LOGGED}
     logged = {f"{split}/{k}": metrics[k] for k in LOGGED} | {
         f"{split}/temperature": model.temperature
