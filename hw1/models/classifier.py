@@ -78,6 +78,7 @@ class Classifier(L.LightningModule):
         self.val_confusion = MulticlassConfusionMatrix(num_classes)  # drawn by TensorBoardFigures
         self.val_history: list[dict[str, float]] = []  # per epoch, for metrics.json
         self.train_images = 0  # seen by training steps, for the run summary's images/s
+        self.temperature = 1.0  # calibration: see the block at the end of the class
 
     def setup(self, stage: str) -> None:
         # After the data module's setup: the training set's class counts are known.
@@ -131,12 +132,14 @@ class Classifier(L.LightningModule):
             self.val_history.append({"epoch": self.current_epoch + 1, "val_acc": acc.item()})
 
     def predict_probs(self, x: torch.Tensor) -> torch.Tensor:
-        """Class probabilities; for (B, views, C, H, W) the mean softmax over the views,
-        all views of the batch in one forward pass."""
+        """Class probabilities, of the logits divided by ``temperature``; for
+        (B, views, C, H, W) the mean softmax over the views, all views of the batch in one
+        forward pass."""
         if x.ndim == 4:
-            return self(x).softmax(dim=1).float()
+            return self.calibrated(self(x)).softmax(dim=1).float()
         b, v = x.shape[:2]
-        return self(x.flatten(0, 1)).softmax(dim=1).float().view(b, v, -1).mean(dim=1)
+        logits = self.calibrated(self(x.flatten(0, 1)))
+        return logits.softmax(dim=1).float().view(b, v, -1).mean(dim=1)
 
     def predict_step(self, batch: tuple[torch.Tensor, Any], _: int) -> tuple[Any, torch.Tensor]:
         x, keys = batch  # keys: file stems (test) or class indices (eval)
@@ -189,10 +192,31 @@ class Classifier(L.LightningModule):
         model = cls(**hparams)
         model.load_state_dict(ckpt["state_dict"])
         model.val_history = ckpt.get("val_history", [])
+        model.temperature = stored_temperature(ckpt)
         return model.eval()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["val_history"] = self.val_history
+        checkpoint[TEMPERATURE_KEY] = self.temperature
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.val_history = checkpoint.get("val_history", [])
+        self.temperature = stored_temperature(checkpoint)
+
+    # --- Calibration (temperature scaling, hw1.inference.calibration) ---------------------
+    # One scalar fitted on the validation split's logits: predict_probs divides the logits
+    # by it, so the probabilities are calibrated and the top-1 class is unchanged. It is a
+    # plain float, not a buffer, so state dicts stay the same; checkpoints carry it under
+    # their top-level "temperature" key (TEMPERATURE_KEY).
+
+    def calibrated(self, logits: torch.Tensor) -> torch.Tensor:
+        """The logits divided by the fitted temperature (1: as trained)."""
+        return logits if self.temperature == 1.0 else logits / self.temperature
+
+
+TEMPERATURE_KEY = "temperature"
+
+
+def stored_temperature(checkpoint: dict[str, Any]) -> float:
+    """A checkpoint's fitted temperature; 1.0 (uncalibrated) when it has none."""
+    return float(checkpoint.get(TEMPERATURE_KEY, 1.0))

@@ -1,5 +1,9 @@
-"""Pictures for people: labelled image grids and the confusion matrix, drawn with PIL
-(torchmetrics' plots need matplotlib, which hw1 does not depend on)."""
+"""Pictures for people: charts drawn with matplotlib (training curves, the confusion
+matrix, the reliability diagram, per-class F1, Grad-CAM heat maps), and labelled image
+grids drawn with PIL, which is all a grid of tiles needs.
+
+Figures are made with ``matplotlib.figure.Figure`` and rendered by the Agg canvas, never
+through pyplot: no display, no global state, safe in DataLoader workers and callbacks."""
 
 from __future__ import annotations
 
@@ -8,6 +12,9 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageFont
 
 from hw1.transforms.presets import EvalSpec
@@ -47,38 +54,6 @@ def labelled_grid(
     return grid
 
 
-def confusion_image(confusion: torch.Tensor, names: Sequence[str]) -> Image.Image:
-    """The confusion matrix as a heat map, rows true and columns predicted, in folder order,
-    row-normalised. Cells stay at least 10 px and every class is labelled, so 100 classes
-    remain readable."""
-    n = len(names)
-    cell = max(10, 800 // n)
-    font = ImageFont.load_default(size=max(9, min(14, cell - 1)))
-    header = ("rows: true", "cols: predicted")
-    label_w = int(max(font.getlength(text) for text in (*names, *header))) + 8
-    size = label_w + n * cell + 1
-    image = Image.new("RGB", (size, size), "white")
-    draw = ImageDraw.Draw(image)
-    rates = (confusion / confusion.sum(dim=1, keepdim=True).clamp(min=1)).tolist()
-    for i in range(n):
-        for j in range(n):
-            shade = 255 - int(255 * rates[i][j])
-            x, y = label_w + j * cell, label_w + i * cell
-            colour = (shade, shade, 255) if i == j else (255, shade, shade)
-            draw.rectangle([x, y, x + cell, y + cell], fill=colour, outline=(225, 225, 225))
-    column_labels = Image.new("RGB", (label_w, n * cell), "white")
-    column_draw = ImageDraw.Draw(column_labels)
-    for i, name in enumerate(names):
-        draw.text((4, label_w + i * cell + cell // 2), name, fill="black", font=font, anchor="lm")
-        column_draw.text((4, i * cell + cell // 2), name, fill="black", font=font, anchor="lm")
-    # Column labels: written like the row labels, then turned a quarter left to stand on
-    # the grid's top edge.
-    image.paste(column_labels.rotate(90, expand=True), (label_w, 0))
-    for k, text in enumerate(header):
-        draw.text((4, 4 + k * (font.size + 4)), text, fill="black", font=font)
-    return image
-
-
 def png_bytes(image: Image.Image) -> bytes:
     out = io.BytesIO()
     image.save(out, format="PNG")
@@ -90,56 +65,149 @@ def hwc(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"))
 
 
-PALETTE = [
-    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
-    (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
-    (0, 0, 128), (128, 64, 0), (0, 100, 0), (128, 0, 0), (75, 0, 130), (0, 128, 128),
-]  # fmt: skip
+def figure_image(fig: Figure) -> Image.Image:
+    """A matplotlib figure rendered by the Agg canvas, as an RGB PIL image."""
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return Image.fromarray(np.asarray(canvas.buffer_rgba())).convert("RGB")
 
 
 def line_chart(title: str, series: dict[str, list[list[tuple[float, float]]]]) -> Image.Image:
     """Lines of (epoch, value) points, one colour and one legend entry per name (a name may
-    have several lines: one per seed); the y axis spans the data rounded out to tenths."""
-    font = ImageFont.load_default(size=13)
-    width, height, left, top, bottom = 640, 360, 56, 30, 40
-    legend_w = 32 + int(max([font.getlength(name) for name in series] or [0]))
-    full_h = max(top + height + bottom, top + 18 * len(series) + 8)
-    image = Image.new("RGB", (left + width + legend_w + 8, full_h), "white")
-    draw = ImageDraw.Draw(image)
-    draw.text((left, 8), title, fill="black", font=font)
-    points = [p for lines in series.values() for line in lines for p in line]
-    if not points:
-        draw.text((left + 8, top + 8), "no validation scalars", fill="black", font=font)
-        return image
-    x_max = max(max(x for x, _ in points), 1)
-    y_lo = float(np.floor(min(y for _, y in points) * 10) / 10)
-    y_hi = max(float(np.ceil(max(y for _, y in points) * 10) / 10), y_lo + 0.1)
-
-    def at(x: float, y: float) -> tuple[float, float]:
-        return left + width * x / x_max, top + height * (1 - (y - y_lo) / (y_hi - y_lo))
-
-    for tick in np.arange(y_lo, y_hi + 1e-9, 0.1 if y_hi - y_lo <= 0.5 else 0.2):
-        _, y = at(0, tick)
-        draw.line([left, y, left + width, y], fill=(230, 230, 230))
-        draw.text((left - 6, y), f"{tick:.1f}", fill="black", font=font, anchor="rm")
-    step = max(1, int(np.ceil(x_max / 10)))
-    for tick in range(0, int(x_max) + 1, step):
-        x, _ = at(tick, y_lo)
-        draw.text((x, top + height + 6), str(tick), fill="black", font=font, anchor="mt")
-    draw.rectangle([left, top, left + width, top + height], outline="black")
-    draw.text((left + width / 2, top + height + 22), "epoch", fill="black", font=font, anchor="mt")
+    have several lines: one per seed)."""
+    fig = Figure(figsize=(8, 4.2), dpi=100, layout="constrained")
+    ax = fig.add_subplot()
+    ax.set_title(title, loc="left")
+    ax.set_xlabel("epoch")
+    ax.grid(alpha=0.3)
+    if not any(line for lines in series.values() for line in lines):
+        ax.text(0.5, 0.5, "no validation scalars", ha="center", va="center")
+        return figure_image(fig)
+    cycle = colormaps["tab10" if len(series) <= 10 else "tab20"].colors
     for k, (name, lines) in enumerate(series.items()):
-        colour = PALETTE[k % len(PALETTE)]
-        for line in lines:
-            xy = [at(x, y) for x, y in line]
-            if len(xy) > 1:
-                draw.line(xy, fill=colour, width=2)
-            for x, y in xy:
-                draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=colour)
-        ly = top + 4 + k * 18
-        draw.line([left + width + 10, ly + 7, left + width + 24, ly + 7], fill=colour, width=3)
-        draw.text((left + width + 28, ly), name, fill="black", font=font)
+        for m, line in enumerate(lines):
+            x, y = zip(*line, strict=True) if line else ((), ())
+            label = name if m == 0 else None  # one legend entry per name
+            ax.plot(x, y, marker="o", markersize=3, color=cycle[k % len(cycle)], label=label)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=9, frameon=False)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    return figure_image(fig)
+
+
+# The labelled block of the confusion matrix: the classes most involved in mistakes.
+CONFUSED_BLOCK = 15
+
+
+def normalised(confusion: torch.Tensor) -> np.ndarray:
+    """Rows divided by their sums (recall on the diagonal); a row without images stays 0."""
+    counts = confusion.double()
+    return (counts / counts.sum(dim=1, keepdim=True).clamp(min=1)).numpy()
+
+
+def confused_classes(confusion: torch.Tensor, k: int = CONFUSED_BLOCK) -> list[int]:
+    """The ``k`` classes with the most mistakes, as true or as predicted class, in their
+    folder order."""
+    off = normalised(confusion)
+    np.fill_diagonal(off, 0)
+    involvement = off.sum(axis=0) + off.sum(axis=1)
+    top = np.argsort(-involvement, kind="stable")[:k]
+    return sorted(top.tolist())
+
+
+def _short(name: str, limit: int = 18) -> str:
+    return name if len(name) <= limit else name[: limit - 1] + "…"
+
+
+def _matrix(ax, rates: np.ndarray, names: Sequence[str] | None, title: str) -> object:
+    """One normalised confusion panel; labelled and annotated when ``names`` are given."""
+    image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_title(title, fontsize=10, loc="left")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if names is None:
+        ax.set_xticks([])
+        ax.set_yticks([])
+        return image
+    ticks = range(len(names))
+    labels = [_short(n) for n in names]
+    ax.set_xticks(ticks, labels, rotation=90, fontsize=8)
+    ax.set_yticks(ticks, labels, fontsize=8)
+    for (i, j), rate in np.ndenumerate(rates):
+        if rate >= 0.005:
+            colour = "white" if rate > 0.5 else "black"
+            ax.text(j, i, f"{rate * 100:.0f}", ha="center", va="center", fontsize=7, color=colour)
     return image
+
+
+def confusion_image(confusion: torch.Tensor, names: Sequence[str]) -> Image.Image:
+    """The row-normalised confusion matrix (rows true, columns predicted, in percent).
+    Up to ``CONFUSED_BLOCK`` classes: one labelled panel. More: the whole matrix without
+    tick labels, which shows the pattern, beside the labelled block of the classes most
+    involved in mistakes, which names them."""
+    rates = normalised(confusion)
+    n = len(names)
+    if n <= CONFUSED_BLOCK:
+        fig = Figure(figsize=(6.5, 6), dpi=100, layout="constrained")
+        image = _matrix(fig.add_subplot(), rates, names, "confusion (% of each true class)")
+        fig.colorbar(image, shrink=0.7)
+        return figure_image(fig)
+    fig = Figure(figsize=(13, 6.5), dpi=100, layout="constrained")
+    whole, block = fig.subplots(1, 2)
+    image = _matrix(whole, rates, None, f"all {n} classes (% of each true class)")
+    picked = confused_classes(confusion)
+    sub = rates[np.ix_(picked, picked)]
+    _matrix(block, sub, [names[i] for i in picked], f"the {len(picked)} most confused classes")
+    fig.colorbar(image, ax=[whole, block], shrink=0.7)
+    return figure_image(fig)
+
+
+def reliability_diagram(
+    panels: dict[str, tuple[list[dict[str, float]], float]],
+) -> Image.Image:
+    """Accuracy against confidence per bin (``metrics.reliability_bins``), one panel per
+    entry of ``panels``: {title: (bins, ECE)}, e.g. before and after calibration. Bars
+    under the diagonal are over-confident."""
+    fig = Figure(figsize=(4.2 * len(panels), 4.2), dpi=100, layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(panels), squeeze=False)[0])
+    for ax, (title, (bins, ece)) in zip(axes, panels.items(), strict=True):
+        lo = [b["lo"] for b in bins]
+        width = [b["hi"] - b["lo"] for b in bins]
+        accuracy = [b["accuracy"] for b in bins]
+        gap = [b["confidence"] - b["accuracy"] for b in bins]
+        common = {"width": width, "align": "edge", "edgecolor": "white"}
+        ax.bar(lo, accuracy, color="tab:blue", label="accuracy", **common)
+        ax.bar(lo, gap, bottom=accuracy, color="tab:red", alpha=0.3, label="gap", **common)
+        ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
+        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top-1 probability)", ylabel="accuracy")
+        ax.set_title(f"{title}: ECE {ece:.3f}", fontsize=10, loc="left")
+        ax.legend(loc="upper left", fontsize=8, frameon=False)
+    return figure_image(fig)
+
+
+def per_class_f1_chart(rows: Sequence[dict], title: str = "F1 per class") -> Image.Image:
+    """Horizontal bars of each class's F1 (``metrics.per_class_table`` rows), worst at the
+    top; a class without images in the split is marked n/a rather than drawn as 0."""
+    fig = Figure(figsize=(6, max(2.5, 0.6 + 0.16 * len(rows))), dpi=100, layout="constrained")
+    ax = fig.add_subplot()
+    y = np.arange(len(rows))
+    values = [r["f1"] if r["f1"] is not None else 0.0 for r in rows]
+    ax.barh(y, values, color=["tab:blue" if r["f1"] is not None else "lightgrey" for r in rows])
+    for k, r in enumerate(rows):
+        text = "n/a" if r["f1"] is None else f"{r['f1']:.2f}"
+        ax.text(values[k] + 0.01, k, text, va="center", fontsize=7)
+    ax.set_yticks(y, [_short(r["class"]) for r in rows], fontsize=7 if len(rows) > 30 else 9)
+    ax.invert_yaxis()
+    ax.set(xlim=(0, 1.08), xlabel="F1")
+    ax.set_title(title, loc="left", fontsize=10)
+    return figure_image(fig)
+
+
+def heat_overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """A uint8 (H, W, 3) image with a (H, W) heat map in [0, 1] laid over it in the
+    'jet' colours (red: high), and the heat map alone, both uint8 (H, W, 3)."""
+    coloured = (colormaps["jet"](np.clip(heat, 0, 1))[..., :3] * 255).astype(np.float32)
+    blend = (1 - alpha) * image.astype(np.float32) + alpha * coloured
+    return blend.round().astype(np.uint8), coloured.round().astype(np.uint8)
 
 
 def stack(images: Sequence[Image.Image]) -> Image.Image:

@@ -28,6 +28,7 @@ from hw1.inference.averaging import check_swa
 from hw1.inference.predictor import predict_rows, stopping_on_signal, submission_rows
 from hw1.models.classifier import Classifier
 from hw1.training.checkpoint_io import last_checkpoint, remove_stale_temporaries
+from hw1.training.final_metrics import evaluate_and_calibrate
 from hw1.training.init_from import check_start, load_weights
 from hw1.training.resume import resume_point, save_run_config
 from hw1.utils.errors import UserValueError
@@ -196,6 +197,11 @@ def train_in(
             rows = predict_test_folder(trainer, model, datamodule, metrics["best_ckpt"])
         if rows is not None and trainer.is_global_zero:
             metrics |= write_prediction(rows, run_dir, datamodule.root)
+        # Temperature scaling and the full metrics (test/... or val/...), after the
+        # submission is safely written.
+        metrics |= evaluate_and_calibrate(
+            trainer, model, datamodule, metrics["best_ckpt"], cfg.calibrate
+        )
     except Stopped as e:  # metrics.json and the checkpoints are kept; a resume predicts
         metrics["prediction_error"] = f"stopped by {signal.Signals(e.signum).name}"
         raise
