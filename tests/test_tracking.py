@@ -315,3 +315,43 @@ def test_resume_reads_the_ids_of_the_checkpoints_run(tmp_path):
     assert tracking.saved_ids(cfg, tmp_path / "second") == {"mlflow": {"run_id": "abc"}}
     assert tracking.saved_ids(config("resume=true"), first) == {"mlflow": {"run_id": "abc"}}
     assert tracking.saved_ids(config(), first) == {}  # a fresh run starts afresh
+
+
+@pytest.mark.parametrize(("outcome", "state", "status"), [(None, "COMPLETE", "FINISHED"),
+                         ("pruned", "PRUNED", "KILLED")])  # fmt: skip
+def test_a_tune_trial_is_a_run_of_the_studys_experiment_with_its_state(
+    tmp_path, outcome, state, status
+):
+    optuna = pytest.importorskip("optuna")
+    from hw1.training.search_space import distributions
+    from hw1.tune import Objective, tune_config
+
+    cfg, _ = tune_config(
+        ["study_name=s", f"dir={tmp_path}", "+search.params.x={type:float,low:0,high:1}"]
+    )
+    client = mlflow.MlflowClient(uri := f"sqlite:///{tmp_path / 'mlflow.db'}")
+    seen = []
+
+    def training(overrides, run_dir, callbacks):
+        """What train() leaves behind: a run opened under the names it was given, its ids
+        in tracking.json, then a validation score (or the pruner's stop)."""
+        seen.extend(o for o in overrides if o.startswith("tracking."))
+        experiment = client.create_experiment(seen[0].split("=")[1])
+        run = client.create_run(experiment, run_name=seen[1].split("=")[1])
+        saved = {"mlflow": {"tracking_uri": uri, "run_id": run.info.run_id}}
+        write = run_dir / tracking.TRACKING_FILE
+        write.parent.mkdir(parents=True)
+        write.write_text(json.dumps(saved))
+        if outcome == "pruned":
+            raise optuna.TrialPruned()
+        callbacks[0].values.append(0.5)
+
+    objective = Objective(cfg, distributions(cfg.search.params, "search"), [])
+    objective.run_training = training
+    study = optuna.create_study(direction="maximize")
+    study.optimize(objective, n_trials=1)
+    assert seen == ["tracking.experiment=s", "tracking.run=trial_0"]
+    (run,) = client.search_runs([client.get_experiment_by_name("s").experiment_id])
+    assert run.data.tags["optuna.trial"] == "0" and run.data.tags["optuna.state"] == state
+    if status == "KILLED":
+        assert run.info.status == "KILLED"

@@ -193,17 +193,20 @@ def check_wandb_key(name: str) -> None:
 
 
 def names(cfg: DictConfig, run_dir: Path) -> tuple[str, str]:
-    """(experiment, run) names: a sweep is one experiment named after its directory, each
-    job a run named like its directory (0_R34_64); a single run is in ``hw1``, named by
-    its directory."""
+    """(experiment, run) names: ``tracking.experiment`` and ``tracking.run`` when set
+    (hw1.tune: the study, trial_N); else a sweep is one experiment named after its
+    directory, each job a run named like its directory (0_R34_64), and a single run is in
+    ``hw1``, named by its directory."""
+    given = cfg.get("tracking") or {}
     hydra = HydraConfig.get()
     if hydra.mode == RunMode.MULTIRUN:
-        return str(hydra.sweep.dir), run_dir.name
-    try:
-        run_name = str(run_dir.absolute().relative_to(Path.cwd()))
-    except ValueError:
-        run_name = str(run_dir)
-    return "hw1", run_name
+        experiment, run_name = str(hydra.sweep.dir), run_dir.name
+    else:
+        try:
+            experiment, run_name = "hw1", str(run_dir.absolute().relative_to(Path.cwd()))
+        except ValueError:
+            experiment, run_name = "hw1", str(run_dir)
+    return given.get("experiment") or experiment, given.get("run") or run_name
 
 
 def source_tags() -> dict[str, str]:
@@ -265,8 +268,8 @@ def mlflow_arguments(
     uri = absolute_uri(str(entry.tracking_uri))
     args: dict[str, Any] = {
         "tracking_uri": uri,
-        "experiment_name": entry.get("experiment_name") or experiment,
-        "run_name": entry.get("run_name") or run_name,
+        "experiment_name": experiment,
+        "run_name": run_name,
         "tags": {**source_tags(), **OmegaConf.to_container(entry.get("tags") or DictConfig({}))},
     }
     if local_store(uri) is not None:
@@ -285,10 +288,10 @@ def mlflow_arguments(
 def wandb_arguments(
     entry: DictConfig, saved: dict[str, Any], experiment: str, run_name: str
 ) -> dict[str, Any]:
-    group = experiment if HydraConfig.get().mode == RunMode.MULTIRUN else None
+    grouped = HydraConfig.get().mode == RunMode.MULTIRUN or experiment != "hw1"
     args = {
-        "name": entry.get("name") or run_name,
-        "group": entry.get("group") or group,
+        "name": run_name,
+        "group": entry.get("group") or (experiment if grouped else None),
         "notes": source_tags()["hw1.command"],
     }
     if saved.get("id"):  # else W&B draws one, which start() saves
@@ -426,3 +429,27 @@ def summary_lines(loggers: Iterable[Logger], run_dir: Path) -> list[str]:
         elif isinstance(logger, WandbLogger):
             lines.append(f"  {'W&B':<14} run {logger.version} in {logger.save_dir}/wandb")
     return lines
+
+
+# --- hw1.tune -----------------------------------------------------------------------------
+
+
+def end_trial(run_dir: Path, number: int, state: str) -> None:
+    """An hw1.tune trial's number and Optuna state (COMPLETE, PRUNED, FAIL) on its MLflow
+    runs, a pruned one marked KILLED (Lightning marked it FAILED as the pruner stopped it);
+    and a W&B run a stopped trial left open is finished, so the next trial gets its own."""
+    path = run_dir / TRACKING_FILE
+    saved = json.loads(path.read_text()) if path.is_file() else {}
+    for ids in saved.values():
+        if "run_id" not in ids or "tracking_uri" not in ids:
+            continue
+        from mlflow import MlflowClient
+
+        client = MlflowClient(ids["tracking_uri"])
+        client.set_tag(ids["run_id"], "optuna.trial", str(number))
+        client.set_tag(ids["run_id"], "optuna.state", state)
+        if state == "PRUNED":
+            client.set_terminated(ids["run_id"], "KILLED")
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
+        wandb.run.finish(exit_code=0 if state != "FAIL" else 1)
