@@ -169,6 +169,15 @@ def test_csv_and_a_sqlite_store_without_tensorboard(root, tmp_path):
     assert str(run_dir / "csv" / "metrics.csv") in proc.stdout
     assert f"mlflow ui --backend-store-uri sqlite:///{store}" in proc.stdout
 
+    # hw1.report reads the same run back from the store, as from the run directory
+    from hw1.reporting.runs import report
+
+    (row,) = report([], tmp_path / "report", mlflow=(f"sqlite:///{store}", "hw1"))
+    (from_dir,) = report([run_dir], tmp_path / "report_dir")
+    keys = ("runs", "arch", "batch_size", "lr", "val_acc", "best_epoch", "epochs", "params")
+    assert {k: row[k] for k in keys} == {k: from_dir[k] for k in keys}
+    assert row["arch"] == "resnet18" and row["sched"].startswith("cosine T_max=1")
+
 
 @pytest.mark.slow
 def test_a_killed_run_resumes_into_the_same_mlflow_run(root, tmp_path):
