@@ -16,6 +16,7 @@ Runs of one ID with several seeds become one row: mean ± standard deviation.
 
 from __future__ import annotations
 
+import ast
 import csv
 import io
 import json
@@ -99,7 +100,9 @@ def settings_of(get: Callable[[str], Any]) -> dict[str, Any]:
         "trainable_stages": get("model.trainable_stages") or "all",
         "weights": get("model.weights"),
         "head": get("head.name"),
-        "dropout": "/".join(map(str, dropout)) if OmegaConf.is_list(dropout) else dropout,
+        "dropout": "/".join(map(str, dropout))
+        if OmegaConf.is_list(dropout) or isinstance(dropout, list)
+        else dropout,
         "lr": get("optim.lr"),
         "sched": sched,
         "tta": get("tta"),
@@ -343,6 +346,15 @@ def curves_image(runs: list[dict[str, Any]]):
     return stack(panels)
 
 
+def param_value(text: str | None) -> Any:
+    """A logged parameter's value (MLflow keeps strings): 16, 0.003, None, [0.5, 0.2] as
+    Python reads them, anything else as the string."""
+    try:
+        return ast.literal_eval(text) if text is not None else None
+    except (ValueError, SyntaxError):
+        return text
+
+
 def mlflow_runs(uri: str, experiment: str, refs: dict[str, dict[str, str]]) -> list[dict]:
     """The finished runs of an MLflow experiment (a sweep's, hw1.tune's study), as
     ``load_run`` reads a run directory: its metrics.json artifact, its settings from the
@@ -371,7 +383,7 @@ def mlflow_runs(uri: str, experiment: str, refs: dict[str, dict[str, str]]) -> l
             "id": name,
             "family": metrics.get("family") or refs.get(name, {}).get("family") or "runs",
             "metrics": metrics,
-            "settings": settings_of(run.data.params.get),
+            "settings": settings_of(lambda key, p=run.data.params: param_value(p.get(key))),
             "curve": [(k + 1, m.value) for k, m in enumerate(history)],
         })  # fmt: skip
     if not runs:
