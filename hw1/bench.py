@@ -5,6 +5,7 @@ noise hits every contender alike).
     python -m hw1.bench loader [--images 200] [--workers 0] [--size 224] [--rounds 5]  (and
         the fast pipeline's decoder's full-size decode-only rate, its ceiling)
     python -m hw1.bench step [--batches 20] [--batch-size 64] [--size 32] [--rounds 3]
+    python -m hw1.bench tracking [--epochs 6] [--rounds 5]   (MLflow's logging beside TensorBoard's)
 
 and the GPU check kit, every figure the performance documentation needs from a GPU, in
 about 8 minutes on one (``--device cpu --quick``: the same code at toy size on the CPU):
@@ -39,6 +40,9 @@ def main(argv: list[str] | None = None) -> None:
     step.add_argument("--size", type=int, default=32, help="image size in pixels")
     step.add_argument("--arch", default="resnet18")
     step.add_argument("--rounds", type=int, default=3)
+    tracked = sub.add_parser("tracking", help="a demo run's logging: TensorBoard vs + MLflow")
+    tracked.add_argument("--epochs", type=int, default=6)
+    tracked.add_argument("--rounds", type=int, default=5)
     # Imported here: the kit builds on this module's helpers, so a top-level import would
     # be circular.
     from hw1.benchmarks.gpu_check import PARTS, bench_gpu
@@ -52,6 +56,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     gpu.add_argument("--parts", nargs="+", choices=PARTS, help="only these parts, in this order")
     args = parser.parse_args(argv)
+    if args.bench == "tracking":
+        from hw1.benchmarks.tracking import bench_tracking  # needs hw1[track]
+
+        return bench_tracking(args)
     benches = {"tta": bench_tta, "loader": bench_loader, "step": bench_step, "gpu": bench_gpu}
     benches[args.bench](args)
 
