@@ -250,14 +250,15 @@ def make_loggers(cfg: DictConfig, run_dir: Path) -> list[Logger]:
     """The configured loggers, with a sweep's names and a resumed run's ids filled in."""
     experiment, run_name = names(cfg, run_dir)
     saved = saved_ids(cfg, run_dir)
+    entries = list(logger_entries(cfg).values())
     loggers = []
-    for name, entry in logger_entries(cfg).items():
+    for key, entry in zip(keys(map(class_name, entries)), entries, strict=True):
         kind = class_name(entry)
         extra: dict[str, Any] = {}
         if kind == "MLFlowLogger":
-            extra = mlflow_arguments(entry, saved.get(name, {}), experiment, run_name)
+            extra = mlflow_arguments(entry, saved.get(key, {}), experiment, run_name)
         elif kind == "WandbLogger":
-            extra = wandb_arguments(entry, saved.get(name, {}), experiment, run_name)
+            extra = wandb_arguments(entry, saved.get(key, {}), experiment, run_name)
         loggers.append(instantiate(entry, **extra))
     return loggers
 
@@ -318,17 +319,21 @@ def start(loggers: Iterable[Logger], run_dir: Path, params: dict[str, Any]) -> N
             log_params(name, logger, params)
 
 
-def named(loggers: Iterable[Logger]) -> list[tuple[str, Logger]]:
-    """Each logger with its entry name in tracking.json (mlflow, wandb; mlflow_1, ... for
-    a second one of a kind)."""
+def keys(class_names: Iterable[str]) -> list[str]:
+    """The loggers' keys in tracking.json, from their class names in the run's order:
+    mlflow, wandb, ...; mlflow_1 for a second one of a kind."""
     out, seen = [], {}
-    for logger in loggers:
-        base = {MLFlowLogger: "mlflow", WandbLogger: "wandb", CSVLogger: "csv"}.get(
-            type(logger), type(logger).__name__.lower()
-        )
+    for name in class_names:
+        base = name.removesuffix("Logger").lower()
         n = seen[base] = seen.get(base, -1) + 1
-        out.append((base if n == 0 else f"{base}_{n}", logger))
+        out.append(base if n == 0 else f"{base}_{n}")
     return out
+
+
+def named(loggers: Iterable[Logger]) -> list[tuple[str, Logger]]:
+    """Each logger with its key in tracking.json."""
+    loggers = list(loggers)
+    return list(zip(keys(type(lg).__name__ for lg in loggers), loggers, strict=True))
 
 
 def start_mlflow(name: str, logger: MLFlowLogger) -> dict[str, Any]:
