@@ -7,6 +7,7 @@ noise hits every contender alike).
     python -m hw1.bench step [--batches 20] [--batch-size 64] [--size 32] [--rounds 3]
     python -m hw1.bench infer [--arch resnet18] [--size 224] [--batch-size 32] [--rounds 5]
         (an exported model on the CPU: eager PyTorch, TorchScript, onnxruntime)
+    python -m hw1.bench tracking [--epochs 6] [--rounds 5]   (MLflow's logging beside TensorBoard's)
 
 and the GPU check kit, every figure the performance documentation needs from a GPU, in
 about 8 minutes on one (``--device cpu --quick``: the same code at toy size on the CPU):
@@ -46,6 +47,9 @@ def main(argv: list[str] | None = None) -> None:
     infer.add_argument("--size", type=int, default=224, help="crop size in pixels")
     infer.add_argument("--batch-size", type=int, default=32)
     infer.add_argument("--rounds", type=int, default=5)
+    tracked = sub.add_parser("tracking", help="a demo run's logging: TensorBoard vs + MLflow")
+    tracked.add_argument("--epochs", type=int, default=6)
+    tracked.add_argument("--rounds", type=int, default=5)
     # Imported here: the kit builds on this module's helpers, so a top-level import would
     # be circular.
     from hw1.benchmarks.gpu_check import PARTS, bench_gpu
@@ -59,6 +63,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     gpu.add_argument("--parts", nargs="+", choices=PARTS, help="only these parts, in this order")
     args = parser.parse_args(argv)
+    if args.bench == "tracking":
+        from hw1.benchmarks.tracking import bench_tracking  # needs hw1[track]
+
+        return bench_tracking(args)
     benches = {"tta": bench_tta, "loader": bench_loader, "step": bench_step, "gpu": bench_gpu}
     if args.bench == "infer":  # needs hw1[export]: imported only when asked for
         from hw1.benchmarks.infer import bench_infer

@@ -27,11 +27,21 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m hw1.report", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("dirs", nargs="+", type=Path, help="multirun or run directories")
+    parser.add_argument("dirs", nargs="*", type=Path, help="multirun or run directories")
     parser.add_argument("--out", type=Path, help="where to write (default: the first DIR)")
+    parser.add_argument(
+        "--mlflow",
+        nargs=2,
+        metavar=("URI", "EXPERIMENT"),
+        help="read the runs from an MLflow experiment instead (a sweep's: its directory)",
+    )
     args = parser.parse_args(argv)
+    if bool(args.dirs) == bool(args.mlflow):
+        parser.error("give run directories, or --mlflow URI EXPERIMENT (with --out DIR)")
+    if args.mlflow and not args.out:
+        parser.error("--mlflow needs --out DIR")
     out = args.out or args.dirs[0]
-    rows = report(args.dirs, out)
+    rows = report(args.dirs, out, mlflow=tuple(args.mlflow) if args.mlflow else None)
     print(f"{len(rows)} IDs from {sum(r['runs'] for r in rows)} runs")
     for name in ("report.md", "report.csv", "curves.png"):
         print(f"  {out / name}")

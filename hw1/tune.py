@@ -41,6 +41,7 @@ from optuna_integration import PyTorchLightningPruningCallback
 from hw1.reporting.studies import save_figure, summarise
 from hw1.training.run import data_and_model, train
 from hw1.training.search_space import distributions, examples, suggest
+from hw1.training.tracking import end_trial
 from hw1.utils.compat import HydraCallbacks
 from hw1.utils.config import CONF_DIR, CONF_MODULE, compose_config
 from hw1.utils.errors import UserRuntimeError, UserValueError, reported, user_error
@@ -193,14 +194,20 @@ class Objective:
         trial.set_user_attr("overrides", overrides)
         trial.set_user_attr("run_dir", str(run_dir))
         pruning = Pruning(trial, self.cfg.monitor)
+        # The study is one experiment of the tracking loggers, each trial a run in it (the
+        # command line's tracking.* overrides, after these, win).
+        names = [f"tracking.experiment={self.cfg.study_name}", f"tracking.run=trial_{trial.number}"]
+        state = "FAIL"
         try:
-            self.run_training(overrides, run_dir, [pruning])
+            self.run_training([*names, *overrides], run_dir, [pruning])
             if not pruning.values:
                 raise UserRuntimeError(
                     f"{self.cfg.monitor} was never logged: no validation ran, or monitor= "
                     "names no metric (val/acc, val/loss)"
                 )
+            state = "COMPLETE"
         except optuna.TrialPruned:
+            state = "PRUNED"
             raise
         except SystemExit as e:  # SIGTERM or Ctrl-C: last.ckpt saved, or a stopped prediction
             code = e.code if isinstance(e.code, int) else 1
@@ -215,6 +222,7 @@ class Objective:
             trial.set_user_attr("fail_reason", failure_text(e))
             raise
         finally:
+            end_trial(run_dir, trial.number, state)
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()  # an out-of-memory trial's leftovers
         best = max if self.cfg.direction == "maximize" else min

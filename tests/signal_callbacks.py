@@ -12,18 +12,24 @@ import lightning as L
 
 class SignalAt(L.Callback):
     """Sends ``signal`` to this process as batch ``batch`` of ``phase`` (train, validation
-    or sanity) starts, on the process of rank ``rank`` only, once; the batch then runs, as
-    when a scheduler's signal lands in the middle of one."""
+    or sanity) starts, on the process of rank ``rank`` only, once, in the first epoch it
+    can or in epoch ``epoch`` (0-based); the batch then runs, as when a scheduler's signal
+    lands in the middle of one."""
 
-    def __init__(self, signal: str, phase: str, batch: int = 1, rank: int = 0) -> None:
+    def __init__(
+        self, signal: str, phase: str, batch: int = 1, rank: int = 0, epoch: int | None = None
+    ) -> None:
         self.signum = signal_module.Signals[signal]
         self.phase = phase
         self.batch = batch
         self.rank = rank
+        self.epoch = epoch
         self.sent = False
 
     def _maybe_send(self, trainer: L.Trainer, phase: str, batch_idx: int) -> None:
         if self.sent or phase != self.phase or batch_idx != self.batch:
+            return
+        if self.epoch is not None and trainer.current_epoch != self.epoch:
             return
         if trainer.global_rank == self.rank:
             self.sent = True

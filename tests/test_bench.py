@@ -98,3 +98,11 @@ def test_the_gpu_check_kit_runs_every_part_at_toy_size_on_the_cpu(tmp_path):
             assert type(value) in (int, float) and math.isfinite(value) and value > 0, name
             assert f"{part:<8} {name}" in proc.stdout  # in the printed table
     assert "ERROR" not in proc.stdout
+
+
+def test_tracking_bench_times_mlflow_beside_tensorboard(capsys):
+    pytest.importorskip("mlflow")
+    main(["tracking", "--epochs", "1", "--rounds", "1"])
+    out = capsys.readouterr().out
+    assert "TensorBoard:" in out and "TensorBoard + MLflow:" in out and "MLflow adds" in out
+    assert _ratio(out) > 0

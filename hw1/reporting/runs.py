@@ -6,12 +6,14 @@ noise), written as Markdown, CSV and a curves figure.
 
 from __future__ import annotations
 
+import ast
 import csv
 import io
 import json
 import math
 import statistics
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -68,14 +70,17 @@ def run_settings(run_dir: Path) -> dict[str, Any]:
     if not path.exists():
         return {}
     cfg = OmegaConf.load(path)
+    return settings_of(lambda key: OmegaConf.select(cfg, key, throw_on_resolution_failure=False))
 
-    def get(key: str) -> Any:
-        return OmegaConf.select(cfg, key, throw_on_resolution_failure=False)
 
+def settings_of(get: Callable[[str], Any]) -> dict[str, Any]:
+    """The report's settings from ``get(group.key)``: a run's saved config, or the
+    parameters a tracking logger holds (which have no ``_target_``: a cosine schedule is
+    the one with a ``T_max``)."""
     target = str(get("sched._target_") or "")
     sched = (
         f"cosine T_max={get('sched.T_max')} eta_min={get('sched.eta_min')}"
-        if "cosine" in target
+        if "cosine" in target or (not target and get("sched.T_max") is not None)
         else target.rsplit(".", 1)[-1]
     )
     dropout = get("head.dropout")
@@ -85,7 +90,9 @@ def run_settings(run_dir: Path) -> dict[str, Any]:
         "trainable_stages": get("model.trainable_stages") or "all",
         "weights": get("model.weights"),
         "head": get("head.name"),
-        "dropout": "/".join(map(str, dropout)) if OmegaConf.is_list(dropout) else dropout,
+        "dropout": "/".join(map(str, dropout))
+        if OmegaConf.is_list(dropout) or isinstance(dropout, list)
+        else dropout,
         "lr": get("optim.lr"),
         "sched": sched,
         "tta": get("tta"),
@@ -329,9 +336,59 @@ def curves_image(runs: list[dict[str, Any]]):
     return stack(panels)
 
 
-def report(dirs: list[Path], out: Path) -> list[dict]:
+def param_value(text: str | None) -> Any:
+    """A logged parameter's value (MLflow keeps strings): 16, 0.003, None, [0.5, 0.2] as
+    Python reads them, anything else as the string."""
+    try:
+        return ast.literal_eval(text) if text is not None else None
+    except (ValueError, SyntaxError):
+        return text
+
+
+def mlflow_runs(uri: str, experiment: str, refs: dict[str, dict[str, str]]) -> list[dict]:
+    """The finished runs of an MLflow experiment (a sweep's, hw1.tune's study), as
+    ``load_run`` reads a run directory: its metrics.json artifact, its settings from the
+    logged parameters, its val/acc curve from the metric's history."""
+    try:
+        from mlflow import MlflowClient
+        from mlflow.artifacts import download_artifacts
+    except ImportError:
+        raise UserFileNotFoundError(
+            '--mlflow needs the mlflow package: pip install "hw1[track]"'
+        ) from None
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        names = [e.name for e in client.search_experiments()]
+        raise UserFileNotFoundError(f"no MLflow experiment {experiment!r} in {uri}; it has {names}")
+    runs = []
+    for run in client.search_runs([found.experiment_id], "attributes.status = 'FINISHED'"):
+        run_id = run.info.run_id
+        path = download_artifacts(run_id=run_id, artifact_path="metrics.json", tracking_uri=uri)
+        metrics = json.loads(Path(path).read_text())
+        history = sorted(client.get_metric_history(run_id, "val/acc"), key=lambda m: m.step)
+        name = metrics.get("id") or run.info.run_name
+        runs.append({
+            "dir": run.info.run_name,
+            "id": name,
+            "family": metrics.get("family") or refs.get(name, {}).get("family") or "runs",
+            "metrics": metrics,
+            "settings": settings_of(lambda key, p=run.data.params: param_value(p.get(key))),
+            "curve": [(k + 1, m.value) for k, m in enumerate(history)],
+        })  # fmt: skip
+    if not runs:
+        raise UserFileNotFoundError(f"no finished run in the MLflow experiment {experiment!r}")
+    return runs
+
+
+def report(dirs: list[Path], out: Path, mlflow: tuple[str, str] | None = None) -> list[dict]:
+    """The report of the runs under ``dirs``, or of an MLflow experiment: ``mlflow`` is
+    (tracking URI, experiment name)."""
     refs = reference()
-    runs = [load_run(d, refs) for d in find_runs(dirs)]
+    if mlflow is not None:
+        runs = mlflow_runs(*mlflow, refs)
+    else:
+        runs = [load_run(d, refs) for d in find_runs(dirs)]
     rows = summarise(runs, refs)
     out.mkdir(parents=True, exist_ok=True)
     write_atomically(out / "report.md", markdown(rows))

@@ -1,36 +1,33 @@
-"""Lightning callbacks: TensorBoard figures and a frozen-backbone warm-up. What keeps a run
+"""Lightning callbacks: figures for the loggers and a frozen-backbone warm-up. What keeps a run
 safe to stop and resume is in ``hw1.training.stopping`` and ``hw1.training.checkpoint_io``."""
 
 from __future__ import annotations
 
 import lightning as L
-from lightning.pytorch.loggers import TensorBoardLogger
 
 from hw1.reporting.figures import confusion_image, hwc, labelled_grid, to_uint8
+from hw1.training.tracking import has_image_logger, log_image
 from hw1.transforms.presets import EvalSpec
 
 
-def _tensorboard(trainer: L.Trainer):
-    """The SummaryWriter of the run's TensorBoard logger, or None (fast_dev_run, no logger)."""
-    for logger in trainer.loggers:
-        if isinstance(logger, TensorBoardLogger):
-            return logger.experiment
-    return None
+def _draws(trainer: L.Trainer) -> bool:
+    """Whether any of the run's loggers holds images (TensorBoard, MLflow, W&B; not CSV,
+    none under fast_dev_run or logger=none): no figure is drawn for nobody."""
+    return has_image_logger(trainer.loggers)
 
 
-class TensorBoardFigures(L.Callback):
-    """Images in TensorBoard: a grid of augmented training samples with their class names
-    at the first epoch, and the validation confusion matrix every ``confusion_every``
-    epochs and at the last one."""
+class Figures(L.Callback):
+    """Images for every logger that holds them (TensorBoard, MLflow, W&B): a grid of
+    augmented training samples with their class names at the first epoch, and the
+    validation confusion matrix every ``confusion_every`` epochs and at the last one."""
 
     def __init__(self, confusion_every: int = 10, samples: int = 32) -> None:
         self.confusion_every = max(1, confusion_every)
         self.samples = samples
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
-        writer = _tensorboard(trainer)
         if (
-            writer is None
+            not _draws(trainer)
             or trainer.current_epoch != 0
             or batch_idx != 0
             or not trainer.is_global_zero
@@ -41,12 +38,11 @@ class TensorBoardFigures(L.Callback):
         images = to_uint8(x[: self.samples], spec)
         names = [pl_module.class_names[i] for i in y[: self.samples].tolist()]
         grid = labelled_grid(images, ncol=8, labels=names)
-        writer.add_image("train/augmented", hwc(grid), trainer.global_step, dataformats="HWC")
+        log_image(trainer.loggers, "train/augmented", hwc(grid), trainer.global_step)
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         # Runs before the module's own hook, which resets the confusion matrix.
-        writer = _tensorboard(trainer)
-        if writer is None or trainer.sanity_checking:
+        if not _draws(trainer) or trainer.sanity_checking:
             return
         epoch = trainer.current_epoch + 1
         if epoch % self.confusion_every and epoch != trainer.max_epochs and not trainer.should_stop:
@@ -55,7 +51,7 @@ class TensorBoardFigures(L.Callback):
         confusion = pl_module.val_confusion.compute().cpu()
         if trainer.is_global_zero:
             image = confusion_image(confusion, pl_module.class_names)
-            writer.add_image("val/confusion", hwc(image), trainer.global_step, dataformats="HWC")
+            log_image(trainer.loggers, "val/confusion", hwc(image), trainer.global_step)
 
 
 class FreezeBackbone(L.Callback):
@@ -84,3 +80,7 @@ class FreezeBackbone(L.Callback):
         if pl_module.backbone.held:
             for p in pl_module.backbone.parameters():
                 p.grad = None
+
+
+# The name the configs and hw1.benchmarks used when TensorBoard was the only logger.
+TensorBoardFigures = Figures

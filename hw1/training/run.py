@@ -19,6 +19,7 @@ import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
 from hw1 import PARAM_LIMIT
@@ -29,6 +30,7 @@ from hw1.inference.predictor import predict_rows, stopping_on_signal, submission
 from hw1.models.classifier import Classifier
 from hw1.training.checkpoint_io import last_checkpoint, remove_stale_temporaries
 from hw1.training.final_metrics import evaluate_and_calibrate
+from hw1.training import tracking
 from hw1.training.init_from import check_start, load_weights
 from hw1.training.resume import resume_point, save_run_config
 from hw1.utils.errors import UserValueError
@@ -95,15 +97,18 @@ def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
-    """The run's settings as flat ``group.key`` scalars, which TensorBoard's HPARAMS tab
-    can show and compare across the runs of a sweep."""
+    """The run's settings as flat ``group.key`` scalars, which TensorBoard's HPARAMS tab,
+    MLflow and W&B can show and compare across the runs of a sweep; Hydra's own keys
+    (``_target_``, ``_partial_``) are left out."""
     container = OmegaConf.to_container(cfg, resolve=True)
     flat = flatten({k: container[k] for k in HPARAM_GROUPS if k in container})
+    flat = {k: v for k, v in flat.items() if not k.rsplit(".", 1)[-1].startswith("_")}
     return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flat.items()}
 
 
-def summary_text(metrics: dict[str, Any], run_dir: Path) -> str:
-    """The end-of-training summary for the console."""
+def summary_text(metrics: dict[str, Any], run_dir: Path, tracked: Sequence[str] = ()) -> str:
+    """The end-of-training summary for the console; ``tracked``: where each logger put the
+    run (``tracking.summary_lines``)."""
     params = metrics["params"]
     limit = "under" if params < PARAM_LIMIT else "OVER"
     name = f"hw1 run {metrics['id']}" if metrics["id"] else "hw1 run"
@@ -125,7 +130,7 @@ def summary_text(metrics: dict[str, Any], run_dir: Path) -> str:
     if "prediction_error" in metrics:
         lines.append(f"  prediction     FAILED: {metrics['prediction_error']}")
     lines.append(f"  metrics        {run_dir / 'metrics.json'}")
-    lines.append(f"  TensorBoard    tensorboard --logdir {run_dir}")
+    lines += tracked
     return "\n".join(lines)
 
 
@@ -165,6 +170,7 @@ def train_in(
     """train()'s work, in its locked ``run_dir``."""
     require_multirun_for_a_family(cfg)
     check_start(cfg.init_from, cfg.ckpt_path)
+    tracking.check_stores(cfg)  # an unreachable tracking server stops the run before anything
     use_tensor_cores()
     L.seed_everything(cfg.seed, workers=True)
     start = time.time()
@@ -175,10 +181,18 @@ def train_in(
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     callbacks += extra_callbacks
     check_swa(callbacks)
-    loggers = [instantiate(lg) for lg in cfg.logger.values() if lg is not None]
+    loggers = tracking.make_loggers(cfg, run_dir)
+    if not loggers:  # logger=none: Lightning refuses a learning-rate monitor with no logger
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
     if first_process():  # the lock's holder: no save of another process is under way
         remove_stale_temporaries(last_checkpoint(trainer).parent)
+    # Every logger gets the short list of settings (flat_hparams), not Lightning's own
+    # logging of the model's hyper-parameters: save_hyperparameters(logger=False), the same
+    # hyper-parameters kept for the checkpoint.
+    model.save_hyperparameters(dict(model.hparams), logger=False)
+    if trainer.is_global_zero:
+        tracking.start(trainer.loggers, run_dir, flat_hparams(cfg))
 
     ckpt_path = resume_point(cfg, trainer, model)
     if trainer.is_global_zero:
@@ -229,7 +243,7 @@ def prediction_failed_text(cfg: DictConfig, metrics: dict[str, Any], data_root: 
     )
     return (
         f"the end-of-training prediction failed, no prediction.csv: {metrics['prediction_error']}"
-        f"\nmetrics.json, the checkpoints and the TensorBoard logs are kept; {again}"
+        f"\nmetrics.json, the checkpoints and the logs are kept; {again}"
     )
 
 
@@ -308,13 +322,8 @@ def write_prediction(rows: list[tuple[str, str]], run_dir: Path, data_root: Path
 def write_run_outputs(
     cfg: DictConfig, trainer: L.Trainer, metrics: dict[str, Any], run_dir: Path
 ) -> None:
-    """metrics.json, the settings and results in TensorBoard's HPARAMS tab, and the console
-    summary."""
+    """metrics.json, the results and files on every logger (the settings and results in
+    TensorBoard's HPARAMS tab), and the console summary."""
     write_atomically(run_dir / "metrics.json", json.dumps(metrics, indent=2))
-    results = {f"hparams/{k}": metrics.get(k) for k in ("best_val_acc", "best_epoch", "test_acc")}
-    for logger in trainer.loggers:
-        logger.log_hyperparams(
-            flat_hparams(cfg), {k: v for k, v in results.items() if v is not None}
-        )
-        logger.finalize("failed" if "prediction_error" in metrics else "success")
-    print(summary_text(metrics, run_dir))
+    tracking.finish(trainer.loggers, flat_hparams(cfg), metrics, run_dir, trainer.global_step)
+    print(summary_text(metrics, run_dir, tracking.summary_lines(trainer.loggers, run_dir)))
