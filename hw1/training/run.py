@@ -28,9 +28,9 @@ from hw1.data.demo import TEST_LABELS
 from hw1.inference.averaging import check_swa
 from hw1.inference.predictor import predict_rows, stopping_on_signal, submission_rows
 from hw1.models.classifier import Classifier
+from hw1.training import tracking
 from hw1.training.checkpoint_io import last_checkpoint, remove_stale_temporaries
 from hw1.training.final_metrics import evaluate_and_calibrate
-from hw1.training import tracking
 from hw1.training.init_from import check_start, load_weights
 from hw1.training.resume import resume_point, save_run_config
 from hw1.utils.errors import UserValueError
