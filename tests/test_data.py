@@ -277,7 +277,7 @@ def test_under_one_seed_both_pipelines_give_the_model_the_same_first_batches(tmp
 
 def test_a_fit_on_deferred_batches_shows_callbacks_the_finished_normalised_batch():
     """Lightning moves the Deferred batch to the device as it is (a named tuple), and what
-    callbacks see (TensorBoardFigures' augmented samples) is the finished batch."""
+    callbacks see (Figures' augmented samples) is the finished batch."""
     seen = []
 
     class Spy(L.Callback):

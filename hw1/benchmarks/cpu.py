@@ -30,7 +30,7 @@ from hw1.benchmarks.common import (
 from hw1.data.datamodule import train_pipeline
 from hw1.data.datasets import ClassFolders, UnlabeledImages, view_loader
 from hw1.data.device_batches import LoaderDataModule
-from hw1.training.callbacks import TensorBoardFigures
+from hw1.training.callbacks import Figures
 from hw1.transforms.device import FinishOnDevice
 from hw1.transforms.fast_pipeline import DraftDecoder
 from hw1.transforms.presets import ViewStack, eval_spec
@@ -131,7 +131,7 @@ def lightning_fit(loader: DataLoader, args: argparse.Namespace, log_dir: str) ->
         callbacks=[
             TQDMProgressBar(refresh_rate=10),
             LearningRateMonitor(logging_interval="step"),
-            TensorBoardFigures(),
+            Figures(),
         ],
         log_every_n_steps=10,
         enable_checkpointing=False,

@@ -75,7 +75,7 @@ class Classifier(L.LightningModule):
         num_classes = len(self.class_names)
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.val_confusion = MulticlassConfusionMatrix(num_classes)  # drawn by TensorBoardFigures
+        self.val_confusion = MulticlassConfusionMatrix(num_classes)  # drawn by Figures
         self.val_history: list[dict[str, float]] = []  # per epoch, for metrics.json
         self.train_images = 0  # seen by training steps, for the run summary's images/s
         self.temperature = 1.0  # calibration: see the block at the end of the class

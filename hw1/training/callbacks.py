@@ -80,7 +80,3 @@ class FreezeBackbone(L.Callback):
         if pl_module.backbone.held:
             for p in pl_module.backbone.parameters():
                 p.grad = None
-
-
-# The name the configs and hw1.benchmarks used when TensorBoard was the only logger.
-TensorBoardFigures = Figures
