@@ -333,7 +333,7 @@ def test_a_tune_trial_is_a_run_of_the_studys_experiment_with_its_state(
 ):
     optuna = pytest.importorskip("optuna")
     from hw1.training.search_space import distributions
-    from hw1.tune import Objective, tune_config
+    from hw1.training.tuning import Objective, tune_config
 
     cfg, _ = tune_config(
         ["study_name=s", f"dir={tmp_path}", "+search.params.x={type:float,low:0,high:1}"]

@@ -20,18 +20,18 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
-import hw1.tune
+import hw1.training.tuning
 from hw1.training.search_space import distributions
-from hw1.tune import (
+from hw1.training.tuning import (
     Objective,
     TrialStopped,
     check_settings,
-    main,
     open_storage,
     split_overrides,
     tune_config,
     tune_keys,
 )
+from hw1.tune import main
 from hw1.utils.config import compose_config
 from hw1.utils.errors import UserValueError
 
@@ -331,8 +331,8 @@ def test_a_trial_stopped_by_a_signal_is_failed_with_how_to_continue_it(tmp_path)
 def test_a_trial_whose_process_was_killed_is_failed_by_the_next_run(tmp_path, monkeypatch):
     """R9, SIGKILL: no handler runs; the trial's heartbeat stops, and the next trial of the
     study (any process) marks it FAIL after the grace period."""
-    monkeypatch.setattr(hw1.tune, "HEARTBEAT_S", 1)
-    monkeypatch.setattr(hw1.tune, "GRACE_S", 1)
+    monkeypatch.setattr(hw1.training.tuning, "HEARTBEAT_S", 1)
+    monkeypatch.setattr(hw1.training.tuning, "GRACE_S", 1)
     storage = open_storage(sqlite(tmp_path), {})
     study = optuna.create_study(study_name="k", storage=storage, direction="maximize")
     killed = study.ask()  # RUNNING, as a killed process leaves it
