@@ -82,7 +82,7 @@ def split_dataset(cfg: DictConfig, split: str, names: Sequence[str]) -> ClassFol
     """The readable images of ``data.root/split``, with the checkpoint's class indices.
     Class folders the checkpoint does not know are an error that lists them."""
     folder = Path(cfg.data.root) / split
-    if not folder.is_dir():
+    if not folder.is_dir():  # the calibration split; evaluate() checked the evaluated one
         raise UserFileNotFoundError(f"data.root={cfg.data.root}: no {split}/ folder to evaluate")
     unknown = set(class_names(folder)) - set(names)
     if unknown:
@@ -158,6 +158,10 @@ def score(
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     output = output_path(cfg, "eval.json")
+    if not (Path(cfg.data.root) / cfg.split).is_dir():  # before loading any checkpoint
+        raise UserFileNotFoundError(
+            f"data.root={cfg.data.root}: no {cfg.split}/ folder to evaluate"
+        )
     paths = checkpoint_paths(cfg.ckpt_path)
     models = load_ensemble(paths)
     names = models[0].class_names
