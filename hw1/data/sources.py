@@ -368,6 +368,19 @@ class HFReader:
             return f.read()
 
 
+def offline_datasets():
+    """``datasets``, kept from the network: hub names resolve from the local cache only
+    (its settings are read at import, hence the environment and the loaded modules)."""
+    os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"
+    datasets = optional("datasets", "hf")
+    hub = importlib.import_module("huggingface_hub.constants")
+    for module in (datasets.config, hub):
+        for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+            if hasattr(module, name):
+                setattr(module, name, True)
+    return datasets
+
+
 class HFSource:
     """A Hugging Face ``datasets`` dataset: saved with ``save_to_disk`` (``data.root`` its
     folder), a local imagefolder or parquet folder, or a hub name already in the user's
@@ -401,8 +414,7 @@ class HFSource:
     def splits(self) -> dict:
         """{train, val, test: the dataset} for the splits present, images undecoded."""
         if self._splits is None:
-            os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"
-            datasets = optional("datasets", "hf")
+            datasets = offline_datasets()
             try:
                 if (self.root / "dataset_dict.json").is_file() or (
                     self.root / "state.json"
