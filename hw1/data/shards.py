@@ -150,7 +150,7 @@ class ShardItem:
         self.loader, self.transform, self.test = loader or load_encoded, transform, test
 
     def __call__(self, sample: dict[str, Any]):
-        image = self.loader(sample["image"])
+        image = self.loader(bytes(sample["image"]))  # LitData hands out a memoryview
         if self.transform is not None:
             image = self.transform(image)
         return image, (sample["key"] if self.test else sample["label"])
