@@ -317,5 +317,32 @@ class ShardSource:
         """LitData's loader: it counts the samples each worker yielded, and its state goes
         into the checkpoint (Lightning saves a stateful loader's state_dict), so a resumed
         run continues the epoch where it stopped."""
-        litdata = optional("litdata", "stream")
-        return litdata.StreamingDataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
+        loader = resumable_loader()
+        return loader(dataset, batch_size=batch_size, num_workers=num_workers)
+
+
+@functools.cache
+def resumable_loader() -> type:
+    """StreamingDataLoader that replays a loaded state for one epoch only.
+
+    LitData clears its ``restore`` flag only when an epoch's iterator runs to its end;
+    Lightning stops at the epoch's known length instead, so after a resume every later
+    epoch replayed the loaded position (the tail of the stopped epoch, or nothing).
+    Checked by tests/test_shards.py's resume test; a class made on first use because
+    LitData is optional."""
+    litdata = optional("litdata", "stream")
+
+    class ResumableStreamingDataLoader(litdata.StreamingDataLoader):
+        _replay = False
+
+        def load_state_dict(self, obj: dict[str, Any]) -> None:
+            super().load_state_dict(obj)
+            self._replay = True
+
+        def __iter__(self):
+            if not self._replay:
+                self.restore = False
+            self._replay = False
+            return super().__iter__()
+
+    return ResumableStreamingDataLoader
