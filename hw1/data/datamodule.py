@@ -20,7 +20,8 @@ from hw1.data.datasets import ClassFolders, view_loader
 from hw1.data.device_batches import DeviceBatches
 from hw1.data.samplers import BalancedSampler
 from hw1.data.scan import display_path
-from hw1.data.sources import EncodedImages, load_encoded, make_source
+from hw1.data.source_choice import make_source
+from hw1.data.sources import EncodedImages, load_encoded
 from hw1.transforms.device import FinishOnDevice
 from hw1.transforms.fast_pipeline import DraftDecoder, FastTrainPreset
 from hw1.transforms.presets import EvalSpec, eval_preset, eval_spec, train_preset

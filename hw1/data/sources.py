@@ -42,8 +42,6 @@ from hw1.utils.errors import UserFileNotFoundError, UserRuntimeError, UserValueE
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("folder", "csv", "hf", "litdata")
-
 Items = dict[str, list[tuple[Any, int]]]
 
 
@@ -550,35 +548,6 @@ class EncodedTest(Dataset):
 
     def __getitem__(self, i: int) -> tuple[Image.Image, str]:
         return load_encoded(self.read(self.refs[i])), self.keys[i]
-
-
-def make_source(
-    source: str,
-    root: str | os.PathLike,
-    seed: int = 0,
-    val_split: float | None = None,
-    folds: int | None = None,
-    fold: int = 0,
-    max_image_pixels: int | None = None,
-    **options: Any,
-) -> Source:
-    """``data.source``'s source; ``options`` are its own keys (the CSV files, the columns),
-    the others' left out."""
-    common = (root, seed, val_split, folds, fold, max_image_pixels)
-    if source == "folder":
-        return FolderLayout(*common)
-    if source == "csv":
-        keys = ("csv", "train_csv", "val_csv", "test_csv", "image_column", "label_column",
-                "split_column")  # fmt: skip
-        return CsvSource(*common, **{k: options[k] for k in keys if k in options})
-    if source == "hf":
-        keys = ("image_column", "label_column", "key_column")
-        return HFSource(*common, **{k: options[k] for k in keys if k in options})
-    if source == "litdata":
-        from hw1.data.shards import ShardSource  # the shards module imports this one
-
-        return ShardSource(*common)
-    raise UserValueError(f"data.source={source}: use one of {', '.join(SOURCES)}")
 
 
 def class_counts(items: Items, names: list[str]) -> dict[str, dict[str, int]]:
