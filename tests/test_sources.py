@@ -224,3 +224,19 @@ def test_a_hub_name_not_in_the_cache_is_not_downloaded(tmp_path, monkeypatch):
     dm = datamodule("someone/no-such-dataset-hw1", source="hf")
     with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
         dm.validate()
+
+
+def test_hw1_check_reports_a_csv_source_as_training_sees_it(csv_root):
+    from hw1.check import report
+    from hw1.utils.config import compose_config
+
+    overrides = [f"data.root={csv_root}", *(f"data.{k}={v}" for k, v in CSV.items())]
+    text, problems = report(compose_config(overrides, config_name="check"))
+    assert problems == [] and text.endswith("training can start"), text
+    lines = text.splitlines()
+    assert "classes: 4 (0, 1, 2, 10)" in lines
+    assert lines[3].split() == ["train", "16", "4", "/", "4", "/", "4", "1.0"]
+    assert lines[5].split() == ["test", "4"]
+    write_csv(csv_root / "val.csv", [{"image": "val/0/0.jpg", "label": "7"}])
+    _, problems = report(compose_config(overrides, config_name="check"))
+    assert len(problems) == 1 and "a class that train does not have" in problems[0]
