@@ -171,3 +171,26 @@ def test_a_stream_stopped_mid_epoch_resumes_with_no_sample_repeated_or_skipped(s
     for epoch in (0, 1):
         labels = [y for r in lines if r["epoch"] == epoch for y in r["labels"]]
         assert sorted(labels) == list(range(12)), (epoch, lines)
+
+
+def test_any_source_gives_the_shards_rows_of_jpeg_bytes_labels_and_test_keys(tmp_path):
+    """What hw1.shard writes from a datasets dataset (no optimize run: the rows and the
+    samples its workers encode)."""
+    from test_sources import hf_dataset
+
+    from hw1.data.shards import encode, split_rows
+    from hw1.data.source_choice import make_source
+
+    root = tmp_path / "data"
+    make_hw1_folder(root, ["0", "1", "10", "2"], train=2, val=1, test=1)
+    source = make_source("hf", hf_dataset(root, tmp_path / "hf"))
+    source.check()
+    names = source.class_names()
+    rows = split_rows(source, names)
+    assert [len(rows[s]) for s in ("train", "val", "test")] == [8, 4, 4]
+    sample = encode(rows["train"], source.read, 0)
+    assert sample["image"][:2] == b"\xff\xd8" and 0 <= sample["label"] < 4
+    keys = sorted(encode(rows["test"], source.read, i)["key"] for i in range(4))
+    assert keys == sorted(p.stem for p in (root / "test").iterdir())
+    png = next(i for i, r in enumerate(rows["test"]) if r[2] == "img-1-0")  # a PNG file
+    assert encode(rows["test"], source.read, png)["image"][:2] == b"\xff\xd8"
