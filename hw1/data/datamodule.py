@@ -21,7 +21,7 @@ from hw1.data.device_batches import DeviceBatches
 from hw1.data.samplers import BalancedSampler
 from hw1.data.scan import display_path
 from hw1.data.source_choice import make_source
-from hw1.data.sources import EncodedImages, load_encoded
+from hw1.data.sources import EncodedImages, FolderLayout, load_encoded  # noqa: F401 (its old home)
 from hw1.transforms.device import FinishOnDevice
 from hw1.transforms.fast_pipeline import DraftDecoder, FastTrainPreset
 from hw1.transforms.presets import EvalSpec, eval_preset, eval_spec, train_preset
