@@ -174,7 +174,6 @@ def test_a_stream_stopped_mid_epoch_resumes_with_no_sample_repeated_or_skipped(s
         assert sorted(labels) == list(range(12)), (epoch, lines)
 
 
-@pytest.mark.slow
 def test_any_source_gives_the_shards_rows_of_jpeg_bytes_labels_and_test_keys(tmp_path):
     """What hw1.shard writes from a datasets dataset (no optimize run: the rows and the
     samples its workers encode)."""

@@ -189,7 +189,6 @@ def hf_dataset(root: Path, out: Path, label_feature: bool = True):
     return out
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("label_feature", [True, False])
 def test_a_datasets_dataset_gives_the_folder_layouts_classes_and_counts(csv_root, label_feature):
     path = hf_dataset(csv_root, csv_root.parent / "hf", label_feature)
