@@ -4,6 +4,7 @@ noise hits every contender alike).
     python -m hw1.bench tta [--images 96] [--size 64] [--arch resnet18] [--batch-size 32]
     python -m hw1.bench loader [--images 200] [--workers 0] [--size 224] [--rounds 5]  (and
         the fast pipeline's decoder's full-size decode-only rate, its ceiling)
+    python -m hw1.bench loader --source litdata  (the same photos from hw1 shards vs folder)
     python -m hw1.bench step [--batches 20] [--batch-size 64] [--size 32] [--rounds 3]
     python -m hw1.bench infer [--arch resnet18] [--size 224] [--batch-size 32] [--rounds 5]
         (an exported model on the CPU: eager PyTorch, TorchScript, onnxruntime)
@@ -36,6 +37,12 @@ def main(argv: list[str] | None = None) -> None:
     loader.add_argument("--workers", type=int, default=0, help="0: in the main process")
     loader.add_argument("--size", type=int, default=224, help="crop size in pixels")
     loader.add_argument("--rounds", type=int, default=5)
+    loader.add_argument(
+        "--source",
+        choices=["folder", "litdata"],
+        default="folder",
+        help="litdata: the fast pipeline from hw1 shards of the photos vs from their folder",
+    )
     step = sub.add_parser("step", help="Trainer.fit vs a plain PyTorch loop, same steps")
     step.add_argument("--batches", type=int, default=20, help="optimizer steps per run")
     step.add_argument("--batch-size", type=int, default=64)

@@ -94,6 +94,8 @@ def duplicates(root: Path, found: dict, info: dict[Path, ImageInfo]) -> list[lis
 def report(cfg: DictConfig) -> tuple[str, list[str]]:
     """(the report's text, the problems that would stop training)."""
     datamodule: FolderDataModule = instantiate(cfg.data)
+    if datamodule.hparams.source != "folder":
+        return source_report(datamodule)
     root = datamodule.root
     try:
         datamodule.layout.check()
@@ -135,6 +137,29 @@ def report(cfg: DictConfig) -> tuple[str, list[str]]:
     lines.append(f"files duplicated across splits: {len(groups)}")
     lines += ["  " + " = ".join(group) for group in groups]
     return "\n".join(lines + problem_lines(problems)), problems
+
+
+def source_report(datamodule: FolderDataModule) -> tuple[str, list[str]]:
+    """The report of a CSV, datasets or shards source: what training meets (the image
+    check leaves unreadable files out, named in its warning), the classes and the images
+    per split and class."""
+    hp = datamodule.hparams
+    lines = [f"dataset {hp.root} (data.source={hp.source})"]
+    try:
+        datamodule.validate()
+    except (FileNotFoundError, ValueError, RuntimeError) as e:
+        return "\n".join(lines + problem_lines([str(e)])), [str(e)]
+    names = datamodule.class_names
+    listed = ", ".join(names[:30]) + (", ..." if len(names) > 30 else "")
+    lines.append(f"classes: {len(names)} ({listed})")
+    lines.append(f"{'split':<6}{'images':>8}  {'per class min / median / max':<30}{'max/min':>8}")
+    for split, samples in datamodule.samples.items():
+        counts = Counter(c for _, c in samples)
+        sizes = [counts.get(c, 0) for c in range(len(names))]
+        ratio = max(sizes) / min(sizes) if min(sizes) else math.inf
+        lines.append(f"{split:<6}{len(samples):>8}  {spread(sizes):<30}{ratio:>8.1f}")
+    lines.append(f"{'test':<6}{len(datamodule.layout.test_images()):>8}")
+    return "\n".join(lines + problem_lines([])), []
 
 
 def problem_lines(problems: list[str]) -> list[str]:

@@ -5,6 +5,8 @@ batched against per-image test-time augmentation.
 
 from __future__ import annotations
 
+import functools
+import json
 import statistics
 import tempfile
 import time
@@ -50,6 +52,30 @@ def cached_photos(n: int) -> Path:
         make_photos(folder / "train" / "0", n)
         (folder / "done").touch()
     return folder / "train"
+
+
+def cached_shards(n: int) -> Path:
+    """``cached_photos(n)`` as hw1 shards (train only, one class), written once beside them."""
+    from hw1.data.shards import SHARDS_FORMAT, SHARDS_META, SHARDS_VERSION, encode
+    from hw1.data.sources import optional
+
+    photos = cached_photos(n)
+    out = photos.parent / "shards"
+    if not (out / SHARDS_META).exists():
+        litdata = optional("litdata", "stream")
+        rows = [(str(p), 0, p.stem) for p in sorted((photos / "0").iterdir())]
+        litdata.optimize(
+            fn=functools.partial(encode, rows, None),
+            inputs=list(range(len(rows))),
+            output_dir=str(out / "train"),
+            chunk_bytes="64MB",
+            num_workers=1,
+            mode="overwrite",
+        )
+        meta = {"format": SHARDS_FORMAT, "version": SHARDS_VERSION, "class_names": ["0"]}
+        meta |= {"counts": {"train": {"0": len(rows)}}, "images": {"train": len(rows)}}
+        (out / SHARDS_META).write_text(json.dumps(meta))
+    return out
 
 
 def simplejpeg_full(path: str) -> np.ndarray:

@@ -21,6 +21,7 @@ from hw1.benchmarks.common import (
     batched,
     bench_classifier,
     cached_photos,
+    cached_shards,
     make_photos,
     per_image_tta,
     simplejpeg_full,
@@ -71,6 +72,8 @@ def bench_tta(args: argparse.Namespace) -> None:
 def bench_loader(args: argparse.Namespace) -> None:
     # A DataLoader worker runs torch single-threaded; so does the main process here.
     torch.set_num_threads(1)
+    if getattr(args, "source", "folder") == "litdata":
+        return bench_source_loader(args)
     spec = eval_spec(args.size)
     root = cached_photos(args.images)
     datasets = {
@@ -179,4 +182,35 @@ def bench_step(args: argparse.Namespace) -> None:
         )
     ratios = sorted(f / p for f, p in zip(rounds["Trainer.fit"], rounds["plain loop"], strict=True))
     print(f"Trainer.fit vs plain loop per round: {ratios[0]:.2f}-{ratios[-1]:.2f}")
+    print(f"ratio: {statistics.median(ratios):.2f}")
+
+
+def bench_source_loader(args: argparse.Namespace) -> None:
+    """The fast train pipeline on the same photos read from their folder and streamed from
+    hw1 shards of their JPEG bytes (``--source litdata``), in alternating rounds."""
+    from hw1.data.shards import ShardSource
+
+    spec = eval_spec(args.size)
+    root = cached_photos(args.images)
+    shards = ShardSource(cached_shards(args.images))
+    decoder = DraftDecoder(train_pipeline("fast", spec))
+    folder = DataLoader(
+        ClassFolders(root, ["0"], loader=decoder), batch_size=32, num_workers=args.workers
+    )
+    stream = shards.loader(shards.stream("train", None, decoder), 32, args.workers)
+    rounds = time_rounds(
+        {"folder": lambda: sum(1 for _ in folder), "litdata": lambda: sum(1 for _ in stream)},
+        args.rounds,
+    )
+    workers = max(1, args.workers)
+    print(
+        f"{args.images} JPEGs around 500x375 -> {args.size} px, fast pipeline, "
+        f"{args.workers} workers, {args.rounds} alternating rounds; images/s per worker, "
+        "median (min-max)"
+    )
+    for name, seconds in rounds.items():
+        rates = sorted(args.images / workers / s for s in seconds)
+        print(f"{name:>8}: {statistics.median(rates):8.1f} ({rates[0]:.1f}-{rates[-1]:.1f})")
+    ratios = sorted(f / s for f, s in zip(rounds["folder"], rounds["litdata"], strict=True))
+    print(f"litdata vs folder per round: {ratios[0]:.2f}-{ratios[-1]:.2f}")
     print(f"ratio: {statistics.median(ratios):.2f}")

@@ -19,19 +19,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from hw1.data import demo
-from hw1.data.datasets import LAYOUT, ClassFolders, UnlabeledImages, view_loader
+from hw1.data.datasets import ClassFolders, view_loader
 from hw1.data.device_batches import DeviceBatches
 from hw1.data.samplers import BalancedSampler
-from hw1.data.scan import (
-    check_test_images,
-    class_names,
-    display_path,
-    image_files,
-    is_utf8,
-    labelled_files,
-    readable_samples,
-)
-from hw1.data.splits import fold_split, stratified_split
+from hw1.data.scan import display_path
+from hw1.data.source_choice import make_source
+from hw1.data.sources import EncodedImages, FolderLayout, load_encoded  # noqa: F401 (its old home)
 from hw1.transforms.device import FinishOnDevice
 from hw1.transforms.fast_pipeline import DraftDecoder, FastTrainPreset
 from hw1.transforms.presets import EvalSpec, eval_preset, eval_spec, train_preset
@@ -61,101 +54,6 @@ def local_rank() -> int:
     return 0
 
 
-class FolderLayout:
-    """Which images are labelled with which class, in the HW1 layout: ``ROOT/train/<class>/``,
-    ``ROOT/val/<class>/`` (or a seeded, stratified part of train: ``val_split``; or K folds
-    of train and val pooled: ``folds``/``fold``) and ``ROOT/test/``. Reads folders and the
-    image check's results; builds no dataset and no transform (the data module does)."""
-
-    def __init__(
-        self,
-        root: str | os.PathLike,
-        seed: int = 0,
-        val_split: float | None = None,
-        folds: int | None = None,
-        fold: int = 0,
-        max_image_pixels: int | None = None,
-    ) -> None:
-        if val_split is not None and not 0 < val_split < 1:
-            raise UserValueError(f"data.val_split={val_split}: use null or a fraction in (0, 1)")
-        if folds is not None and not (folds >= 2 and 0 <= fold < folds):
-            raise UserValueError(
-                f"data.folds={folds} data.fold={fold}: use folds >= 2, 0 <= fold < folds"
-            )
-        self.root = Path(root).expanduser()
-        self.seed, self.val_split, self.folds, self.fold = seed, val_split, folds, fold
-        self.max_image_pixels = max_image_pixels
-
-    @property
-    def test_dir(self) -> Path:
-        return self.root / "test"
-
-    def test_images(self) -> list[Path]:
-        """The test folder's images; none without a test/ folder."""
-        return image_files(self.test_dir) if self.test_dir.is_dir() else []
-
-    def has_val_dir(self) -> bool:
-        return (self.root / "val").is_dir()
-
-    def check(self) -> None:
-        """The folders training needs: root, train/, and val/ unless data.val_split."""
-        if not self.root.is_dir():
-            raise UserFileNotFoundError(f"data.root={self.root}: no such folder.\n{LAYOUT}")
-        if not (self.root / "train").is_dir():
-            raise UserFileNotFoundError(f"data.root={self.root} has no train/ folder.\n{LAYOUT}")
-        if not self.has_val_dir() and self.val_split is None and self.folds is None:
-            raise UserFileNotFoundError(
-                f"data.root={self.root} has no val/ folder: add one, or hold out a seeded, "
-                f"stratified part of train with data.val_split=0.1.\n{LAYOUT}"
-            )
-
-    def class_names(self) -> list[str]:
-        """train/'s class folders, in hw1's order; val/ must hold the same ones."""
-        names = class_names(self.root / "train")
-        if not names:
-            raise UserFileNotFoundError(f"{self.root / 'train'} has no class folders.\n{LAYOUT}")
-        not_utf8 = [display_path(self.root / "train" / n) for n in names if not is_utf8(n)]
-        if not_utf8:
-            raise UserValueError(
-                f"class folder names that are not valid UTF-8, which prediction.csv cannot "
-                f"hold: {', '.join(not_utf8)}. Rename them (in val/ too)."
-            )
-        val = set(class_names(self.root / "val")) if self.has_val_dir() else set(names)
-        if val != set(names):
-            raise UserValueError(
-                f"train/ and val/ under {self.root} have different class folders: "
-                f"missing in val: {sorted(set(names) - val)}; "
-                f"missing in train: {sorted(val - set(names))}"
-            )
-        return names
-
-    def labelled(self, names: list[str]) -> dict[str, list[tuple[str, int]]]:
-        """(path, class index) for train and val: unreadable images left out with one warning
-        (found by a parallel decode, cached in the data root); val split off train when
-        there is no val/ folder and data.val_split is set."""
-        splits = ("train", "val") if self.has_val_dir() else ("train",)
-        found = {split: labelled_files(self.root / split, names) for split in splits}
-        every = [x for s in splits for x in found[s]]
-        readable = set(readable_samples(every, self.root, self.max_image_pixels))
-        kept = {s: [x for x in found[s] if x in readable] for s in splits}
-        empty = [
-            str(self.root / split / names[c])
-            for split in splits
-            for c in sorted(set(range(len(names))) - {c for _, c in kept[split]})
-        ]
-        if empty:
-            raise UserValueError(
-                "class folders without a readable image: " + ", ".join(empty) + ". Add "
-                "images or remove the folder (from train/ and val/ alike)."
-            )
-        if self.folds is not None:
-            pooled = kept["train"] + kept.get("val", [])
-            kept["train"], kept["val"] = fold_split(pooled, self.folds, self.fold, self.seed)
-        elif not self.has_val_dir():
-            kept["train"], kept["val"] = stratified_split(kept["train"], self.val_split, self.seed)
-        return kept
-
-
 class FolderDataModule(DeviceBatches):
     """Train/val/test folders in the HW1 layout with the report's augmentation.
 
@@ -182,6 +80,8 @@ class FolderDataModule(DeviceBatches):
         eval_size: int | None = None,
         max_image_pixels: int | None = None,
         sampler: str | None = None,
+        source: str = "folder",
+        **source_options: Any,
     ) -> None:
         """``pipeline``: the train augmentation's implementation, ``fast`` or
         ``reference`` (``train_pipeline``). ``folds=K``: cross-validation,
@@ -190,7 +90,10 @@ class FolderDataModule(DeviceBatches):
         ``image_size`` trains at, e.g. train at 224 and test at 288. ``max_image_pixels``:
         larger images are left out (test images: an error), their size reported; default
         Pillow's limit (``hw1.data.scan.DEFAULT_MAX_PIXELS``). ``sampler``: null (shuffle) or
-        ``balanced`` (``hw1.data.samplers.BalancedSampler``: every class equally often)."""
+        ``balanced`` (``hw1.data.samplers.BalancedSampler``: every class equally often).
+        ``source``: where the labelled images come from, ``folder`` (the HW1 layout under
+        ``root``), ``csv``, ``hf`` or ``litdata`` (``hw1.data.sources``), with its own keys
+        in ``source_options`` (the CSV files, the columns)."""
         super().__init__()
         require_positive(
             data__batch_size=batch_size, data__image_size=image_size, data__eval_size=eval_size
@@ -199,7 +102,11 @@ class FolderDataModule(DeviceBatches):
             raise UserValueError(f"data.num_workers={num_workers}: use 0 (no workers) or more")
         if sampler not in (None, "balanced"):
             raise UserValueError(f"data.sampler={sampler}: use null (shuffle) or balanced")
-        self.layout = FolderLayout(root, seed, val_split, folds, fold, max_image_pixels)
+        self.layout = make_source(
+            source, root, seed, val_split, folds, fold, max_image_pixels, **source_options
+        )
+        if sampler == "balanced" and getattr(self.layout, "streams", False):
+            raise UserValueError("data.sampler=balanced needs a source other than litdata")
         # Not logged: train logs the whole run's settings. Kept in checkpoints, which load
         # with weights_only, hence a plain string for the root.
         self.save_hyperparameters(logger=False)
@@ -228,9 +135,9 @@ class FolderDataModule(DeviceBatches):
         sets ``samples``); the others check the folders and read its cache in ``setup``."""
         self.layout.check()
         decodes = local_rank() == 0
-        if decodes and test_images and self.layout.test_dir.is_dir():
-            tests = check_test_images(self.layout.test_dir, self.hparams.max_image_pixels)
-            if not tests:
+        if decodes and test_images:
+            tests = self.layout.check_test_images(self.hparams.max_image_pixels)
+            if tests is not None and not tests:
                 log.warning(
                     "test/ has no images: no prediction.csv will be written (%s)",
                     display_path(self.layout.test_dir),
@@ -248,19 +155,32 @@ class FolderDataModule(DeviceBatches):
             if self.samples is None:  # another process decoded them: its cache has them
                 self.samples = self.layout.labelled(self.class_names)
             train, val = self.samples["train"], self.samples["val"]
-            folder = self.root / "train"
             if isinstance(self.train_transform, FastTrainPreset):  # it decodes, too
-                decoder = DraftDecoder(self.train_transform)
-                self.train_set = ClassFolders(folder, self.class_names, None, train, decoder)
+                transform, loader = None, DraftDecoder(self.train_transform)
             else:
-                self.train_set = ClassFolders(folder, self.class_names, self.train_transform, train)
-            val_folder = self.root / "val" if self.layout.has_val_dir() else folder
-            self.val_set = ClassFolders(val_folder, self.class_names, self.eval_transform, val)
-        test_dir = self.layout.test_dir
-        if stage in ("predict", None) and self.test_set is None and test_dir.is_dir():
-            self.test_set = UnlabeledImages(test_dir)
+                transform, loader = self.train_transform, None
+            if getattr(self.layout, "streams", False):  # LitData shards: streamed, no list
+                self.train_set = self.layout.stream("train", transform, loader, shuffle=True)
+                self.val_set = self.layout.stream("val", self.eval_transform)
+            elif self.layout.read is not None:  # file bytes, as a datasets dataset has them
+                read = self.layout.read
+                self.train_set = EncodedImages(read, train, transform, loader or load_encoded)
+                self.val_set = EncodedImages(read, val, self.eval_transform)
+            else:
+                self.train_set = self._folders(train, transform, loader, "train")
+                self.val_set = self._folders(val, self.eval_transform, None, "val")
+        if stage in ("predict", None) and self.test_set is None:
+            self.test_set = self.layout.test_set()
+
+    def _folders(self, samples, transform, loader, split: str) -> ClassFolders:
+        """Image files: the folder layout's or a CSV's rows."""
+        folder = self.root / split if (self.root / split).is_dir() else self.root / "train"
+        extra = {"loader": loader} if loader is not None else {}
+        return ClassFolders(folder, self.class_names, transform, samples, **extra)
 
     def _loader(self, dataset: Dataset, shuffle: bool = False) -> DataLoader:
+        if getattr(self.layout, "streams", False):
+            return self.layout.loader(dataset, self.hparams.batch_size, self.hparams.num_workers)
         balanced = shuffle and self.hparams.sampler == "balanced"
         return DataLoader(
             dataset,
@@ -283,7 +203,7 @@ class FolderDataModule(DeviceBatches):
     def predict_dataloader(self) -> DataLoader:
         """The test folder, each image as its TTA views (``tta``: report or none)."""
         if self.test_set is None:
-            raise UserFileNotFoundError(f"{self.layout.test_dir}: no test folder to predict")
+            raise UserFileNotFoundError(f"data.root={self.root}: no test images to predict")
         hp = self.hparams
         return view_loader(
             self.test_set, self.eval_spec, hp.tta, hp.seed, hp.batch_size, hp.num_workers

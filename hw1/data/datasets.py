@@ -92,8 +92,11 @@ class UnlabeledImages(Dataset):
     """The flat, unlabeled test folder; yields (RGB PIL image, file name without extension).
     Views and tensors come later (``Views``), as prediction needs several per image."""
 
-    def __init__(self, folder: str | os.PathLike) -> None:
-        self.files = image_files(folder)
+    def __init__(
+        self, folder: str | os.PathLike | None = None, files: Sequence[Path] | None = None
+    ) -> None:
+        """The images of ``folder``, or the given ``files`` (a CSV's test rows)."""
+        self.files = image_files(folder) if files is None else [Path(f) for f in files]
 
     def __len__(self) -> int:
         return len(self.files)

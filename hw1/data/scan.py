@@ -11,7 +11,7 @@ import logging
 import os
 import threading
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
@@ -71,6 +71,13 @@ def class_names(folder: str | os.PathLike) -> list[str]:
     index instead of the folder name scores near chance on the HW1 data.
     """
     names = [e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith(".")]
+    return ordered_class_names(names)
+
+
+def ordered_class_names(names: Iterable[str]) -> list[str]:
+    """Class names in hw1's order, whatever the source: numeric when every name is an
+    integer, else as text (``class_names``)."""
+    names = list(names)
     if names and all(n.isdigit() for n in names):
         return sorted(names, key=int)
     return sorted(names)

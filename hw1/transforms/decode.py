@@ -77,15 +77,19 @@ def _has_exif(data: bytes) -> bool:
 
 
 def decode_scaled(
-    path: str | os.PathLike, need: Callable[[tuple[int, int]], tuple[int, int]]
+    path: str | os.PathLike | bytes, need: Callable[[tuple[int, int]], tuple[int, int]]
 ) -> np.ndarray:
-    """``path`` as upright RGB pixels, uint8 (H, W, 3), decoded no smaller than ``need``
-    asks, given the upright size (as ``load_rgb``'s ``draft``): a plain JPEG by simplejpeg
-    at the smallest scale of 1/1, 1/2, 1/4, 1/8 at least that size, anything else by PIL
-    (its pixels copied, so that torch may share them). ``need`` is called
-    once, or twice for a JPEG that simplejpeg starts but fails to decode."""
-    with open(path, "rb") as f:
-        data = f.read()
+    """``path`` (or an image file's bytes, as a shard or a dataset holds them) as upright
+    RGB pixels, uint8 (H, W, 3), decoded no smaller than ``need`` asks, given the upright
+    size (as ``load_rgb``'s ``draft``): a plain JPEG by simplejpeg at the smallest scale of
+    1/1, 1/2, 1/4, 1/8 at least that size, anything else by PIL (its pixels copied, so that
+    torch may share them). ``need`` is called once, or twice for a JPEG that simplejpeg
+    starts but fails to decode."""
+    if isinstance(path, bytes):
+        data = path
+    else:
+        with open(path, "rb") as f:
+            data = f.read()
     if data[:2] == b"\xff\xd8" and _upright(data):
         try:
             height, width, colourspace, _ = simplejpeg.decode_jpeg_header(data)
