@@ -38,6 +38,10 @@ from hw1.utils.weights import resolve_weights
 log = logging.getLogger(__name__)
 
 
+# data.deferred: where the fast pipeline's last steps run (FolderDataModule.deferred_in_workers)
+DEFERRED = ("auto", "workers", "device")
+
+
 def train_pipeline(name: str, spec: EvalSpec, **augment: Any):
     """``data.pipeline``: ``fast`` (uint8 out, normalised on the device) or ``reference``
     (torchvision's transforms, normalised float out; the yardstick)."""
@@ -179,6 +183,7 @@ class FolderDataModule(DeviceBatches):
         eval_size: int | None = None,
         max_image_pixels: int | None = None,
         sampler: str | None = None,
+        deferred: str = "auto",
     ) -> None:
         """``pipeline``: the train augmentation's implementation, ``fast`` or
         ``reference`` (``train_pipeline``). ``folds=K``: cross-validation,
@@ -187,10 +192,14 @@ class FolderDataModule(DeviceBatches):
         ``image_size`` trains at, e.g. train at 224 and test at 288. ``max_image_pixels``:
         larger images are left out (test images: an error), their size reported; default
         Pillow's limit (``hw1.data.scan.DEFAULT_MAX_PIXELS``). ``sampler``: null (shuffle) or
-        ``balanced`` (``hw1.data.samplers.BalancedSampler``: every class equally often)."""
+        ``balanced`` (``hw1.data.samplers.BalancedSampler``: every class equally often).
+        ``deferred``: where the fast pipeline's colour jitter, rotation and shift run
+        (``deferred_in_workers``): ``auto``, ``workers`` or ``device``."""
         super().__init__()
         if sampler not in (None, "balanced"):
             raise UserValueError(f"data.sampler={sampler}: use null (shuffle) or balanced")
+        if deferred not in DEFERRED:
+            raise UserValueError(f"data.deferred={deferred}: use {', '.join(DEFERRED)}")
         self.layout = FolderLayout(root, seed, val_split, folds, fold, max_image_pixels)
         # Not logged: train logs the whole run's settings. Kept in checkpoints, which load
         # with weights_only, hence a plain string for the root.
@@ -242,7 +251,7 @@ class FolderDataModule(DeviceBatches):
             train, val = self.samples["train"], self.samples["val"]
             folder = self.root / "train"
             if isinstance(self.train_transform, FastTrainPreset):  # it decodes, too
-                decoder = DraftDecoder(self.train_transform)
+                decoder = DraftDecoder(self.train_transform, self.deferred_in_workers())
                 self.train_set = ClassFolders(folder, self.class_names, None, train, decoder)
             else:
                 self.train_set = ClassFolders(folder, self.class_names, self.train_transform, train)
@@ -251,6 +260,20 @@ class FolderDataModule(DeviceBatches):
         test_dir = self.layout.test_dir
         if stage in ("predict", None) and self.test_set is None and test_dir.is_dir():
             self.test_set = UnlabeledImages(test_dir)
+
+    def deferred_in_workers(self) -> bool:
+        """Whether the loader workers finish the fast pipeline's images (its colour jitter,
+        rotation and shift, with the reference's PIL kernels: ``FastTrainPreset.
+        finish_as_reference``) rather than the device, batched (``Deferred``). ``auto``: the
+        workers when the trainer's device is the CPU, where PIL's integer kernels cost a
+        fraction of the float ones and run beside the training step (docs/performance.md);
+        outside a trainer, when no GPU is found. Either way the same draws, the same images
+        within a level at a few pixels (tests/test_datamodule_deferred.py)."""
+        if self.hparams.deferred != "auto":
+            return self.hparams.deferred == "workers"
+        if self.trainer is not None:
+            return self.trainer.strategy.root_device.type == "cpu"
+        return not torch.cuda.is_available()
 
     def _loader(self, dataset: Dataset, shuffle: bool = False) -> DataLoader:
         balanced = shuffle and self.hparams.sampler == "balanced"
