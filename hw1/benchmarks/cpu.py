@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
+import time
 from pathlib import Path
 
 import lightning as L
@@ -178,6 +179,10 @@ def plain_loop(loader: DataLoader, args: argparse.Namespace) -> None:
 
 
 def bench_step(args: argparse.Namespace) -> None:
+    clock = time.perf_counter
+    if getattr(args, "clock", "wall") == "cpu":
+        torch.set_num_threads(1)
+        clock = time.process_time
     torch.manual_seed(0)
     n = args.batches * args.batch_size
     images = torch.randint(0, 256, (n, 3, args.size, args.size), dtype=torch.uint8)
@@ -190,10 +195,12 @@ def bench_step(args: argparse.Namespace) -> None:
                 "plain loop": lambda: plain_loop(loader, args),
             },
             args.rounds,
+            clock,
         )
     print(
         f"{args.batches} optimizer steps, {args.arch}, {args.size} px, batch {args.batch_size}, "
-        f"{torch.get_num_threads()} threads, {args.rounds} alternating rounds"
+        f"{torch.get_num_threads()} threads, {args.rounds} alternating rounds, "
+        f"{getattr(args, 'clock', 'wall')} time"
     )
     for name, seconds in rounds.items():
         per_batch = sorted(s / args.batches for s in seconds)
