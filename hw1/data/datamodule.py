@@ -265,10 +265,10 @@ class FolderDataModule(DeviceBatches):
         """Whether the loader workers finish the fast pipeline's images (its colour jitter,
         rotation and shift, with the reference's PIL kernels: ``FastTrainPreset.
         finish_as_reference``) rather than the device, batched (``Deferred``). ``auto``: the
-        workers when the trainer's device is the CPU, where PIL's integer kernels cost a
-        fraction of the float ones and run beside the training step (docs/performance.md);
-        outside a trainer, when no GPU is found. Either way the same draws, the same images
-        within a level at a few pixels (tests/test_datamodule_deferred.py)."""
+        workers when the trainer's device is the CPU, where PIL's integer kernels cost less
+        than the batched float steps and run beside the training step, not between steps
+        (docs/performance.md); outside a trainer, when no GPU is found. Either way the same
+        draws, the same images within a level at a few pixels (tests/test_data.py)."""
         if self.hparams.deferred != "auto":
             return self.hparams.deferred == "workers"
         if self.trainer is not None:

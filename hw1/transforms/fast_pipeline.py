@@ -271,8 +271,8 @@ class FastTrainPreset:
         (3, S, S) out, the layout of a rendered ``Deferred``.
 
         For a run whose device is the CPU (``FolderDataModule``'s ``deferred``): there PIL's
-        integer kernels cost a fraction of the batched float steps, and the loader workers
-        run them beside the training step instead of between steps. The output is the
+        integer kernels cost less than the batched float steps, and the loader workers run
+        them beside the training step instead of between steps. The output is the
         reference's for this crop, within a level of the device's at a few pixels
         (``tests/test_fast_pipeline.py``)."""
         x = Image.fromarray(image.numpy())
