@@ -49,6 +49,13 @@ def main(argv: list[str] | None = None) -> None:
     step.add_argument("--size", type=int, default=32, help="image size in pixels")
     step.add_argument("--arch", default="resnet18")
     step.add_argument("--rounds", type=int, default=3)
+    step.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="cpu: this process's CPU time, steadier than wall time on a machine shared with "
+        "other jobs (torch then runs one thread, so no thread waits on a busy core)",
+    )
     infer = sub.add_parser("infer", help="eager vs TorchScript vs onnxruntime on the CPU")
     infer.add_argument("--arch", default="resnet18")
     infer.add_argument("--size", type=int, default=224, help="crop size in pixels")

@@ -24,7 +24,7 @@ def _ratio(out: str) -> float:
 def test_loader_bench_times_both_pipelines_and_the_decode_ceiling(capsys):
     main(["loader", "--images", "6", "--size", "32", "--rounds", "1"])
     out = capsys.readouterr().out
-    for name in ("reference:", "fast:", "decode only:", "simplejpeg:"):
+    for name in ("reference:", "fast:", "decode only:", "simplejpeg:", "fast, CPU run + device:"):
         assert name in out
     assert "fast vs its decoder's full-size decode-only rate: " in out
     assert _ratio(out) > 0
@@ -41,10 +41,12 @@ def test_infer_bench_puts_the_three_runtimes_side_by_side(capsys):
     assert all(float(d.split()[-1]) <= 1e-4 for d in diffs.split(", "))
 
 
-def test_step_bench_compares_trainer_fit_with_a_plain_loop(capsys):
-    main(["step", "--batches", "2", "--batch-size", "4", "--size", "32", "--rounds", "1"])
+@pytest.mark.parametrize("clock", ["wall", "cpu"])
+def test_step_bench_compares_trainer_fit_with_a_plain_loop(capsys, clock):
+    args = ["--batches", "2", "--batch-size", "4", "--size", "32", "--rounds", "1"]
+    main(["step", *args, "--clock", clock])
     out = capsys.readouterr().out
-    assert "Trainer.fit:" in out and "plain loop:" in out
+    assert "Trainer.fit:" in out and "plain loop:" in out and f"{clock} time" in out
     assert _ratio(out) > 0
 
 

@@ -14,6 +14,7 @@ from torchvision.transforms import v2 as T
 from torchvision.transforms.v2 import functional as TF
 from torchvision.transforms.v2.functional import to_pil_image
 
+from hw1.benchmarks.parity import DEMO_AUGMENT
 from hw1.data import scan
 from hw1.data.datamodule import train_pipeline
 from hw1.data.datasets import ClassFolders, UnlabeledImages
@@ -22,6 +23,7 @@ from hw1.data.scan import class_names
 from hw1.transforms.device import FinishOnDevice
 from hw1.transforms.fast_pipeline import STEPS, Deferred, FastTrainPreset, finish
 from hw1.transforms.presets import IMAGENET_MEAN, IMAGENET_STD, eval_spec
+from hw1.utils.errors import UserValueError
 
 
 def test_val_shares_train_class_indices(int_classes_root):
@@ -44,18 +46,23 @@ def test_test_images_are_every_image_sorted_with_stems(int_classes_root):
     assert image.mode == "RGB" and stem == sorted(answers)[0]
 
 
-@pytest.mark.parametrize("pipeline", ["fast", "reference"])
-def test_datamodule_batches_have_the_crop_size_and_labels(int_classes_root, pipeline):
-    """The fast pipeline's batches stay uint8 with their colour jitter still to apply
-    (the data module does both on the device); the reference's come normalised."""
+@pytest.mark.parametrize(
+    ("pipeline", "deferred"), [("fast", "device"), ("fast", "workers"), ("reference", "auto")]
+)
+def test_datamodule_batches_have_the_crop_size_and_labels(int_classes_root, pipeline, deferred):
+    """The fast pipeline's batches stay uint8, with their colour jitter still to apply
+    (the data module does both on the device) or finished in the worker; the reference's
+    come normalised."""
     root, _ = int_classes_root
-    dm = datamodule(root, pipeline=pipeline)
+    dm = datamodule(root, pipeline=pipeline, deferred=deferred)
     dm.validate()
     dm.setup("fit")
     x, y = next(iter(dm.train_dataloader()))
-    if pipeline == "fast":
+    if deferred == "device":
         assert isinstance(x, Deferred) and x.image.dtype == torch.uint8
         assert x.image.shape == (4, 32, 32, 3) and x.steps.shape == (4, STEPS)
+    elif deferred == "workers":
+        assert x.shape == (4, 3, 32, 32) and x.dtype == torch.uint8 and x.is_contiguous()
     else:
         assert x.shape == (4, 3, 32, 32) and x.dtype == torch.float32
     assert y.dtype == torch.int64 and y.min() >= 0 and y.max() < 12
@@ -275,6 +282,47 @@ def test_under_one_seed_both_pipelines_give_the_model_the_same_first_batches(tmp
         assert (x - xr).abs().mean() < 0.1 / 255 / min(IMAGENET_STD)
 
 
+def _first_batches(root, seed: int = 7, n: int = 2, **kw) -> list:
+    """The data module's first ``n`` training batches under ``seed``, as the model gets them."""
+    data = datamodule(root, **kw)
+    data.validate()
+    data.setup("fit")
+    L.seed_everything(seed)
+    loader = iter(data.train_dataloader())
+    return [data.on_after_batch_transfer(next(loader), 0) for _ in range(n)]
+
+
+@pytest.mark.parametrize("augment", [None, DEMO_AUGMENT])
+def test_a_cpu_run_finishes_in_the_workers_the_batches_the_device_would(tmp_path, augment):
+    """data.deferred: under one seed the workers (the reference's PIL kernels) and the
+    device (batched floats) give the model the same batches, in the same layout: with the
+    demo's brightness and contrast to the bit, with the report's whole augmentation within
+    a level at a few pixels (hue and the rotation round in float on the device)."""
+    make_hw1_folder(tmp_path, ["a", "b"], train=6, val=1, test=0, size=40)
+    kw = {"augment": augment} if augment else {}
+    workers = _first_batches(tmp_path, deferred="workers", **kw)
+    device = _first_batches(tmp_path, deferred="device", **kw)
+    level = 1 / 255 / min(IMAGENET_STD)  # a grey level, normalised
+    for (x, y), (xd, yd) in zip(workers, device, strict=True):
+        assert torch.equal(y, yd) and x.stride() == xd.stride()
+        if augment:
+            assert torch.equal(x, xd)
+        else:
+            assert (x - xd).abs().mean() < 0.05 * level and (x - xd).abs().max() < 4.01 * level
+            assert not torch.equal(x, xd)  # the two paths really ran
+
+
+def test_auto_finishes_in_the_workers_when_the_trainers_device_is_the_cpu(tmp_path):
+    data = datamodule(tmp_path)
+    assert data.deferred_in_workers() == (not torch.cuda.is_available())  # no trainer
+    data.trainer = L.Trainer(accelerator="cpu", logger=False)
+    assert data.deferred_in_workers()
+    assert not datamodule(tmp_path, deferred="device").deferred_in_workers()
+    assert datamodule(tmp_path, deferred="workers").deferred_in_workers()
+    with pytest.raises(UserValueError, match="data.deferred=gpu: use auto, workers, device"):
+        datamodule(tmp_path, deferred="gpu")
+
+
 def test_a_fit_on_deferred_batches_shows_callbacks_the_finished_normalised_batch():
     """Lightning moves the Deferred batch to the device as it is (a named tuple), and what
     callbacks see (Figures' augmented samples) is the finished batch."""
@@ -346,7 +394,7 @@ def test_true_half_precisions_train_validate_and_predict_on_both_pipelines(
             seen["predict"] = batch[0].dtype
 
     make_hw1_folder(tmp_path, ["a", "b"], train=4, val=2, test=2, size=36)
-    data = datamodule(tmp_path, pipeline=pipeline)
+    data = datamodule(tmp_path, pipeline=pipeline, deferred="device")  # Deferred on the CPU
     model = classifier(classes=2)
     if precision == "16-true":  # AdamW's default 1e-8 is 0 in float16 (check_eps refuses it)
         model.hparams.optim = {**model.hparams.optim, "eps": 1e-4}

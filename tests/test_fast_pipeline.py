@@ -11,6 +11,7 @@ import torch
 from conftest import photo
 from PIL import ExifTags, Image
 from torchvision import transforms as V1
+from torchvision.transforms.v2.functional import to_pil_image
 
 from hw1.benchmarks.parity import device_steps_on, reference_apply
 from hw1.data.datamodule import train_pipeline
@@ -30,6 +31,9 @@ from hw1.transforms.presets import eval_spec
 # The mean level apart that the fast pipeline's outputs may be from the reference's, where
 # its steps are the same: the old one-warp pipeline was 1.1-1.6 levels apart on photos.
 MEAN_TOLERANCE = 0.05
+
+
+DEMO = {"scale": (0.8, 1.0), "jitter": (0.2, 0.2, 0, 0), "rotation": 0, "translate": (0, 0)}
 
 
 @pytest.mark.parametrize(
@@ -100,6 +104,27 @@ def test_the_deferred_sample_is_the_references_crop_and_the_device_turns_it_as_p
     assert ((got == 0).all(dim=0) != black).float().mean() < 0.01
 
 
+@pytest.mark.parametrize("augment", [{}, DEMO, {"jitter": (0, 0, 0.3, 0.1), "translate": (0, 0)}])
+def test_finished_here_the_steps_are_the_references_own_and_the_devices_within_a_level(augment):
+    """For a CPU run the worker finishes the image (finish_here): from the same resized
+    crop the reference's PIL steps to the level, parts it does not jitter skipped; the
+    device's float steps within a level at a few pixels."""
+    fast = FastTrainPreset(eval_spec(48), **augment)
+    image = photo(seed=2)
+    torch.manual_seed(0)
+    for _ in range(4):
+        draw = fast.draw(*image.size)
+        here = fast.apply(np.array(image), draw, image.size, finish_here=True)
+        deferred = fast.apply(np.array(image), draw, image.size)
+        assert here.shape == (3, 48, 48) and here.dtype == torch.uint8 and here.is_contiguous()
+        crop = deferred.image.permute(2, 0, 1)
+        skipped = [op for op in draw.jitter_order if fast.jitter[op]]
+        steps = replace(draw, box=(0, 0, 48, 48), flip=False, jitter_order=tuple(skipped))
+        assert torch.equal(here, reference_apply(to_pil_image(crop), steps, 48))
+        apart = (here.float() - finish(deferred).float()).abs()
+        assert apart.mean() < MEAN_TOLERANCE and apart.max() <= 4, (apart.mean(), apart.max())
+
+
 def test_without_steps_the_deferred_image_is_unchanged_and_a_batch_is_its_samples():
     """The identity steps leave every pixel as it is, and a collated batch of samples
     with their own jitter, angle and shift gives each sample's own result."""
@@ -119,9 +144,6 @@ def test_without_steps_the_deferred_image_is_unchanged_and_a_batch_is_its_sample
     apart = collated.render() - torch.stack([s.render() for s in samples])
     assert apart.abs().max() <= 1 and apart.abs().mean() < 0.01
     assert torch.equal(collated.render()[2], images[2].permute(2, 0, 1).float())
-
-
-DEMO = {"scale": (0.8, 1.0), "jitter": (0.2, 0.2, 0, 0), "rotation": 0, "translate": (0, 0)}
 
 
 @pytest.mark.parametrize("augment", [{}, DEMO, {"translate": (0.1, 0.0), "hflip": 0}])

@@ -1,11 +1,7 @@
-"""The HW1 layout and its LightningDataModule:
-
-    <root>/train/<class>/<image>
-    <root>/val/<class>/<image>
-    <root>/test/<image>          (flat, unlabeled; optional)
-
-``FolderLayout`` says which files are labelled with which class; ``FolderDataModule``
-builds the train and eval pipelines, datasets and loaders from it.
+"""The LightningDataModule: a source (``hw1.data.sources``: the HW1 folder layout by
+default, a CSV, a datasets dataset or LitData shards) says which images are labelled with
+which class; ``FolderDataModule`` builds the train and eval pipelines, datasets and
+loaders from it.
 """
 
 from __future__ import annotations
@@ -24,7 +20,7 @@ from hw1.data.device_batches import DeviceBatches
 from hw1.data.samplers import BalancedSampler
 from hw1.data.scan import display_path
 from hw1.data.source_choice import make_source
-from hw1.data.sources import EncodedImages, FolderLayout, load_encoded  # noqa: F401 (its old home)
+from hw1.data.sources import EncodedImages, load_encoded
 from hw1.transforms.device import FinishOnDevice
 from hw1.transforms.fast_pipeline import DraftDecoder, FastTrainPreset
 from hw1.transforms.presets import EvalSpec, eval_preset, eval_spec, train_preset
@@ -32,6 +28,10 @@ from hw1.utils.errors import UserFileNotFoundError, UserValueError, require_posi
 from hw1.utils.weights import resolve_weights
 
 log = logging.getLogger(__name__)
+
+
+# data.deferred: where the fast pipeline's last steps run (FolderDataModule.deferred_in_workers)
+DEFERRED = ("auto", "workers", "device")
 
 
 def train_pipeline(name: str, spec: EvalSpec, **augment: Any):
@@ -80,6 +80,7 @@ class FolderDataModule(DeviceBatches):
         eval_size: int | None = None,
         max_image_pixels: int | None = None,
         sampler: str | None = None,
+        deferred: str = "auto",
         source: str = "folder",
         **source_options: Any,
     ) -> None:
@@ -93,7 +94,10 @@ class FolderDataModule(DeviceBatches):
         ``balanced`` (``hw1.data.samplers.BalancedSampler``: every class equally often).
         ``source``: where the labelled images come from, ``folder`` (the HW1 layout under
         ``root``), ``csv``, ``hf`` or ``litdata`` (``hw1.data.sources``), with its own keys
-        in ``source_options`` (the CSV files, the columns)."""
+        in ``source_options`` (the CSV files, the columns).
+
+        ``deferred``: where the fast pipeline's colour jitter, rotation and shift run
+        (``deferred_in_workers``): ``auto``, ``workers`` or ``device``."""
         super().__init__()
         require_positive(
             data__batch_size=batch_size, data__image_size=image_size, data__eval_size=eval_size
@@ -102,6 +106,8 @@ class FolderDataModule(DeviceBatches):
             raise UserValueError(f"data.num_workers={num_workers}: use 0 (no workers) or more")
         if sampler not in (None, "balanced"):
             raise UserValueError(f"data.sampler={sampler}: use null (shuffle) or balanced")
+        if deferred not in DEFERRED:
+            raise UserValueError(f"data.deferred={deferred}: use {', '.join(DEFERRED)}")
         self.layout = make_source(
             source, root, seed, val_split, folds, fold, max_image_pixels, **source_options
         )
@@ -156,7 +162,10 @@ class FolderDataModule(DeviceBatches):
                 self.samples = self.layout.labelled(self.class_names)
             train, val = self.samples["train"], self.samples["val"]
             if isinstance(self.train_transform, FastTrainPreset):  # it decodes, too
-                transform, loader = None, DraftDecoder(self.train_transform)
+                transform, loader = (
+                    None,
+                    DraftDecoder(self.train_transform, self.deferred_in_workers()),
+                )
             else:
                 transform, loader = self.train_transform, None
             if getattr(self.layout, "streams", False):  # LitData shards: streamed, no list
@@ -177,6 +186,20 @@ class FolderDataModule(DeviceBatches):
         folder = self.root / split if (self.root / split).is_dir() else self.root / "train"
         extra = {"loader": loader} if loader is not None else {}
         return ClassFolders(folder, self.class_names, transform, samples, **extra)
+
+    def deferred_in_workers(self) -> bool:
+        """Whether the loader workers finish the fast pipeline's images (its colour jitter,
+        rotation and shift, with the reference's PIL kernels: ``FastTrainPreset.
+        finish_as_reference``) rather than the device, batched (``Deferred``). ``auto``: the
+        workers when the trainer's device is the CPU, where PIL's integer kernels cost less
+        than the batched float steps and run beside the training step, not between steps
+        (docs/performance.md); outside a trainer, when no GPU is found. Either way the same
+        draws, the same images within a level at a few pixels (tests/test_data.py)."""
+        if self.hparams.deferred != "auto":
+            return self.hparams.deferred == "workers"
+        if self.trainer is not None:
+            return self.trainer.strategy.root_device.type == "cpu"
+        return not torch.cuda.is_available()
 
     def _loader(self, dataset: Dataset, shuffle: bool = False) -> DataLoader:
         if getattr(self.layout, "streams", False):

@@ -73,8 +73,10 @@ class Classifier(L.LightningModule):
         self.criterion: nn.Module = instantiate(loss) if loss else nn.CrossEntropyLoss()
         self.mix = instantiate(mix, num_classes=len(self.class_names)) if mix else None
         num_classes = len(self.class_names)
-        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        # validate_args=False: no checks of every batch's labels, which read the values
+        # on the host and so make the CPU wait for the GPU at every step.
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
         self.val_confusion = MulticlassConfusionMatrix(num_classes)  # drawn by Figures
         self.val_history: list[dict[str, float]] = []  # per epoch, for metrics.json
         self.train_images = 0  # seen by training steps, for the run summary's images/s
@@ -95,13 +97,17 @@ class Classifier(L.LightningModule):
             x, y = self.mix(x, y)
         logits = self(x)
         loss = self.training_loss(x, logits, y)
-        # Mixed targets are probabilities: accuracy against the larger share.
-        self.train_acc(logits, y if y.ndim == 1 else y.argmax(dim=1))
+        # Mixed targets are probabilities: accuracy against the larger share. update(), not
+        # a call: the metric's state grows, no accuracy of this batch alone is computed.
+        self.train_acc.update(logits, y if y.ndim == 1 else y.argmax(dim=1))
         self.train_images += len(y)
         # Two names rather than Lightning's automatic _step/_epoch suffixes: train/loss is the
-        # epoch curve that sits beside val/loss in TensorBoard.
-        self.log("train/loss", loss, on_step=False, on_epoch=True)
-        self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True)
+        # epoch curve that sits beside val/loss in TensorBoard. batch_size given: Lightning
+        # need not search the batch for it. The step loss reaches the host only when the
+        # logger writes or the progress bar refreshes (log_every_n_steps, refresh_rate).
+        n = len(x)
+        self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=n)
+        self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=n)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
         return loss
 

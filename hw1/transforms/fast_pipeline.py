@@ -1,7 +1,9 @@
 """The fast train pipeline (``data.pipeline=fast``): ``train_preset``'s augmentation,
 drawn from the image's header size before decoding, so that a JPEG is decoded only as
 large as its crop needs; the worker crops, resizes and flips, and the steps after those
-(colour jitter, rotation, shift) are left to the device (``Deferred``).
+(colour jitter, rotation, shift) are left to the device (``Deferred``), or, where the
+device is the CPU, done in the worker as the reference does them
+(``FastTrainPreset.finish_as_reference``).
 """
 
 from __future__ import annotations
@@ -119,6 +121,16 @@ class Deferred(NamedTuple):
 STEPS = 11  # the length of Deferred.steps
 
 
+# ColorJitter's kernels on PIL images, by the index Draw.jitter_order uses: the ones the
+# reference's ColorJitter calls.
+PIL_JITTERS: tuple[Callable[[Image.Image, float], Image.Image], ...] = (
+    F.adjust_brightness,
+    F.adjust_contrast,
+    F.adjust_saturation,
+    F.adjust_hue,
+)
+
+
 DECODE_MARGIN = 2  # a reduced-scale decode keeps the crop at least this many times the output
 
 
@@ -150,7 +162,8 @@ class FastTrainPreset:
     antialiased as PIL's, which the reference uses, within a level) and flips. What the
     reference does after that, the colour jitter, the rotation and the shift, travels as
     ``Deferred`` and runs batched on the device (``hw1.transforms.device.FinishOnDevice``), which
-    skips the steps a sample does not take.
+    skips the steps a sample does not take; where that device is the CPU, the worker does
+    them itself, with the reference's own PIL kernels (``finish_as_reference``).
 
     Same-parameter outputs equal the reference's but for the resize's rounding, the
     reduced-scale decode and float rounding on the device (``python -m hw1.parity``).
@@ -216,12 +229,16 @@ class FastTrainPreset:
         return finish(self.apply(np.array(image), self.draw(*image.size), image.size))
 
     def apply(
-        self, pixels: np.ndarray, draw: Draw, full_size: tuple[int, int]
+        self,
+        pixels: np.ndarray,
+        draw: Draw,
+        full_size: tuple[int, int],
+        finish_here: bool = False,
     ) -> torch.Tensor | Deferred:
         """Augment ``pixels``, uint8 (H, W, 3), a decode of an upright ``full_size``
         image, possibly at a reduced scale; ``draw`` is in ``full_size`` pixels: a
-        ``Deferred`` sample, or when a policy or erasing must see the final image, that
-        image, uint8 (C, H, W)."""
+        ``Deferred`` sample, or, with ``finish_here`` or when a policy or erasing must see
+        the final image, that image, uint8 (C, H, W)."""
         height, width = pixels.shape[:2]
         left, top, w, h = draw.box
         if (width, height) == full_size:
@@ -239,17 +256,45 @@ class FastTrainPreset:
             out = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
         if draw.flip:
             out = out.flip(-1)  # keeps the (H, W, C) layout, so the next line copies nothing
-        sample = Deferred(out.permute(1, 2, 0).contiguous(), deferred_steps(draw))
+        image = out.permute(1, 2, 0).contiguous()
+        if finish_here:
+            sample = self.finish_as_reference(image, draw)
+        else:
+            sample = Deferred(image, deferred_steps(draw))
         return self.after(finish(sample)) if self.after is not None else sample
+
+    def finish_as_reference(self, image: torch.Tensor, draw: Draw) -> torch.Tensor:
+        """What ``Deferred`` leaves to the device, done at once as the reference does it:
+        ``image``, uint8 (S, S, 3), the resized and flipped crop, through the PIL kernels of
+        the reference's ColorJitter (the parts it jitters, in the drawn order),
+        RandomRotation and RandomAffine shift, with ``draw``'s parameters; contiguous uint8
+        (3, S, S) out, the layout of a rendered ``Deferred``.
+
+        For a run whose device is the CPU (``FolderDataModule``'s ``deferred``): there PIL's
+        integer kernels cost less than the batched float steps, and the loader workers run
+        them beside the training step instead of between steps. The output is the
+        reference's for this crop, within a level of the device's at a few pixels
+        (``tests/test_fast_pipeline.py``)."""
+        x = Image.fromarray(image.numpy())
+        for op in draw.jitter_order:
+            if self.jitter[op]:  # ColorJitter skips the parts whose range is 0
+                x = PIL_JITTERS[op](x, draw.jitter[op])
+        if self.rotation:
+            x = F.rotate(x, draw.angle, interpolation=self.interpolation)
+        if any(self.translate):
+            x = F.affine(x, angle=0.0, translate=list(draw.shift), scale=1.0, shear=[0.0, 0.0])
+        return torch.from_numpy(np.array(x)).permute(2, 0, 1).contiguous()
 
 
 class DraftDecoder:
     """The loader of the fast train pipeline (``ClassFolders(loader=...)``): draws the
     augmentation from the file's header size, decodes a JPEG only as large as its crop
-    needs, then augments. A class, not a closure, so DataLoader workers can pickle it."""
+    needs, then augments; ``finish_here``: to the final image
+    (``FastTrainPreset.finish_as_reference``), else to a ``Deferred`` sample. A class, not
+    a closure, so DataLoader workers can pickle it."""
 
-    def __init__(self, preset: FastTrainPreset) -> None:
-        self.preset = preset
+    def __init__(self, preset: FastTrainPreset, finish_here: bool = False) -> None:
+        self.preset, self.finish_here = preset, finish_here
 
     def __call__(self, path: str | os.PathLike) -> torch.Tensor | Deferred:
         return self.decode(path, self.preset.draw)
@@ -266,4 +311,4 @@ class DraftDecoder:
             return self.preset.decode_size(drawn["draw"], *size)
 
         pixels = decode_scaled(path, need)
-        return self.preset.apply(pixels, drawn["draw"], drawn["size"])
+        return self.preset.apply(pixels, drawn["draw"], drawn["size"], self.finish_here)
