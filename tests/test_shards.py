@@ -67,7 +67,7 @@ def test_shards_give_the_folders_classes_counts_pixels_and_test_keys(shards):
 
     assert val_items(streamed) == val_items(folder)  # JPEG bytes kept: the same pixels
     x, y = next(iter(streamed.train_dataloader()))
-    assert x.image.shape == (4, 32, 32, 3) and y.dtype == torch.int64
+    assert x.shape == (4, 3, 32, 32) and y.dtype == torch.int64  # finished in the workers
     keys = [k for _, batch in streamed.predict_dataloader() for k in batch]
     assert sorted(keys) == sorted(p.stem for p in folder.layout.test_images())
 

@@ -65,7 +65,8 @@ def test_a_csv_source_gives_the_folder_layouts_classes_samples_and_test_images(c
     assert table.layout.test_images() == folder.layout.test_images()
     table.setup()
     x, y = next(iter(table.train_dataloader()))
-    assert x.image.shape == (4, 32, 32, 3) and y.dtype == torch.int64
+    # no GPU here: the workers finish the fast pipeline's images (data.deferred=auto)
+    assert x.shape == (4, 3, 32, 32) and x.dtype == torch.uint8 and y.dtype == torch.int64
     views, keys = next(iter(table.predict_dataloader()))
     assert views.dtype == torch.uint8 and sorted(keys) == sorted(
         p.stem for p in folder.layout.test_images()
@@ -204,7 +205,7 @@ def test_a_datasets_dataset_gives_the_folder_layouts_classes_and_counts(csv_root
     fx, fy = next(iter(folder.val_dataloader()))
     assert torch.equal(x, fx) and torch.equal(y, fy)  # the same bytes, the same pixels
     xt, yt = next(iter(hf.train_dataloader()))
-    assert xt.image.shape == (4, 32, 32, 3)
+    assert xt.shape == (4, 3, 32, 32) and xt.dtype == torch.uint8  # finished in the workers
     views, keys = next(iter(hf.predict_dataloader()))
     assert views.dtype == torch.uint8 and set(keys) <= {
         p.stem for p in (csv_root / "test").iterdir()
