@@ -104,6 +104,12 @@ def test_same_seed_same_bytes_and_tta_flag_is_honoured(trained_run, tmp_path):
     a = run_predict(root, tmp_path / "a.csv", ckpt, "seed=7").read_bytes()
     b = run_predict(root, tmp_path / "b.csv", ckpt, "seed=7").read_bytes()
     assert a == b
+    # Uncalibrated: the run's temperature, fitted on a val set it classifies perfectly,
+    # saturates every probability to 0 or 1, where the views could not differ.
+    raw = torch.load(run_dir / "checkpoints" / "best.ckpt", weights_only=True)
+    raw.pop("temperature", None)
+    torch.save(raw, tmp_path / "raw.ckpt")
+    ckpt = f"ckpt_path={tmp_path / 'raw.ckpt'}"
     run_predict(root, tmp_path / "none.csv", ckpt, "tta=none", "save_probs=true")
     run_predict(root, tmp_path / "report.csv", ckpt, "tta=report", "save_probs=true")
     none = np.load(tmp_path / "none.probs.npz")["probs"]

@@ -13,11 +13,10 @@ import lightning as L
 import torch
 
 from hw1.data.datamodule import FolderDataModule
-from hw1.data.datasets import ClassFolders, UnlabeledImages, view_loader
+from hw1.data.datasets import UnlabeledImages, view_loader
 from hw1.data.demo import TEST_LABELS
 from hw1.data.device_batches import LoaderDataModule
 from hw1.inference.calibration import fit_temperature, logits_of, store_temperature
-from hw1.inference.evaluation import Indexed
 from hw1.inference.metrics import classification_metrics
 from hw1.inference.predictor import predict_rows
 from hw1.models.classifier import Classifier
@@ -52,11 +51,14 @@ def plain_probs(
 def val_probs(
     trainer: L.Trainer, model: Classifier, datamodule: FolderDataModule
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(true classes, probabilities) of the validation images, plain eval view."""
-    val = datamodule.val_set
-    dataset = ClassFolders(val.root, model.class_names, samples=val.samples)
-    keys, probs = plain_probs(trainer, model, datamodule, Indexed(dataset))
-    return torch.tensor(dataset.targets)[torch.tensor(keys)], probs
+    """(true classes, probabilities) of the validation images, plain eval view: the data
+    module's own val loader (whatever its source: folders, a CSV, shards), its labels as
+    the rows' keys."""
+    loader = datamodule.val_dataloader()
+    keys, probs = predict_rows(
+        trainer, model, datamodule=LoaderDataModule(datamodule.eval_spec, predict=loader)
+    )
+    return torch.as_tensor(keys), probs
 
 
 def labelled_test_probs(

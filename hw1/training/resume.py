@@ -23,7 +23,7 @@ from hw1.training.init_from import check_resumable
 from hw1.utils.compat import hydra_args_parser
 from hw1.utils.errors import UserFileNotFoundError
 from hw1.utils.io import write_atomically
-from hw1.utils.runlock import check_unlocked
+from hw1.utils.runlock import check_unlocked, first_process
 
 
 def resume_point(cfg: DictConfig, trainer: L.Trainer, model: nn.Module) -> str | None:
@@ -115,6 +115,8 @@ def parse_command_line(argv: list[str]) -> tuple[Any, list[Override]] | None:
 def refuse_a_locked_run_dir(argv: list[str]) -> None:
     """Refuses at once a command line whose ``hydra.run.dir`` another live command writes
     to (hw1.utils.runlock): before Hydra writes that run's .hydra/ and its log."""
+    if not first_process():  # a DDP process Lightning started beside the first: its run
+        return
     parsed_line = parse_command_line(argv)
     if parsed_line is None or parsed_line[0].multirun:
         return
