@@ -15,6 +15,7 @@ import io
 import json
 import logging
 import os
+import random
 import shutil
 import tempfile
 from pathlib import Path
@@ -115,6 +116,11 @@ def write_shards(
     source.check()
     names = source.class_names()
     rows = split_rows(source, names)
+    # LitData shuffles the order of the chunks and within a window of them, not across the
+    # whole split: train rows written class by class would stream class by class, and the
+    # model would learn one class at a time. Written in a seeded random order, they stream
+    # mixed (val and test keep their order).
+    random.Random(0).shuffle(rows["train"])
     prepare_output(output)
     for split, split_list in rows.items():
         if not split_list:
