@@ -28,7 +28,7 @@ from hw1.data.scan import display_path
 from hw1.data.sources import (
     Items,
     Source,
-    check_split_settings,
+    Splitting,
     class_counts,
     load_encoded,
     optional,
@@ -187,16 +187,11 @@ class ShardSource:
     def __init__(
         self,
         root: str | os.PathLike,
-        seed: int = 0,
-        val_split: float | None = None,
-        folds: int | None = None,
-        fold: int = 0,
-        max_image_pixels: int | None = None,
+        splitting: Splitting | None = None,
     ) -> None:
-        check_split_settings(val_split, folds, fold)
         self.name = os.fspath(root)
         self.root = Path(self.name).expanduser() if not is_remote(self.name) else Path(".")
-        self.seed, self.folds = seed, folds
+        self.splitting = splitting or Splitting()
         self._meta: dict | None = None
 
     def _url(self, *parts: str) -> str:
@@ -275,7 +270,7 @@ class ShardSource:
 
     def check(self) -> None:
         meta = self.meta()
-        if self.folds is not None:
+        if self.splitting.folds is not None:
             raise UserValueError(
                 "data.folds needs data.source=folder, csv or hf: shards hold one val split"
             )
@@ -305,7 +300,7 @@ class ShardSource:
 
     def _dataset(self, split: str, **kw):
         litdata = optional("litdata", "stream")
-        return litdata.StreamingDataset(self._url(split), seed=self.seed, **kw)
+        return litdata.StreamingDataset(self._url(split), seed=self.splitting.seed, **kw)
 
     def stream(self, split: str, transform=None, loader=None, shuffle: bool = False):
         """The split as a StreamingDataset of (image, class index): each rank and loader

@@ -6,7 +6,7 @@ import os
 from typing import Any
 
 from hw1.data.shards import ShardSource
-from hw1.data.sources import CsvSource, FolderLayout, HFSource, Source
+from hw1.data.sources import CsvSource, FolderLayout, HFSource, Source, Splitting
 from hw1.utils.errors import UserValueError
 
 SOURCES = ("folder", "csv", "hf", "litdata")
@@ -24,7 +24,7 @@ def make_source(
 ) -> Source:
     """``data.source``'s source; ``options`` are its own keys (the CSV files, the columns),
     the others' left out."""
-    common = (root, seed, val_split, folds, fold, max_image_pixels)
+    common = (root, Splitting(seed, val_split, folds, fold, max_image_pixels))
     if source == "folder":
         return FolderLayout(*common)
     if source == "csv":

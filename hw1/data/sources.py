@@ -19,6 +19,7 @@ import json
 import logging
 import os
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -68,26 +69,42 @@ def optional(module: str, extra: str):
         raise UserRuntimeError(f'{module} is not installed: pip install "hw1[{extra}]"') from None
 
 
-def held_out(
-    kept: Items, val_split: float | None, folds: int | None, fold: int, seed: int
-) -> Items:
-    """train and val as training uses them: K folds of both pooled (``folds``), or a
-    seeded, stratified part of train (``val_split``) where there is no val split."""
-    if folds is not None:
-        pooled = kept["train"] + kept.get("val", [])
-        kept["train"], kept["val"] = fold_split(pooled, folds, fold, seed)
-    elif "val" not in kept:
-        kept["train"], kept["val"] = stratified_split(kept["train"], val_split, seed)
-    return kept
+@dataclass(frozen=True)
+class Splitting:
+    """The data module's settings every source shares: how val is drawn from train where a
+    source has none (``val_split``, or K folds of train and val pooled: ``folds``/``fold``,
+    seeded by ``seed``) and the image check's size limit. Checked once, here."""
 
+    seed: int = 0
+    val_split: float | None = None
+    folds: int | None = None
+    fold: int = 0
+    max_image_pixels: int | None = None
 
-def check_split_settings(val_split: float | None, folds: int | None, fold: int) -> None:
-    if val_split is not None and not 0 < val_split < 1:
-        raise UserValueError(f"data.val_split={val_split}: use null or a fraction in (0, 1)")
-    if folds is not None and not (folds >= 2 and 0 <= fold < folds):
-        raise UserValueError(
-            f"data.folds={folds} data.fold={fold}: use folds >= 2, 0 <= fold < folds"
-        )
+    def __post_init__(self) -> None:
+        if self.val_split is not None and not 0 < self.val_split < 1:
+            raise UserValueError(
+                f"data.val_split={self.val_split}: use null or a fraction in (0, 1)"
+            )
+        if self.folds is not None and not (self.folds >= 2 and 0 <= self.fold < self.folds):
+            raise UserValueError(
+                f"data.folds={self.folds} data.fold={self.fold}: use folds >= 2, 0 <= fold < folds"
+            )
+
+    @property
+    def makes_val(self) -> bool:
+        """Whether val comes from train, so a source needs no val split of its own."""
+        return self.val_split is not None or self.folds is not None
+
+    def held_out(self, kept: Items) -> Items:
+        """train and val as training uses them: K folds of both pooled (``folds``), or a
+        seeded, stratified part of train (``val_split``) where there is no val split."""
+        if self.folds is not None:
+            pooled = kept["train"] + kept.get("val", [])
+            kept["train"], kept["val"] = fold_split(pooled, self.folds, self.fold, self.seed)
+        elif "val" not in kept:
+            kept["train"], kept["val"] = stratified_split(kept["train"], self.val_split, self.seed)
+        return kept
 
 
 def no_val_error(where: str) -> UserFileNotFoundError:
@@ -108,16 +125,10 @@ class FolderLayout:
     def __init__(
         self,
         root: str | os.PathLike,
-        seed: int = 0,
-        val_split: float | None = None,
-        folds: int | None = None,
-        fold: int = 0,
-        max_image_pixels: int | None = None,
+        splitting: Splitting | None = None,
     ) -> None:
-        check_split_settings(val_split, folds, fold)
         self.root = Path(root).expanduser()
-        self.seed, self.val_split, self.folds, self.fold = seed, val_split, folds, fold
-        self.max_image_pixels = max_image_pixels
+        self.splitting = splitting or Splitting()
 
     @property
     def test_dir(self) -> Path:
@@ -143,7 +154,7 @@ class FolderLayout:
             raise UserFileNotFoundError(f"data.root={self.root}: no such folder.\n{LAYOUT}")
         if not (self.root / "train").is_dir():
             raise UserFileNotFoundError(f"data.root={self.root} has no train/ folder.\n{LAYOUT}")
-        if not self.has_val_dir() and self.val_split is None and self.folds is None:
+        if not self.has_val_dir() and not self.splitting.makes_val:
             raise UserFileNotFoundError(
                 f"data.root={self.root} has no val/ folder: add one, or hold out a seeded, "
                 f"stratified part of train with data.val_split=0.1.\n{LAYOUT}"
@@ -176,7 +187,7 @@ class FolderLayout:
         splits = ("train", "val") if self.has_val_dir() else ("train",)
         found = {split: labelled_files(self.root / split, names) for split in splits}
         every = [x for s in splits for x in found[s]]
-        readable = set(readable_samples(every, self.root, self.max_image_pixels))
+        readable = set(readable_samples(every, self.root, self.splitting.max_image_pixels))
         kept = {s: [x for x in found[s] if x in readable] for s in splits}
         empty = [
             str(self.root / split / names[c])
@@ -188,7 +199,7 @@ class FolderLayout:
                 "class folders without a readable image: " + ", ".join(empty) + ". Add "
                 "images or remove the folder (from train/ and val/ alike)."
             )
-        return held_out(kept, self.val_split, self.folds, self.fold, self.seed)
+        return self.splitting.held_out(kept)
 
 
 class CsvSource:
@@ -203,11 +214,7 @@ class CsvSource:
     def __init__(
         self,
         root: str | os.PathLike,
-        seed: int = 0,
-        val_split: float | None = None,
-        folds: int | None = None,
-        fold: int = 0,
-        max_image_pixels: int | None = None,
+        splitting: Splitting | None = None,
         csv: str | None = None,
         train_csv: str | None = None,
         val_csv: str | None = None,
@@ -216,10 +223,8 @@ class CsvSource:
         label_column: str = "label",
         split_column: str = "split",
     ) -> None:
-        check_split_settings(val_split, folds, fold)
         self.root = Path(root).expanduser()
-        self.seed, self.val_split, self.folds, self.fold = seed, val_split, folds, fold
-        self.max_image_pixels = max_image_pixels
+        self.splitting = splitting or Splitting()
         self.csv, self.csvs = csv, {"train": train_csv, "val": val_csv, "test": test_csv}
         self.image_column, self.label_column = image_column, label_column
         self.split_column = split_column
@@ -239,7 +244,7 @@ class CsvSource:
         rows = self.rows()
         if not rows.get("train"):
             raise UserValueError(f"{self._where('train')} has no train rows")
-        if "val" not in rows and self.val_split is None and self.folds is None:
+        if "val" not in rows and not self.splitting.makes_val:
             raise no_val_error(self._where("train"))
 
     def _where(self, split: str) -> str:
@@ -318,9 +323,9 @@ class CsvSource:
             if split != "test"
         }
         every = [x for rows in found.values() for x in rows]
-        readable = set(readable_samples(every, self.root, self.max_image_pixels))
+        readable = set(readable_samples(every, self.root, self.splitting.max_image_pixels))
         kept = {s: [x for x in rows if x in readable] for s, rows in found.items()}
-        return held_out(kept, self.val_split, self.folds, self.fold, self.seed)
+        return self.splitting.held_out(kept)
 
     def test_images(self) -> list[Path]:
         return [Path(p) for p, _ in self.rows().get("test", [])]
@@ -388,19 +393,14 @@ class HFSource:
     def __init__(
         self,
         root: str | os.PathLike,
-        seed: int = 0,
-        val_split: float | None = None,
-        folds: int | None = None,
-        fold: int = 0,
-        max_image_pixels: int | None = None,
+        splitting: Splitting | None = None,
         image_column: str = "image",
         label_column: str = "label",
         key_column: str | None = None,
     ) -> None:
-        check_split_settings(val_split, folds, fold)
         self.root = Path(root).expanduser()
         self.name = os.fspath(root)
-        self.seed, self.val_split, self.folds, self.fold = seed, val_split, folds, fold
+        self.splitting = splitting or Splitting()
         self.image_column, self.label_column, self.key_column = (
             image_column,
             label_column,
@@ -457,7 +457,7 @@ class HFSource:
         splits = self.splits()
         if "train" not in splits:
             raise UserValueError(f"data.root={self.name} has no train split")
-        if "val" not in splits and self.val_split is None and self.folds is None:
+        if "val" not in splits and not self.splitting.makes_val:
             raise no_val_error(f"data.root={self.name}")
 
     def _labels(self, split: str) -> list[str]:
@@ -486,7 +486,7 @@ class HFSource:
             for split in ("train", "val")
             if split in self.splits()
         }
-        return held_out(kept, self.val_split, self.folds, self.fold, self.seed)
+        return self.splitting.held_out(kept)
 
     def _keys(self) -> list[str]:
         test = self.splits().get("test")
