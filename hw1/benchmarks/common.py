@@ -137,6 +137,24 @@ def time_alternating(contenders: dict[str, Callable[[], object]], rounds: int) -
     return {name: statistics.median(t) for name, t in time_rounds(contenders, rounds).items()}
 
 
+def print_rates(rounds: dict[str, list[float]], per_round: float, width: int) -> None:
+    """Each contender's rate ``per_round / seconds``, median (min-max) over the rounds."""
+    for name, seconds in rounds.items():
+        rates = sorted(per_round / s for s in seconds)
+        print(f"{name:>{width}}: {statistics.median(rates):8.1f} ({rates[0]:.1f}-{rates[-1]:.1f})")
+
+
+def round_ratios(rounds: dict[str, list[float]], a: str, b: str) -> list[float]:
+    """``a``'s seconds over ``b``'s, round by round (the rounds ran side by side), sorted."""
+    return sorted(x / y for x, y in zip(rounds[a], rounds[b], strict=True))
+
+
+def print_ratio(label: str, ratios: list[float]) -> None:
+    """The per-round spread, then the ``ratio:`` line hw1.bench's callers parse."""
+    print(f"{label} per round: {ratios[0]:.2f}-{ratios[-1]:.2f}")
+    print(f"ratio: {statistics.median(ratios):.2f}")
+
+
 BENCH_CLASSES = [str(i) for i in range(100)]  # the report's 100 classes
 
 

@@ -25,6 +25,9 @@ from hw1.benchmarks.common import (
     cached_shards,
     make_photos,
     per_image_tta,
+    print_rates,
+    print_ratio,
+    round_ratios,
     simplejpeg_full,
     time_alternating,
     time_rounds,
@@ -114,28 +117,23 @@ def bench_loader(args: argparse.Namespace) -> None:
         f"{args.rounds} alternating rounds; images/s per worker, median (min-max); "
         "+ device: with what the data module does on the device, here this CPU"
     )
-    for name, seconds in rounds.items():
-        rates = sorted(args.images / workers / s for s in seconds)
-        print(f"{name:>22}: {statistics.median(rates):8.1f} ({rates[0]:.1f}-{rates[-1]:.1f})")
-
-    def vs(a: str, b: str) -> list[float]:
-        return sorted(x / y for x, y in zip(rounds[a], rounds[b], strict=True))
-
-    ceiling = vs("simplejpeg", "fast")
+    print_rates(rounds, args.images / workers, 22)
+    ceiling = round_ratios(rounds, "simplejpeg", "fast")
     print(
         f"fast vs its decoder's full-size decode-only rate: {statistics.median(ceiling):.0%} "
         f"({ceiling[0]:.0%}-{ceiling[-1]:.0%})"
     )
     for name in ("fast", "fast + device"):
-        ratios = vs("reference", name)
+        ratios = round_ratios(rounds, "reference", name)
         print(
             f"{name} vs reference: {statistics.median(ratios):.2f} "
             f"({ratios[0]:.2f}-{ratios[-1]:.2f})"
         )
     # The headline: a CPU-only run's loader against the reference's.
-    ratios = vs("reference", "fast, CPU run + device")
-    print(f"fast, CPU run + device vs reference per round: {ratios[0]:.2f}-{ratios[-1]:.2f}")
-    print(f"ratio: {statistics.median(ratios):.2f}")
+    print_ratio(
+        "fast, CPU run + device vs reference",
+        round_ratios(rounds, "reference", "fast, CPU run + device"),
+    )
 
 
 def lightning_fit(loader: DataLoader, args: argparse.Namespace, log_dir: str) -> None:
@@ -202,9 +200,7 @@ def bench_step(args: argparse.Namespace) -> None:
             f"{name:>12}: {statistics.median(per_batch):.3f} s per step "
             f"({per_batch[0]:.3f}-{per_batch[-1]:.3f})"
         )
-    ratios = sorted(f / p for f, p in zip(rounds["Trainer.fit"], rounds["plain loop"], strict=True))
-    print(f"Trainer.fit vs plain loop per round: {ratios[0]:.2f}-{ratios[-1]:.2f}")
-    print(f"ratio: {statistics.median(ratios):.2f}")
+    print_ratio("Trainer.fit vs plain loop", round_ratios(rounds, "Trainer.fit", "plain loop"))
 
 
 def bench_source_loader(args: argparse.Namespace) -> None:
@@ -230,9 +226,5 @@ def bench_source_loader(args: argparse.Namespace) -> None:
         f"{args.workers} workers, {args.rounds} alternating rounds; images/s per worker, "
         "median (min-max)"
     )
-    for name, seconds in rounds.items():
-        rates = sorted(args.images / workers / s for s in seconds)
-        print(f"{name:>8}: {statistics.median(rates):8.1f} ({rates[0]:.1f}-{rates[-1]:.1f})")
-    ratios = sorted(f / s for f, s in zip(rounds["folder"], rounds["litdata"], strict=True))
-    print(f"litdata vs folder per round: {ratios[0]:.2f}-{ratios[-1]:.2f}")
-    print(f"ratio: {statistics.median(ratios):.2f}")
+    print_rates(rounds, args.images / workers, 8)
+    print_ratio("litdata vs folder", round_ratios(rounds, "folder", "litdata"))
