@@ -107,6 +107,14 @@ class Splitting:
         return kept
 
 
+def readable_items(found: Items, root: Path, max_pixels: int | None) -> Items:
+    """Each split's items less the unreadable images, which the image check (a parallel
+    decode, cached in ``root``) lists in one warning."""
+    every = [x for rows in found.values() for x in rows]
+    readable = set(readable_samples(every, root, max_pixels))
+    return {s: [x for x in rows if x in readable] for s, rows in found.items()}
+
+
 def no_val_error(where: str) -> UserFileNotFoundError:
     return UserFileNotFoundError(
         f"{where} has no val split: add one, or hold out a seeded, stratified part of "
@@ -186,9 +194,7 @@ class FolderLayout:
         there is no val/ folder and data.val_split is set."""
         splits = ("train", "val") if self.has_val_dir() else ("train",)
         found = {split: labelled_files(self.root / split, names) for split in splits}
-        every = [x for s in splits for x in found[s]]
-        readable = set(readable_samples(every, self.root, self.splitting.max_image_pixels))
-        kept = {s: [x for x in found[s] if x in readable] for s in splits}
+        kept = readable_items(found, self.root, self.splitting.max_image_pixels)
         empty = [
             str(self.root / split / names[c])
             for split in splits
@@ -322,9 +328,7 @@ class CsvSource:
             for split, rows in self.rows().items()
             if split != "test"
         }
-        every = [x for rows in found.values() for x in rows]
-        readable = set(readable_samples(every, self.root, self.splitting.max_image_pixels))
-        kept = {s: [x for x in rows if x in readable] for s, rows in found.items()}
+        kept = readable_items(found, self.root, self.splitting.max_image_pixels)
         return self.splitting.held_out(kept)
 
     def test_images(self) -> list[Path]:
