@@ -13,3 +13,18 @@ class OutOfMemoryInPredict(L.Callback):
 
     def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory (raised by the test)")
+
+
+class OutOfMemoryInEvaluation(L.Callback):
+    """Lets the end-of-training prediction of the test folder through, then raises CUDA's
+    out-of-memory error in the next prediction: the evaluation's pass over val."""
+
+    def __init__(self) -> None:
+        self.predictions = 0
+
+    def on_predict_start(self, trainer, pl_module):
+        self.predictions += 1
+
+    def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        if self.predictions > 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (raised by the test)")

@@ -54,6 +54,26 @@ def test_a_failed_prediction_keeps_metrics_checkpoints_and_logs(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_failed_evaluation_keeps_the_prediction_and_says_it_was_the_evaluation(tmp_path):
+    root = tmp_path / "data"
+    make_hw1_folder(root, [str(i) for i in range(4)], train=8, val=2, test=2)
+    run_dir = tmp_path / "run"
+    fail = "+callbacks.oom._target_=failing_callbacks.OutOfMemoryInEvaluation"
+    proc = run(train_command(root, run_dir, "trainer.max_epochs=1", fail))
+
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    # the submission was written before the evaluation failed, and is not blamed
+    assert (run_dir / "prediction.csv").is_file() and metrics["prediction_csv"]
+    assert "prediction_error" not in metrics
+    oom = "OutOfMemoryError: CUDA out of memory (raised by the test)"
+    assert metrics["evaluation_error"] == oom
+    assert "the end-of-training evaluation (calibration and the full metrics) failed" in out
+    assert f"python -m hw1.eval ckpt_path={metrics['best_ckpt']} data.root={root}" in out
+
+
+@pytest.mark.slow
 def test_resume_takes_the_runs_own_overrides(tmp_path):
     root = tmp_path / "images"
     make_hw1_folder(root, [str(i) for i in range(4)], train=8, val=2, test=0)

@@ -127,8 +127,9 @@ def summary_text(metrics: dict[str, Any], run_dir: Path, tracked: Sequence[str] 
     for label, key in (("best ckpt", "best_ckpt"), ("prediction", "prediction_csv")):
         if metrics.get(key):
             lines.append(f"  {label:<14} {metrics[key]}")
-    if "prediction_error" in metrics:
-        lines.append(f"  prediction     FAILED: {metrics['prediction_error']}")
+    for label, key in (("prediction", "prediction_error"), ("evaluation", "evaluation_error")):
+        if key in metrics:
+            lines.append(f"  {label:<14} FAILED: {metrics[key]}")
     lines.append(f"  metrics        {run_dir / 'metrics.json'}")
     lines += tracked
     return "\n".join(lines)
@@ -205,25 +206,27 @@ def train_in(
     if trainer.is_global_zero:  # the fit's record, whatever predicting does
         write_atomically(run_dir / "metrics.json", json.dumps(metrics, indent=2))
 
+    again = f"python -m hw1.{HydraConfig.get().job.name} resume=true hydra.run.dir={run_dir}"
+    failed = "prediction_error"  # which step an error is reported against
     try:
-        again = f"python -m hw1.{HydraConfig.get().job.name} resume=true hydra.run.dir={run_dir}"
         with stopping_on_signal(trainer, "the end-of-training prediction", again):
             rows = predict_test_folder(trainer, model, datamodule, metrics["best_ckpt"])
         if rows is not None and trainer.is_global_zero:
             metrics |= write_prediction(rows, run_dir, datamodule.root)
         # Temperature scaling and the full metrics (test/... or val/...), after the
         # submission is safely written.
+        failed = "evaluation_error"
         metrics |= evaluate_and_calibrate(
             trainer, model, datamodule, metrics["best_ckpt"], cfg.calibrate
         )
     except Stopped as e:  # metrics.json and the checkpoints are kept; a resume predicts
-        metrics["prediction_error"] = f"stopped by {signal.Signals(e.signum).name}"
+        metrics[failed] = f"stopped by {signal.Signals(e.signum).name}"
         raise
     except Exception as e:
-        # Re-raised once the fit's outputs are complete: the run exits non-zero, as it
-        # delivered no prediction.csv, and the error is reported as any other.
-        metrics["prediction_error"] = f"{type(e).__name__}: {e}"
-        log.error(prediction_failed_text(cfg, metrics, datamodule.root))
+        # Re-raised once the fit's outputs are complete: the run exits non-zero, as it did
+        # not deliver all it was asked for, and the error is reported as any other.
+        metrics[failed] = f"{type(e).__name__}: {e}"
+        log.error(failed_step_text(cfg, metrics, datamodule.root))
         raise
     finally:
         metrics["wall_time_s"] = round(time.time() - start, 1)
@@ -232,18 +235,26 @@ def train_in(
     return metrics
 
 
-def prediction_failed_text(cfg: DictConfig, metrics: dict[str, Any], data_root: Path) -> str:
-    """What a failed end-of-training prediction kept, and how to predict again."""
+def failed_step_text(cfg: DictConfig, metrics: dict[str, Any], data_root: Path) -> str:
+    """What a failed end-of-training prediction or evaluation kept, and how to redo it."""
     ckpt = metrics["best_ckpt"] or metrics["last_ckpt"]
-    again = (
-        f"predict again with: python -m hw1.predict ckpt_path={ckpt} data.root={data_root} "
-        f"tta={cfg.tta}"
-        if ckpt
-        else "no checkpoint was saved to predict from"
-    )
+    if "prediction_error" in metrics:
+        again = (
+            f"predict again with: python -m hw1.predict ckpt_path={ckpt} "
+            f"data.root={data_root} tta={cfg.tta}"
+            if ckpt
+            else "no checkpoint was saved to predict from"
+        )
+        return (
+            "the end-of-training prediction failed, no prediction.csv: "
+            f"{metrics['prediction_error']}\nmetrics.json, the checkpoints and the logs are "
+            f"kept; {again}"
+        )
     return (
-        f"the end-of-training prediction failed, no prediction.csv: {metrics['prediction_error']}"
-        f"\nmetrics.json, the checkpoints and the logs are kept; {again}"
+        "the end-of-training evaluation (calibration and the full metrics) failed: "
+        f"{metrics['evaluation_error']}\nprediction.csv, metrics.json, the checkpoints and "
+        f"the logs are kept; evaluate again with: python -m hw1.eval ckpt_path={ckpt} "
+        f"data.root={data_root} calibrate={str(cfg.calibrate).lower()}"
     )
 
 

@@ -398,7 +398,8 @@ def finish(
 ) -> None:
     """The results on every logger (TensorBoard: with the settings, in its HPARAMS tab;
     the others: final/NAME metrics), the run's files as artifacts, and each run closed."""
-    status = "failed" if "prediction_error" in metrics else "success"
+    failed = "prediction_error" in metrics or "evaluation_error" in metrics
+    status = "failed" if failed else "success"
     results = {f"hparams/{k}": metrics.get(k) for k in ("best_val_acc", "best_epoch", "test_acc")}
     final = {f"final/{k}": metrics[k] for k in FINAL if isinstance(metrics.get(k), (int, float))}
     files = [run_dir / f for f in ARTIFACTS if (run_dir / f).is_file()]
