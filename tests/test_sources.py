@@ -12,8 +12,9 @@ import pytest
 import torch
 from conftest import datamodule, make_hw1_folder
 
+from hw1.data.csv_source import CsvSource
 from hw1.data.source_choice import make_source
-from hw1.data.sources import CsvSource, optional
+from hw1.data.sources import optional
 from hw1.utils.errors import UserRuntimeError, UserValueError
 
 CLASSES = ["0", "1", "10", "2"]  # numeric order: 0, 1, 2, 10

@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from hw1.data.csv_source import CsvSource
+from hw1.data.hf_source import HFSource
 from hw1.data.shards import ShardSource
-from hw1.data.sources import CsvSource, FolderLayout, HFSource, Source, Splitting
+from hw1.data.sources import FolderLayout, Source, Splitting
 from hw1.utils.errors import UserValueError
 
 SOURCES = ("folder", "csv", "hf", "litdata")

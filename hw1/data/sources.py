@@ -7,16 +7,16 @@ data module builds the same datasets and transforms over any of them.
 Every source answers the same small protocol (``Source``); the folder layout is the
 reference, and the others keep its rules: classes in numeric order when every name is an
 integer, val taken from train by ``val_split`` or ``folds``/``fold`` where the source has no
-val split, unreadable files listed and left out by the image check.
+val split, unreadable files listed and left out by the image check. This module holds the
+protocol, the shared settings and helpers, and the folder layout; the others live beside it
+(``csv_source``, ``hf_source``, ``shards``), and ``source_choice`` picks one by name.
 """
 
 from __future__ import annotations
 
-import csv
 import importlib
 import io
 import json
-import logging
 import os
 from collections import Counter
 from dataclasses import dataclass
@@ -34,14 +34,11 @@ from hw1.data.scan import (
     image_files,
     is_utf8,
     labelled_files,
-    ordered_class_names,
     readable_samples,
 )
 from hw1.data.splits import fold_split, stratified_split
 from hw1.transforms.decode import load_rgb
 from hw1.utils.errors import UserFileNotFoundError, UserRuntimeError, UserValueError
-
-log = logging.getLogger(__name__)
 
 Items = dict[str, list[tuple[Any, int]]]
 
@@ -206,314 +203,6 @@ class FolderLayout:
                 "images or remove the folder (from train/ and val/ alike)."
             )
         return self.splitting.held_out(kept)
-
-
-class CsvSource:
-    """Rows of ``image,label`` naming image files relative to ``data.root``: one CSV per
-    split (``train_csv``, ``val_csv``, ``test_csv``) or one CSV (``csv``) with a split
-    column (train, val, test). Test rows need no label; their file stem is their
-    prediction.csv key. Missing and unreadable files are listed and left out, as the
-    folder layout's are."""
-
-    read = None  # items are paths
-
-    def __init__(
-        self,
-        root: str | os.PathLike,
-        splitting: Splitting | None = None,
-        csv: str | None = None,
-        train_csv: str | None = None,
-        val_csv: str | None = None,
-        test_csv: str | None = None,
-        image_column: str = "image",
-        label_column: str = "label",
-        split_column: str = "split",
-    ) -> None:
-        self.root = Path(root).expanduser()
-        self.splitting = splitting or Splitting()
-        self.csv, self.csvs = csv, {"train": train_csv, "val": val_csv, "test": test_csv}
-        self.image_column, self.label_column = image_column, label_column
-        self.split_column = split_column
-        self._rows: dict[str, list[tuple[str, str | None]]] | None = None
-
-    def _path(self, name: str) -> Path:
-        return self.root / Path(name).expanduser()
-
-    def check(self) -> None:
-        if not self.root.is_dir():
-            raise UserFileNotFoundError(f"data.root={self.root}: no such folder")
-        if self.csv is None and self.csvs["train"] is None:
-            raise UserValueError(
-                "data.source=csv needs data.train_csv (and data.val_csv, data.test_csv) or "
-                "one data.csv with a split column"
-            )
-        rows = self.rows()
-        if not rows.get("train"):
-            raise UserValueError(f"{self._where('train')} has no train rows")
-        if "val" not in rows and not self.splitting.makes_val:
-            raise no_val_error(self._where("train"))
-
-    def _where(self, split: str) -> str:
-        return display_path(self._path(self.csv or self.csvs[split]))
-
-    def rows(self) -> dict[str, list[tuple[str, str | None]]]:
-        """(image path, label) per split present, read once."""
-        if self._rows is None:
-            if self.csv is not None:
-                self._rows = self._read(self._path(self.csv), split_column=self.split_column)
-            else:
-                self._rows = {}
-                for split, name in self.csvs.items():
-                    if name is not None:
-                        self._rows |= self._read(self._path(name), split=split)
-        return self._rows
-
-    def _read(
-        self, file: Path, split: str | None = None, split_column: str | None = None
-    ) -> dict[str, list[tuple[str, str | None]]]:
-        if not file.is_file():
-            raise UserFileNotFoundError(f"{display_path(file)}: no such CSV file")
-        with open(file, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            columns = reader.fieldnames or []
-            needed = [self.image_column] + ([split_column] if split_column else [])
-            if split != "test":
-                needed.append(self.label_column)
-            missing = [c for c in needed if c not in columns]
-            if missing:
-                raise UserValueError(
-                    f"{display_path(file)} has no column {', '.join(missing)} (its columns: "
-                    f"{', '.join(columns) or 'none'}): set data.image_column, "
-                    f"data.label_column or data.split_column"
-                )
-            out: dict[str, list[tuple[str, str | None]]] = {}
-            seen: dict[str, int] = {}
-            for line, row in enumerate(reader, start=2):
-                where = split or (row[split_column] or "").strip()
-                if where not in ("train", "val", "test"):
-                    raise UserValueError(
-                        f"{display_path(file)} row {line}: split {where!r}: use train, val or test"
-                    )
-                image = (row[self.image_column] or "").strip()
-                label = (row.get(self.label_column) or "").strip() or None
-                if image in seen:
-                    raise UserValueError(
-                        f"{display_path(file)} row {line}: {image} is listed again (first on "
-                        f"row {seen[image]}): keep one row per image"
-                    )
-                seen[image] = line
-                if where != "test" and label is None:
-                    raise UserValueError(f"{display_path(file)} row {line}: {image} has no label")
-                out.setdefault(where, []).append((os.fspath(self._path(image)), label))
-        return out
-
-    def class_names(self) -> list[str]:
-        """train's labels in hw1's order; a val label that train lacks is an error."""
-        rows = self.rows()
-        names = ordered_class_names({label for _, label in rows["train"]})
-        known = set(names)
-        for path, label in rows.get("val", []):
-            if label not in known:
-                raise UserValueError(
-                    f"{self._where('val')}: {display_path(path)} is labelled {label!r}, a "
-                    f"class that train does not have (train's: {', '.join(names[:20])}"
-                    f"{' ...' if len(names) > 20 else ''})"
-                )
-        return names
-
-    def labelled(self, names: list[str]) -> Items:
-        index = {n: i for i, n in enumerate(names)}
-        found = {
-            split: [(p, index[label]) for p, label in rows]
-            for split, rows in self.rows().items()
-            if split != "test"
-        }
-        kept = readable_items(found, self.root, self.splitting.max_image_pixels)
-        return self.splitting.held_out(kept)
-
-    def test_images(self) -> list[Path]:
-        return [Path(p) for p, _ in self.rows().get("test", [])]
-
-    def check_test_images(self, max_pixels: int | None) -> list[Path] | None:
-        """Test rows must all be readable: every one needs a row in prediction.csv."""
-        files = self.test_images()
-        if not files:
-            return None
-        readable = {
-            Path(p)
-            for p, _ in readable_samples([(os.fspath(f), 0) for f in files], self.root, max_pixels)
-        }
-        bad = [display_path(f) for f in files if f not in readable]
-        if bad:
-            raise UserValueError(
-                f"{len(bad)} test images of {self._where('test')} cannot be read: "
-                f"{', '.join(bad[:20])}. Fix or remove their rows."
-            )
-        return files
-
-    def test_set(self) -> Dataset | None:
-        files = self.test_images()
-        return UnlabeledImages(files=files) if files else None
-
-
-HF_SPLITS = {"train": ("train",), "val": ("validation", "val", "valid"), "test": ("test",)}
-
-
-class HFReader:
-    """An item's image file bytes from a Hugging Face dataset's image column (kept
-    undecoded: the train pipeline decodes JPEG bytes at the scale its crop needs)."""
-
-    def __init__(self, splits: dict, image_column: str) -> None:
-        self.splits, self.image_column = splits, image_column
-
-    def __call__(self, ref: tuple[str, int]) -> bytes:
-        split, row = ref
-        value = self.splits[split][row][self.image_column]
-        if value.get("bytes"):
-            return value["bytes"]
-        with open(value["path"], "rb") as f:
-            return f.read()
-
-
-def offline_datasets():
-    """``datasets``, kept from the network: hub names resolve from the local cache only
-    (its settings are read at import, hence the environment and the loaded modules)."""
-    os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"
-    datasets = optional("datasets", "hf")
-    hub = importlib.import_module("huggingface_hub.constants")
-    for module in (datasets.config, hub):
-        for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
-            if hasattr(module, name):
-                setattr(module, name, True)
-    return datasets
-
-
-class HFSource:
-    """A Hugging Face ``datasets`` dataset: saved with ``save_to_disk`` (``data.root`` its
-    folder), a local imagefolder or parquet folder, or a hub name already in the user's
-    cache (nothing is downloaded). Splits train, validation (or val) and test; the image
-    and label columns are configurable."""
-
-    def __init__(
-        self,
-        root: str | os.PathLike,
-        splitting: Splitting | None = None,
-        image_column: str = "image",
-        label_column: str = "label",
-        key_column: str | None = None,
-    ) -> None:
-        self.root = Path(root).expanduser()
-        self.name = os.fspath(root)
-        self.splitting = splitting or Splitting()
-        self.image_column, self.label_column, self.key_column = (
-            image_column,
-            label_column,
-            key_column,
-        )
-        self._splits: dict | None = None
-        self.read: HFReader | None = None
-
-    def splits(self) -> dict:
-        """{train, val, test: the dataset} for the splits present, images undecoded."""
-        if self._splits is None:
-            datasets = offline_datasets()
-            try:
-                if (self.root / "dataset_dict.json").is_file() or (
-                    self.root / "state.json"
-                ).is_file():
-                    loaded = datasets.load_from_disk(os.fspath(self.root))
-                else:
-                    loaded = datasets.load_dataset(self.name)
-            except (FileNotFoundError, ValueError, ConnectionError) as e:
-                raise UserFileNotFoundError(
-                    f"data.root={self.name}: not a datasets dataset on disk or in the local "
-                    f"cache (nothing is downloaded): {e}"
-                ) from None
-            if isinstance(loaded, datasets.Dataset):
-                loaded = {"train": loaded}
-            out = {}
-            for split, names in HF_SPLITS.items():
-                for name in names:
-                    if name in loaded:
-                        out[split] = self._undecoded(loaded[name], name, datasets)
-                        break
-            self._splits = out
-            self.read = HFReader(out, self.image_column)
-        return self._splits
-
-    def _undecoded(self, dataset, name: str, datasets):
-        columns = list(dataset.column_names)
-        if self.image_column not in columns:
-            raise UserValueError(
-                f"data.root={self.name} split {name} has no image column "
-                f"{self.image_column!r} (its columns: {', '.join(columns)}): set "
-                "data.image_column"
-            )
-        if name != "test" and self.label_column not in columns:
-            raise UserValueError(
-                f"data.root={self.name} split {name} has no label column "
-                f"{self.label_column!r} (its columns: {', '.join(columns)}): set "
-                "data.label_column"
-            )
-        return dataset.cast_column(self.image_column, datasets.Image(decode=False))
-
-    def check(self) -> None:
-        splits = self.splits()
-        if "train" not in splits:
-            raise UserValueError(f"data.root={self.name} has no train split")
-        if "val" not in splits and not self.splitting.makes_val:
-            raise no_val_error(f"data.root={self.name}")
-
-    def _labels(self, split: str) -> list[str]:
-        dataset = self.splits()[split]
-        feature = dataset.features[self.label_column]
-        values = dataset[self.label_column]
-        if hasattr(feature, "int2str"):  # a ClassLabel: its names, not its indices
-            return [feature.int2str(v) for v in values]
-        return [str(v) for v in values]
-
-    def class_names(self) -> list[str]:
-        names = ordered_class_names(set(self._labels("train")))
-        if "val" in self.splits():
-            unknown = sorted(set(self._labels("val")) - set(names))
-            if unknown:
-                raise UserValueError(
-                    f"data.root={self.name}: val labels that train does not have: "
-                    f"{', '.join(unknown[:20])}"
-                )
-        return names
-
-    def labelled(self, names: list[str]) -> Items:
-        index = {n: i for i, n in enumerate(names)}
-        kept = {
-            split: [((split, row), index[label]) for row, label in enumerate(self._labels(split))]
-            for split in ("train", "val")
-            if split in self.splits()
-        }
-        return self.splitting.held_out(kept)
-
-    def _keys(self) -> list[str]:
-        test = self.splits().get("test")
-        if test is None:
-            return []
-        if self.key_column is not None:
-            return [str(k) for k in test[self.key_column]]
-        paths = [v.get("path") for v in test[self.image_column]]
-        if all(paths) and len({Path(p).stem for p in paths}) == len(paths):
-            return [Path(p).stem for p in paths]
-        return [str(i) for i in range(len(test))]
-
-    def test_images(self) -> list[str]:
-        return self._keys()
-
-    def check_test_images(self, max_pixels: int | None) -> list[str] | None:
-        return self._keys() or None
-
-    def test_set(self) -> Dataset | None:
-        keys = self._keys()
-        return (
-            EncodedTest(self.read, [("test", i) for i in range(len(keys))], keys) if keys else None
-        )
 
 
 def load_encoded(data: bytes) -> Image.Image:
