@@ -14,6 +14,7 @@ from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 
 from hw1.check import report
 from hw1.training.callbacks import check_progress_bar
+from hw1.training.tuning import split_overrides
 from hw1.utils import progress as prog
 from hw1.utils.config import compose_config
 from hw1.utils.errors import UserRuntimeError, UserValueError
@@ -86,6 +87,8 @@ def test_progress_picks_the_training_bar():
     for name in ("distill", "check"):  # the commands that train through train.yaml's groups
         cfg = compose_config(["progress=rich"], config_name=name)
         assert cfg.callbacks.progress_bar._target_.endswith("RichProgressBar")
+    # hw1.tune hands it to every trial, whose config is train.yaml's
+    assert split_overrides(["n_trials=2", "progress=rich"]) == (["n_trials=2"], ["progress=rich"])
 
 
 def test_progress_rich_without_rich_names_the_extra(monkeypatch):
