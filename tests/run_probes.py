@@ -64,3 +64,10 @@ class BackboneChecksums(L.Callback):
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / f"rank{trainer.global_rank}.json"
         path.write_text(json.dumps(self.sums))
+
+
+class ProgressBarProbe(L.Callback):
+    """Prints which progress bar the run's trainer has (progress=tqdm or rich)."""
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        print(f"progress bar: {type(trainer.progress_bar_callback).__name__}", flush=True)

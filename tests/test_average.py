@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -47,7 +48,7 @@ def trained_like(seed: int) -> Classifier:
 def average_cfg(paths, output, root, *overrides):
     ckpts = ",".join(str(p) for p in paths)
     overrides = [f"ckpt_path=[{ckpts}]", f"output={output}", f"data.root={root}", *overrides]
-    return compose_config([*overrides, "data.num_workers=0", "device=cpu"], "average")
+    return compose_config([*overrides, "data.num_workers=0", "trainer.accelerator=cpu"], "average")
 
 
 def test_averaging_gives_the_mean_of_the_float_tensors_and_the_first_integer_buffers(tmp_path):
@@ -155,6 +156,19 @@ def test_checkpoints_of_other_models_are_refused_naming_the_file(tmp_path):
     assert not (tmp_path / "avg.ckpt").exists()
 
 
+def test_average_takes_the_trainer_keys_and_refuses_the_old_device_key(tmp_path):
+    """Every command says where it runs with trainer.accelerator / trainer.devices (issue 28):
+    the device= hw1.average took gets a message naming them, before any checkpoint is read."""
+    paths = [tmp_path / "missing_a.ckpt", tmp_path / "missing_b.ckpt"]
+    cfg = average_cfg(paths, tmp_path / "avg.ckpt", tmp_path, "device=cuda")
+    with pytest.raises(UserValueError, match=r"device=cuda: .*trainer\.accelerator=.*devices"):
+        average(cfg)
+    cfg = average_cfg(paths, tmp_path / "avg.ckpt", tmp_path, "trainer.devices=2")
+    with pytest.raises(UserValueError, match=r"trainer\.devices=2: .*one device"):
+        average(cfg)
+    assert cfg.trainer.accelerator == "cpu" and not (tmp_path / "avg.ckpt").exists()
+
+
 def test_the_averaged_checkpoint_is_read_by_eval_and_predict(tmp_path):
     root, _, out = averaged_pair(tmp_path, train=1, test=1, batch_size=8)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
@@ -186,11 +200,12 @@ def test_a_runs_top_k_checkpoints_average_from_the_command_line(tmp_path):
 
     out = tmp_path / "avg.ckpt"
     command = [sys.executable, "-m", "hw1.average", f"ckpt_path=[{','.join(map(str, top))}]"]
-    command += [f"output={out}", f"data.root={root}", "data.num_workers=0", "device=cpu"]
+    command += [f"output={out}", f"data.root={root}", "data.num_workers=0", "trainer=cpu"]
     command += [f"hydra.run.dir={tmp_path / 'avg_run'}"]
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    env = {**os.environ, "HW1_PROGRESS": "count"}  # the count a CI log gets, however short
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "BatchNorm statistics" in proc.stderr
+    assert "BatchNorm statistics from 1/1 batches" in proc.stderr.splitlines()
     assert Classifier.from_checkpoint(out).class_names == CLASSES
 
 

@@ -79,11 +79,14 @@ def test_a_training_runs_export_carries_its_metrics_command_and_data(trained_run
     assert meta["parity"]["safetensors"]["images"] == 8
 
 
-def test_an_ensemble_exports_as_one_network(exported, tmp_path):
+def test_an_ensemble_exports_as_one_network(exported, tmp_path, monkeypatch, capsys):
     root, ckpt, _ = exported
     other = save_tiny_checkpoint(tmp_path / "other.ckpt", seed=1)
     out = tmp_path / "ensemble"
+    monkeypatch.setenv("HW1_PROGRESS", "count")  # each format counted, as in a log
     export([str(ckpt), str(other)], ["torchscript"], out, str(root / "val"))
+    err = capsys.readouterr().err.splitlines()
+    assert "exported 1/1 formats" in err and "checked the parity of 1/1 formats" in err
     files = input_files(root / "test")
     together = load_classifier(out, tta="none").probs(files)
     separately = load_classifier([ckpt, other], device="cpu", tta="none").probs(files)

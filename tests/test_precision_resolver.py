@@ -113,3 +113,23 @@ def test_without_nvml_the_capability_is_unknown(monkeypatch):
     monkeypatch.setattr(resolver.ctypes, "CDLL", missing)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     assert resolver._nvml_compute_capability() is None
+
+
+def test_a_one_device_command_takes_the_trainer_keys():
+    """hw1.average and hw1.predict inputs= run without a Trainer, on the device the
+    Trainer's keys name (inference_device)."""
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolver.inference_device("auto", 1).type == expected
+    assert resolver.inference_device("cpu", [0]) == torch.device("cpu")
+    assert [resolver._one_index(d) for d in (1, "auto", [3], "2,")] == [0, 0, 3, 2]
+    for many in (2, [0, 1], "0,1"):
+        with pytest.raises(resolver.UserValueError, match="runs on one device"):
+            resolver._one_index(many)
+    with pytest.raises(resolver.UserValueError, match="trainer.accelerator=tpu: use auto"):
+        resolver.inference_device("tpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a machine without a CUDA GPU")
+def test_asking_for_a_gpu_on_a_machine_without_one_says_so():
+    with pytest.raises(resolver.UserValueError, match="no CUDA GPU is visible"):
+        resolver.inference_device("gpu", [0])

@@ -146,8 +146,9 @@ def test_views_normalised_on_the_device_keep_the_predictions_bytes(trained_run, 
 
 
 @pytest.mark.slow
-def test_ensemble_is_the_mean_of_its_members(trained_run, tmp_path):
+def test_ensemble_is_the_mean_of_its_members(trained_run, tmp_path, monkeypatch, capsys):
     root, _, run_dir = trained_run
+    monkeypatch.setenv("HW1_PROGRESS", "count")  # a log's count of the ensemble's members
     best = run_dir / "checkpoints" / "best.ckpt"
     other = tmp_path / "other.ckpt"  # the same model, other weights
     ckpt = torch.load(best, map_location="cpu", weights_only=True)
@@ -157,6 +158,9 @@ def test_ensemble_is_the_mean_of_its_members(trained_run, tmp_path):
     for name, paths in {"a": f"{best}", "b": f"{other}", "ab": f"[{best},{other}]"}.items():
         run_predict(root, tmp_path / f"{name}.csv", f"ckpt_path={paths}", "save_probs=true")
         probs[name] = np.load(tmp_path / f"{name}.probs.npz")
+        counts = [line for line in capsys.readouterr().err.splitlines() if " checkpoints" in line]
+        counted = [f"predicted (tta=report) with {i}/2 checkpoints" for i in (1, 2)]
+        assert counts == (counted if name == "ab" else [])
     np.testing.assert_allclose(
         probs["ab"]["probs"], (probs["a"]["probs"] + probs["b"]["probs"]) / 2, atol=1e-6
     )

@@ -59,6 +59,17 @@ def test_a_nested_folder_from_a_checkpoint_and_an_export_gives_the_same_top1(
     assert all(float(r[2]) >= float(r[4]) >= float(r[6]) for r in from_ckpt[1:])
 
 
+def test_many_inputs_are_counted_on_the_device_the_trainer_keys_name(
+    exported, photos, tmp_path, monkeypatch, capsys
+):
+    _, ckpt, _ = exported
+    monkeypatch.setenv("HW1_PROGRESS", "count")
+    run(ckpt, tmp_path / "p.csv", f"inputs={photos}", "data.batch_size=4")
+    assert "predicted 2/2 batches" in capsys.readouterr().err.splitlines()  # six images
+    with pytest.raises(UserError, match=r"trainer\.devices=\[0, 1\]: .*one device"):
+        run(ckpt, tmp_path / "q.csv", f"inputs={photos}", "trainer.devices=[0,1]")
+
+
 def test_inputs_takes_a_file_a_glob_or_a_list_of_paths(exported, photos, tmp_path):
     _, _, folder = exported
     one = sorted(photos.rglob("*.png"))[0]

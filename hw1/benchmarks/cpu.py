@@ -138,8 +138,8 @@ def bench_loader(args: argparse.Namespace) -> None:
 
 def lightning_fit(loader: DataLoader, args: argparse.Namespace, log_dir: str) -> None:
     """Trainer.fit as a user's run does it: TensorBoard logging, the metrics, the progress
-    bar and the learning-rate and image callbacks of conf/callbacks/default.yaml (no
-    checkpoint file: the plain loop writes none either)."""
+    bar of conf/progress/tqdm.yaml and the learning-rate and image callbacks of
+    conf/callbacks/default.yaml (no checkpoint file: the plain loop writes none either)."""
     model = bench_classifier(args.arch, args.size)
     trainer = L.Trainer(
         accelerator="cpu",

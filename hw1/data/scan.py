@@ -22,6 +22,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extensi
 from hw1.transforms.decode import load_rgb, pillow_limit_lifted
 from hw1.utils.errors import UserFileNotFoundError, UserValueError
 from hw1.utils.io import write_atomically
+from hw1.utils.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -312,7 +313,10 @@ def inspect_images(
         else:
             todo.append(f)
     with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
-        found.update(zip(todo, pool.map(lambda f: _inspect(f, limit), todo), strict=True))
+        results = pool.map(lambda f: _inspect(f, limit), todo)
+        if todo:  # a bar or a count on a big folder's first check (hw1.utils.progress)
+            results = progress(results, "checked", "images", total=len(todo))
+        found.update(zip(todo, results, strict=True))
     checked = [f for f in todo if found[f].problem != MISSING]
     if cache_file is not None and checked:
         cache.update({keys[f]: [*fresh[keys[f]], *found[f]] for f in checked})

@@ -34,6 +34,7 @@ from hw1.inference.runtime import (
 from hw1.transforms.presets import EvalSpec
 from hw1.utils.errors import UserValueError
 from hw1.utils.io import csv_text, write_atomically
+from hw1.utils.precision import inference_device
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +120,7 @@ def predict_inputs(cfg: DictConfig, paths: list[Path]) -> Path:
     clf = load_classifier(
         [str(p) for p in paths],
         runtime=cfg.runtime,
+        device=chosen_device(cfg),
         tta=cfg.tta,
         seed=cfg.seed,
         batch_size=cfg.data.batch_size,
@@ -132,7 +134,7 @@ def predict_inputs(cfg: DictConfig, paths: list[Path]) -> Path:
         output = output_path(cfg, f"predictions.{cfg.format}")
         topk = check_topk(cfg.topk, len(clf.class_names))  # before any image is read
         good, skipped = readable_inputs(files, cfg.data.max_image_pixels)
-        predictions = clf.predict(good, topk=topk)
+        predictions = clf.predict(good, topk=topk, show_progress=True)
         write_atomically(output, prediction_text(predictions, cfg.format))
         summary |= {"predictions": str(output), "images": len(predictions), "topk": topk}
         summary["skipped"] = skipped
@@ -140,10 +142,20 @@ def predict_inputs(cfg: DictConfig, paths: list[Path]) -> Path:
     return output
 
 
+def chosen_device(cfg: DictConfig) -> torch.device | None:
+    """trainer.accelerator and trainer.devices, as the Trainer of hw1.predict's checkpoint
+    path takes them; None (the runtime's default: CUDA if there is one, ONNX on the CPU)
+    for the defaults."""
+    trainer = cfg.trainer
+    if str(trainer.accelerator) == "auto" and str(trainer.devices) in ("1", "auto"):
+        return None
+    return inference_device(trainer.accelerator, trainer.devices)
+
+
 def write_submission(clf: ImageClassifier, files: list[Path], output: Path) -> dict[str, int]:
     """The competition CSV (image name, label) of the test images, as hw1.predict writes it."""
     from hw1.inference.predictor import submission_rows
 
-    rows = submission_rows([f.stem for f in files], clf.probs(files), clf.class_names)
+    rows = submission_rows([f.stem for f in files], clf.probs(files, True), clf.class_names)
     write_atomically(output, csv_text([("image_name", "pred_label"), *rows]))
     return {"images": len(rows)}

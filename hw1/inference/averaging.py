@@ -24,7 +24,6 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.optim.swa_utils import update_bn
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from hw1.data.datasets import ClassFolders
 from hw1.data.scan import display_path, labelled_files, readable_samples
@@ -34,6 +33,8 @@ from hw1.transforms.device import FinishOnDevice
 from hw1.transforms.presets import EvalSpec, eval_preset
 from hw1.utils.errors import UserFileNotFoundError, UserValueError, require_positive
 from hw1.utils.io import check_writable_file, write_atomically
+from hw1.utils.precision import inference_device
+from hw1.utils.progress import progress
 from hw1.utils.signals import SignalLatch, latched, stop_if_signalled
 from hw1.utils.weights import load_checkpoint
 
@@ -151,8 +152,8 @@ def recalibrate_batch_norm(
     """Recompute the running statistics of ``model``'s BatchNorm layers as the average over
     ``batches`` (update_bn's cumulative average), with a progress bar."""
     kept = frozen_norms(model)
-    bar = tqdm(batches, total=total, desc="BatchNorm statistics", unit="batch")
-    update_bn(bar, BatchNormPass(model))
+    shown = progress(batches, "BatchNorm statistics from", "batches", total=total)
+    update_bn(shown, BatchNormPass(model))
     modules = dict(model.named_modules())
     for name, buffers in kept.items():
         modules[name].load_state_dict(buffers)
@@ -196,6 +197,12 @@ def average(cfg: DictConfig) -> Path:
     output = Path(cfg.output)
     check_writable_file(output, "output")
     require_positive(data__batch_size=cfg.data.batch_size)
+    if cfg.get("device") is not None:  # the key hw1.average took before it took trainer.*
+        raise UserValueError(
+            f"device={cfg.device}: hw1.average takes the keys of the other commands now: "
+            "trainer.accelerator=cpu|gpu|auto and trainer.devices=[N] for GPU N"
+        )
+    device = inference_device(cfg.trainer.accelerator, cfg.trainer.devices)
     paths = checkpoint_paths(cfg.ckpt_path)
     ckpt = averaged_checkpoint(load_checkpoints(paths), paths)
     model = Classifier.from_checkpoint(paths[0])
@@ -203,7 +210,6 @@ def average(cfg: DictConfig) -> Path:
     dataset = training_images(Path(cfg.data.root), model, cfg.data.max_image_pixels)
 
     L.seed_everything(cfg.seed)
-    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(device)
     loader = DataLoader(
         dataset,

@@ -55,6 +55,7 @@ from hw1.utils.errors import (
     import_extra,
 )
 from hw1.utils.io import temporary_beside, write_atomically
+from hw1.utils.progress import progress
 
 # The parity check's tolerance on logits, fp32 on the CPU.
 PARITY_ATOL = 1e-4
@@ -212,7 +213,7 @@ def write_formats(
         "safetensors": lambda p: write_safetensors(net, p),
     }
     files = {}
-    for name in formats:
+    for name in progress(formats, "exported", "formats", each=True):
         path = folder / FORMAT_FILES[name]
         writers[name](path)
         files[name] = {"file": path.name, "sha256": sha256(path)}
@@ -227,7 +228,7 @@ def check_parity(
     with torch.inference_mode():
         reference = net(batch)
     figures, wrong = {}, []
-    for name in meta["files"]:
+    for name in progress(list(meta["files"]), "checked the parity of", "formats", each=True):
         member = export_member(folder, meta, name, torch.device("cpu"))
         with torch.inference_mode():
             logits = member.logits(batch).float()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from hw1.models.classifier import Classifier
 from hw1.transforms.presets import EvalSpec
 from hw1.utils.errors import UserFileNotFoundError, UserValueError, require_positive
 from hw1.utils.io import check_writable_file, csv_text, write_atomically
+from hw1.utils.progress import progress
 from hw1.utils.signals import SignalLatch, latched, stop_if_signalled
 
 
@@ -60,7 +61,11 @@ def ensemble_probs(
     """(keys in dataset order, mean class probabilities over models and views)."""
     keys: list[Any] = []
     total = None
-    for model in models:
+    # an ensemble: a count of its checkpoints beside Lightning's bar of each one's batches
+    each: Iterable[Classifier] = models
+    if len(models) > 1:
+        each = progress(models, f"predicted (tta={tta}) with", "checkpoints", each=True)
+    for model in each:
         spec = EvalSpec.from_dict(model.hparams.preprocess)
         loader = view_loader(dataset, spec, tta, seed, batch_size, num_workers)
         # Under DDP every process gets the same rows in the same order: the models add up.

@@ -15,7 +15,7 @@ import json
 import math
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from hw1.transforms.device import FinishOnDevice
 from hw1.transforms.presets import EvalSpec, ViewStack, eval_transform
 from hw1.utils.errors import UserFileNotFoundError, UserValueError, import_extra
 from hw1.utils.io import csv_text
+from hw1.utils.progress import progress
 
 MODEL_JSON = "model.json"
 # model.json's layout; a reader of another version says so rather than misreading it.
@@ -159,32 +160,43 @@ class ImageClassifier:
         )
 
     @torch.inference_mode()
-    def probs(self, images: Sequence[str | os.PathLike | Image.Image]) -> torch.Tensor:
+    def probs(
+        self, images: Sequence[str | os.PathLike | Image.Image], show_progress: bool = False
+    ) -> torch.Tensor:
         """(images, classes) probabilities, in the order given: the mean over the members
-        and the test-time views."""
+        and the test-time views. ``show_progress``: a bar or a count of the batches on
+        stderr (hw1.utils.progress), as hw1.predict shows."""
         dataset = ImageInputs(images)
-        total = None
-        for member in self.members:
-            finish = FinishOnDevice(member.spec.mean, member.spec.std)
-            loader = view_loader(
-                dataset, member.spec, self.tta, self.seed, self.batch_size, self.num_workers
-            )
-            probs = torch.cat(
-                [view_probs(member, finish(x.to(self.device))).cpu() for x, _ in loader]
-            )
-            total = probs if total is None else total + probs
-        return total / len(self.members)
+        loaders = [
+            view_loader(dataset, m.spec, self.tta, self.seed, self.batch_size, self.num_workers)
+            for m in self.members
+        ]
+        batches: Iterable[tuple[int, torch.Tensor]] = (
+            (i, x) for i, loader in enumerate(loaders) for x, _ in loader
+        )
+        if show_progress:
+            batches = progress(batches, "predicted", "batches", sum(len(lo) for lo in loaders))
+        finishes = [FinishOnDevice(m.spec.mean, m.spec.std) for m in self.members]
+        per_member: list[list[torch.Tensor]] = [[] for _ in self.members]
+        for i, x in batches:
+            member = self.members[i]
+            per_member[i].append(view_probs(member, finishes[i](x.to(self.device))).cpu())
+        return sum(torch.cat(probs) for probs in per_member) / len(self.members)
 
     def predict(
-        self, images: str | os.PathLike | Image.Image | Sequence[Any], topk: int | None = None
+        self,
+        images: str | os.PathLike | Image.Image | Sequence[Any],
+        topk: int | None = None,
+        show_progress: bool = False,
     ) -> list[Prediction]:
         """The top-k labels and probabilities of each image (one image, or a list of paths
-        and PIL images), in the order given; ``topk`` defaults to 5 (at most the classes)."""
+        and PIL images), in the order given; ``topk`` defaults to 5 (at most the classes);
+        ``show_progress`` as ``probs``'."""
         items = [images] if isinstance(images, (str, os.PathLike, Image.Image)) else list(images)
         k = check_topk(topk, len(self.class_names))
         if not items:
             return []
-        values, indices = self.probs(items).topk(k, dim=1)
+        values, indices = self.probs(items, show_progress).topk(k, dim=1)
         return [
             Prediction(
                 image_name(item, i),

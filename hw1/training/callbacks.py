@@ -4,10 +4,20 @@ safe to stop and resume is in ``hw1.training.stopping`` and ``hw1.training.check
 from __future__ import annotations
 
 import lightning as L
+from omegaconf import DictConfig
 
 from hw1.reporting.figures import confusion_image, hwc, labelled_grid, to_uint8
 from hw1.training.tracking import has_image_logger, log_image
 from hw1.transforms.presets import EvalSpec
+from hw1.utils.errors import import_extra
+
+
+def check_progress_bar(callbacks: DictConfig) -> None:
+    """progress=rich needs rich (``hw1[rich]``): refused in one line before the data is
+    read, rather than by Lightning's ModuleNotFoundError from inside Hydra's instantiate."""
+    bar = callbacks.get("progress_bar")
+    if bar is not None and str(bar.get("_target_", "")).endswith(".RichProgressBar"):
+        import_extra("rich", "rich", "progress=rich")
 
 
 def _draws(trainer: L.Trainer) -> bool:

@@ -29,6 +29,7 @@ from hw1.inference.averaging import check_swa
 from hw1.inference.predictor import predict_rows, stopping_on_signal, submission_rows
 from hw1.models.classifier import Classifier
 from hw1.training import tracking
+from hw1.training.callbacks import check_progress_bar
 from hw1.training.checkpoint_io import last_checkpoint, remove_stale_temporaries
 from hw1.training.final_metrics import evaluate_and_calibrate
 from hw1.training.init_from import check_start, load_weights
@@ -172,6 +173,7 @@ def train_in(
     require_multirun_for_a_family(cfg)
     check_start(cfg.init_from, cfg.ckpt_path)
     tracking.check_stores(cfg)  # an unreachable tracking server stops the run before anything
+    check_progress_bar(cfg.callbacks)  # progress=rich without rich: before anything either
     use_tensor_cores()
     L.seed_everything(cfg.seed, workers=True)
     start = time.time()

@@ -1,11 +1,14 @@
 """The defaults that follow trainer.accelerator, trainer.precision and model.channels_last,
-decided without initialising CUDA."""
+decided without initialising CUDA; the one device of a command that runs without a Trainer."""
 
 import ctypes
 import logging
 import os
+from collections.abc import Sequence
 
 import torch
+
+from hw1.utils.errors import UserValueError
 
 log = logging.getLogger(__name__)
 
@@ -73,3 +76,45 @@ def use_tensor_cores() -> None:
     newer): several times faster, and Lightning warns on such a GPU until it is set. Set
     here only, for every command that trains (hw1.train, hw1.distill, hw1.tune)."""
     torch.set_float32_matmul_precision("high")
+
+
+def inference_device(accelerator: str = "auto", devices: object = 1) -> torch.device:
+    """The one device of a command that runs its model outside a Trainer (hw1.average's
+    BatchNorm pass, hw1.predict's ``inputs=``), from the keys every command takes:
+    ``trainer.accelerator`` (auto: CUDA when there is one, else the CPU; cpu; gpu or cuda;
+    mps) and ``trainer.devices`` (1, or ``[N]`` for the GPU numbered N)."""
+    accelerator = str(accelerator).lower()
+    if accelerator not in ("auto", "cpu", "gpu", "cuda", "mps"):
+        raise UserValueError(f"trainer.accelerator={accelerator}: use auto, cpu, gpu or mps")
+    index = _one_index(devices)
+    if accelerator == "auto":
+        accelerator = "cuda" if torch.cuda.is_available() else "cpu"
+    if accelerator == "cpu":
+        return torch.device("cpu")
+    if accelerator == "mps":
+        return torch.device("mps")
+    if not torch.cuda.is_available():
+        raise UserValueError(
+            f"trainer.accelerator={accelerator}, but no CUDA GPU is visible: "
+            "trainer.accelerator=cpu (or auto)"
+        )
+    return torch.device("cuda", index)
+
+
+def _one_index(devices: object) -> int:
+    """The GPU index ``trainer.devices`` names for a one-device command: 1 or auto is the
+    first; ``[N]`` (or ``"N,"``) is GPU N; more than one is refused."""
+    if isinstance(devices, str):
+        parts = [p for p in devices.split(",") if p.strip()]
+        if devices.strip() in ("auto", "1", "-1"):
+            return 0
+        if "," in devices and len(parts) == 1 and parts[0].strip().isdigit():
+            return int(parts[0])
+    elif isinstance(devices, int) and devices in (1, -1):
+        return 0
+    elif isinstance(devices, Sequence) and len(devices) == 1 and isinstance(devices[0], int):
+        return devices[0]
+    raise UserValueError(
+        f"trainer.devices={devices}: this command runs on one device: trainer.devices=1, or "
+        "trainer.devices=[N] for the GPU numbered N"
+    )
