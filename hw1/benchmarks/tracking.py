@@ -38,12 +38,12 @@ def demo_logging(loggers: list[Logger], run_dir: Path, epochs: int) -> None:
             step += 1
             if step % EVERY == 0:
                 for logger in loggers:
-                    logger.log_metrics({"train/loss_step": 1.0, "lr-AdamW": 1e-3}, step)
+                    logger.log_metrics({"train/loss_step": 1.0, "lr/all": 1e-3}, step)
             if epoch == 0 and batch == 0:
                 tracking.log_image(loggers, "train/augmented", image, step)
         epoch_end = {"val/loss": 1.0, "val/acc": 0.5, "train/loss": 1.0, "train/acc": 0.5}
         for logger in loggers:
-            logger.log_metrics({**epoch_end, "train/lr": 1e-3, "epoch": epoch}, step)
+            logger.log_metrics({**epoch_end, "epoch": epoch}, step)
     tracking.log_image(loggers, "val/confusion", image, step)
     metrics = {"best_val_acc": 0.8, "epochs": epochs}
     (run_dir / "metrics.json").write_text(json.dumps(metrics))

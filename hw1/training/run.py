@@ -30,7 +30,7 @@ from hw1.inference.predictor import predict_rows, stopping_on_signal, submission
 from hw1.models.classifier import Classifier
 from hw1.training import tracking
 from hw1.training.checkpoint_io import last_checkpoint, remove_stale_temporaries
-from hw1.training.final_metrics import evaluate_and_calibrate
+from hw1.training.final_metrics import evaluate_and_calibrate, scored_split
 from hw1.training.init_from import check_start, load_weights
 from hw1.training.resume import resume_point, save_run_config
 from hw1.utils.errors import UserValueError
@@ -192,7 +192,8 @@ def train_in(
     # hyper-parameters kept for the checkpoint.
     model.save_hyperparameters(dict(model.hparams), logger=False)
     if trainer.is_global_zero:
-        tracking.start(trainer.loggers, run_dir, flat_hparams(cfg))
+        tags = tracking.hparams_metrics(scored_split(datamodule))
+        tracking.start(trainer.loggers, run_dir, flat_hparams(cfg), tags)
 
     ckpt_path = resume_point(cfg, trainer, model)
     if trainer.is_global_zero:
