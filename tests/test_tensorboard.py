@@ -64,10 +64,14 @@ def test_the_hparams_tab_has_the_short_list_and_the_metrics_even_before_the_end(
 
 
 def test_the_short_list_is_the_chosen_groups_the_main_keys_and_the_command_lines():
-    params = {"model.arch": "resnet18", "model._target_": "x.y", "optim.lr": 0.1,
-              "optim.eps": 1e-8, "loss.label_smoothing": 0.1, "seed": 1, "tta": "report"}  # fmt: skip
-    choices = {"model": "resnet18", "optim": "adamw", "loss": "smoothing", "logger": "csv",
-               "experiment": None}  # fmt: skip
+    params = {
+        "model.arch": "resnet18", "model._target_": "x.y", "optim.lr": 0.1, "optim.eps": 1e-8,
+        "loss.label_smoothing": 0.1, "seed": 1, "tta": "report",
+    }  # fmt: skip
+    choices = {
+        "model": "resnet18", "optim": "adamw", "loss": "smoothing", "logger": "csv",
+        "experiment": None,
+    }  # fmt: skip
     short = tracking.hparams_settings(params, choices, ["loss", "optim.eps"])
     assert short == {
         "model": "resnet18", "optim": "adamw", "loss": "smoothing",
