@@ -52,6 +52,27 @@ def grad_cam(model: Classifier, x: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     return maps / peak, probs
 
 
+def require_captum() -> None:
+    """Fails at once, with the one-line message, when captum is not installed."""
+    _captum()
+
+
+def cam_overlays(model: Classifier, files: Sequence[Path]) -> dict[Path, np.ndarray]:
+    """Each readable file's Grad-CAM overlay for its top class, on the image as the model
+    saw it (uint8 (H, W, 3)); an unreadable file has none."""
+    spec = EvalSpec.from_dict(model.hparams.preprocess)
+    preset, finish = eval_preset(spec), FinishOnDevice(spec.mean, spec.std)
+    out = {}
+    for path in files:
+        try:
+            seen = preset(load_rgb(path))
+        except (OSError, ValueError):
+            continue
+        heat, _ = grad_cam(model, finish(seen[None]))
+        out[path] = heat_overlay(seen.permute(1, 2, 0).numpy(), heat[0].numpy())[0]
+    return out
+
+
 def explain_files(
     model: Classifier, files: Sequence[Path], tile: int = 224
 ) -> tuple[dict[Path, Image.Image], list[str]]:
