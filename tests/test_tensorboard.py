@@ -54,7 +54,7 @@ def test_the_hparams_tab_has_the_short_list_and_the_metrics_even_before_the_end(
     assert not acc.Tags()["scalars"]
 
     finished = {"best_val_acc": 0.75, "best_epoch": 2, "test_acc": 0.7, "epochs": 2}
-    tracking.finish([logger], params, finished, tmp_path, step=10)
+    tracking.finish([logger], finished, tmp_path, step=10)
     acc = events(tmp_path / "tb")
     assert {"val/best_acc", "val/best_epoch", "test/prediction_acc"} <= set(acc.Tags()["scalars"])
     assert acc.Scalars("val/best_acc")[-1].value == pytest.approx(0.75)

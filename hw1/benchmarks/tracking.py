@@ -30,7 +30,9 @@ def demo_logging(loggers: list[Logger], run_dir: Path, epochs: int) -> None:
     for logger in loggers:
         if isinstance(logger, MLFlowLogger):
             _ = logger.run_id  # tracking.start opens the run
-        if not isinstance(logger, TensorBoardLogger):
+        if isinstance(logger, TensorBoardLogger):
+            tracking.start_hparams(logger, params, tracking.hparams_metrics("test"))
+        else:
             logger.log_hyperparams(params)
     step = 0
     for epoch in range(epochs):
@@ -48,7 +50,7 @@ def demo_logging(loggers: list[Logger], run_dir: Path, epochs: int) -> None:
     metrics = {"best_val_acc": 0.8, "epochs": epochs}
     (run_dir / "metrics.json").write_text(json.dumps(metrics))
     (run_dir / "prediction.csv").write_text("image_name,pred_label\n" + "img,1\n" * 500)
-    tracking.finish(loggers, params, metrics, run_dir, step)
+    tracking.finish(loggers, metrics, run_dir, step)
 
 
 def one_run(kind: str, base: Path, name: str, epochs: int) -> float:

@@ -326,5 +326,5 @@ def write_run_outputs(
     """metrics.json, the results and files on every logger (the settings and results in
     TensorBoard's HPARAMS tab), and the console summary."""
     write_atomically(run_dir / "metrics.json", json.dumps(metrics, indent=2))
-    tracking.finish(trainer.loggers, flat_hparams(cfg), metrics, run_dir, trainer.global_step)
+    tracking.finish(trainer.loggers, metrics, run_dir, trainer.global_step)
     print(summary_text(metrics, run_dir, tracking.summary_lines(trainer.loggers, run_dir)))

@@ -499,7 +499,6 @@ def log_image(loggers: Iterable[Logger], tag: str, image: np.ndarray, step: int)
 
 def finish(
     loggers: Iterable[Logger],
-    params: dict[str, Any],
     metrics: dict[str, Any],
     run_dir: Path,
     step: int,
