@@ -80,9 +80,9 @@ def test_tensorboard_has_the_curves_images_and_hparams(trained_run):
     tags = events.Tags()
     scalars = set(tags["scalars"])
     assert {"train/loss", "train/acc", "val/loss", "val/acc", "lr/all"} <= scalars
-    # TensorBoard groups the scalars by their first part: these four and nothing else
-    # (no epoch, no hp_metric, no hparams/).
-    assert {t.split("/")[0] for t in scalars} == {"train", "val", "test", "lr"}, scalars
+    # TensorBoard groups the scalars by their first part: these and nothing else (no
+    # epoch, no hp_metric, no hparams/; no test/ either, as this data has no test answers).
+    assert {t.split("/")[0] for t in scalars} == {"train", "val", "lr"}, scalars
     per_step = [e.step + 1 for e in events.Scalars("lr/all")]  # every log_every_n_steps
     assert per_step == list(range(10, 8 * 7 + 1, 10))  # 8 epochs of 7 batches
     assert {"train/augmented", "val/confusion"} <= set(tags["images"])
