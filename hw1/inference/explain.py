@@ -5,6 +5,7 @@ optional extra ``hw1[explain]``, as only ``hw1.explain`` needs it."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from hw1.transforms.presets import EvalSpec, eval_preset
 from hw1.utils.errors import UserRuntimeError
 
 INSTALL = 'Grad-CAM needs captum: pip install "hw1[explain]"'
+log = logging.getLogger(__name__)
 
 
 def _captum():
@@ -46,6 +48,12 @@ def grad_cam(model: Classifier, x: torch.Tensor) -> tuple[torch.Tensor, torch.Te
         probs = model.predict_probs(x)
     cam = attr.LayerGradCam(model, last_stage(model))
     maps = cam.attribute(x, target=probs.argmax(dim=1), relu_attributions=True)
+    if maps.shape[-2:].numel() == 1:
+        log.warning(
+            "Grad-CAM: at %d px the last stage's map is 1 x 1, so the heat map is flat; "
+            "it needs images of about 64 px or more (the checkpoint's crop)",
+            x.shape[-1],
+        )
     maps = attr.LayerAttribution.interpolate(maps, tuple(x.shape[-2:]), "bilinear")
     maps = maps.detach()[:, 0].clamp(min=0)
     peak = maps.flatten(1).amax(dim=1).clamp(min=1e-12).view(-1, 1, 1)
