@@ -182,7 +182,11 @@ def test_training_ends_calibrated_with_the_full_metrics_logged(trained_run):
 
     _, _, run_dir = trained_run
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert 0 < metrics["temperature"] != 1.0
+    if metrics["best_val_acc"] == 1.0:  # no mistake on val: no temperature minimises its NLL
+        assert metrics["temperature"] == 1.0
+        assert "all classified correctly" in (run_dir / "train.log").read_text()
+    else:
+        assert 0 < metrics["temperature"] != 1.0
     assert Classifier.from_checkpoint(metrics["best_ckpt"]).temperature == metrics["temperature"]
     assert metrics["val_top1"] == pytest.approx(metrics["best_val_acc"], abs=1e-6)
     for key in ("val_top5", "val_f1_macro", "val_nll", "val_ece", "val_ece_uncalibrated"):
