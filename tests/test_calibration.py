@@ -54,3 +54,14 @@ def test_the_temperature_travels_with_the_checkpoint_and_predict_applies_it(tmp_
     fresh = tiny_model()
     fresh.on_load_checkpoint(saved)
     assert saved["temperature"] == fresh.temperature == 2.5
+
+
+def test_a_validation_split_without_mistakes_keeps_the_temperature_at_1(caplog):
+    logits, labels = overconfident(n=200)
+    right = logits.argmax(dim=1)  # every image classified correctly: no finite minimiser
+    assert fit_temperature(logits, right) == 1.0
+    assert "all classified correctly" in caplog.text
+    # One mistake is enough for a finite temperature, below 1 for these well-separated logits.
+    one_wrong = right.clone()
+    one_wrong[0] = (right[0] + 1) % 10
+    assert 1e-2 < fit_temperature(logits, one_wrong) < 1.0

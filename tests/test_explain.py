@@ -114,3 +114,12 @@ def test_explain_without_captum_names_the_extra(tmp_path, monkeypatch):
     model = tiny_classifier()
     with pytest.raises(RuntimeError, match=r'pip install "hw1\[explain\]"'):
         grad_cam(model, torch.zeros(1, 3, SIZE, SIZE))
+
+
+def test_a_one_cell_last_stage_is_named_as_a_flat_map(caplog):
+    model = tiny_classifier()
+    grad_cam(model, torch.zeros(1, 3, 32, 32))  # resnet18's layer4 is 1 x 1 at 32 px
+    assert "the heat map is flat" in caplog.text
+    caplog.clear()
+    grad_cam(model, torch.zeros(1, 3, SIZE, SIZE))  # 2 x 2 at 64 px
+    assert "flat" not in caplog.text

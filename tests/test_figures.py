@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from hw1.reporting import figures
@@ -44,3 +45,16 @@ def test_the_overlay_is_red_where_the_heat_is():
     assert coloured[0, 0, 0] > 100 > coloured[0, 0, 2]  # red at 1
     assert coloured[7, 7, 2] > 100 > coloured[7, 7, 0]  # blue at 0
     assert overlay.shape == image.shape and overlay.dtype == np.uint8
+
+
+def test_the_tensorboard_card_names_the_most_confused_pairs_at_the_cards_shape():
+    confusion = torch.eye(100, dtype=torch.long) * 20
+    confusion[3, 17], confusion[40, 41], confusion[99, 0] = 10, 5, 2
+    assert [(i, j) for i, j, _ in figures.confused_pairs(confusion)] == [(3, 17), (40, 41), (99, 0)]
+    assert figures.confused_pairs(confusion)[0][2] == pytest.approx(10 / 30)
+    card = figures.confusion_card(confusion, [f"class_{i}" for i in range(100)])
+    # TensorBoard fits an image card into about 360 x 200 px: the card keeps that shape at
+    # twice the size, so its 14 pt text is about 10 px there (eval's confusion.png is 1300 px
+    # wide, its labels 3 px there).
+    assert card.size == (720, 400)
+    assert figures.confused_pairs(torch.eye(5, dtype=torch.long)) == []

@@ -104,8 +104,9 @@ def test_same_seed_same_bytes_and_tta_flag_is_honoured(trained_run, tmp_path):
     a = run_predict(root, tmp_path / "a.csv", ckpt, "seed=7").read_bytes()
     b = run_predict(root, tmp_path / "b.csv", ckpt, "seed=7").read_bytes()
     assert a == b
-    # Uncalibrated: the run's temperature, fitted on a val set it classifies perfectly,
-    # saturates every probability to 0 or 1, where the views could not differ.
+    # Uncalibrated: a temperature that saturated every probability to 0 or 1 would leave
+    # the views nothing to differ in (calibration keeps T at 1 on a val set classified
+    # perfectly, as this run's may be; removed all the same).
     raw = torch.load(run_dir / "checkpoints" / "best.ckpt", weights_only=True)
     raw.pop("temperature", None)
     torch.save(raw, tmp_path / "raw.ckpt")

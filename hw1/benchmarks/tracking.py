@@ -30,7 +30,9 @@ def demo_logging(loggers: list[Logger], run_dir: Path, epochs: int) -> None:
     for logger in loggers:
         if isinstance(logger, MLFlowLogger):
             _ = logger.run_id  # tracking.start opens the run
-        if not isinstance(logger, TensorBoardLogger):
+        if isinstance(logger, TensorBoardLogger):
+            tracking.start_hparams(logger, params, tracking.hparams_metrics("test"))
+        else:
             logger.log_hyperparams(params)
     step = 0
     for epoch in range(epochs):
@@ -38,17 +40,17 @@ def demo_logging(loggers: list[Logger], run_dir: Path, epochs: int) -> None:
             step += 1
             if step % EVERY == 0:
                 for logger in loggers:
-                    logger.log_metrics({"train/loss_step": 1.0, "lr-AdamW": 1e-3}, step)
+                    logger.log_metrics({"train/loss_step": 1.0, "lr/all": 1e-3}, step)
             if epoch == 0 and batch == 0:
                 tracking.log_image(loggers, "train/augmented", image, step)
         epoch_end = {"val/loss": 1.0, "val/acc": 0.5, "train/loss": 1.0, "train/acc": 0.5}
         for logger in loggers:
-            logger.log_metrics({**epoch_end, "train/lr": 1e-3, "epoch": epoch}, step)
+            logger.log_metrics({**epoch_end, "epoch": epoch}, step)
     tracking.log_image(loggers, "val/confusion", image, step)
     metrics = {"best_val_acc": 0.8, "epochs": epochs}
     (run_dir / "metrics.json").write_text(json.dumps(metrics))
     (run_dir / "prediction.csv").write_text("image_name,pred_label\n" + "img,1\n" * 500)
-    tracking.finish(loggers, params, metrics, run_dir, step)
+    tracking.finish(loggers, metrics, run_dir, step)
 
 
 def one_run(kind: str, base: Path, name: str, epochs: int) -> float:

@@ -9,6 +9,7 @@ the fit is a few lines of LBFGS, written here.
 from __future__ import annotations
 
 import io
+import logging
 from pathlib import Path
 
 import torch
@@ -18,6 +19,8 @@ from hw1.models.classifier import TEMPERATURE_KEY
 from hw1.utils.errors import UserValueError
 from hw1.utils.io import write_atomically
 from hw1.utils.weights import safe_load
+
+log = logging.getLogger(__name__)
 
 
 def logits_of(probs: torch.Tensor) -> torch.Tensor:
@@ -33,6 +36,14 @@ def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, max_iter: int =
     if not len(targets):
         raise UserValueError("calibration needs labelled validation images: none were given")
     logits, targets = logits.double().detach(), targets.long()
+    if without_mistakes(logits, targets):
+        log.warning(
+            "calibration: the %d validation images are all classified correctly, so no "
+            "temperature minimises their NLL (it falls as T -> 0, saturating every "
+            "probability): the temperature is left at 1",
+            len(targets),
+        )
+        return 1.0
     log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
     optimizer = torch.optim.LBFGS([log_t], lr=0.5, max_iter=max_iter, line_search_fn="strong_wolfe")
 
@@ -46,6 +57,16 @@ def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, max_iter: int =
     # A model no better than chance is best calibrated by T -> infinity (uniform
     # probabilities): kept within [1e-2, 1e2], where any real model's T lies.
     return float(log_t.detach().exp().clamp(1e-2, 1e2))
+
+
+def without_mistakes(logits: torch.Tensor, targets: torch.Tensor) -> bool:
+    """Whether every target has the strictly largest logit. Then each image's NLL falls as
+    T falls, so the NLL has no minimum at any T > 0 and the fit would drive T to its bound,
+    making every probability 0 or 1; with one mistake the NLL grows without bound as
+    T -> 0, and a finite T minimises it."""
+    true = logits.gather(1, targets[:, None])
+    others = logits.scatter(1, targets[:, None], float("-inf"))
+    return bool((true[:, 0] > others.amax(dim=1)).all())
 
 
 def store_temperature(path: str | Path, temperature: float) -> None:

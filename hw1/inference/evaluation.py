@@ -19,12 +19,14 @@ from typing import Any
 import lightning as L
 import torch
 from omegaconf import DictConfig
+from PIL import Image
 from torch.utils.data import Dataset
 from torchmetrics.functional.classification import multiclass_confusion_matrix
 
 from hw1.data.datasets import ClassFolders
 from hw1.data.scan import class_names, display_path, labelled_files, readable_samples
 from hw1.inference.calibration import fit_temperature, logits_of, store_temperature
+from hw1.inference.explain import cam_overlays, require_captum
 from hw1.inference.metrics import (
     classification_metrics,
     most_confused,
@@ -47,7 +49,7 @@ from hw1.reporting.figures import (
     png_bytes,
     reliability_diagram,
 )
-from hw1.reporting.gallery import Mistake, WeakClass, gallery_html
+from hw1.reporting.gallery import Mistake, WeakClass, gallery_html, image_uri
 from hw1.utils.errors import UserFileNotFoundError, UserValueError
 from hw1.utils.io import write_atomically
 
@@ -162,6 +164,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         raise UserFileNotFoundError(
             f"data.root={cfg.data.root}: no {cfg.split}/ folder to evaluate"
         )
+    if cfg.get("gallery_cam"):
+        require_captum()  # before any work: one line naming hw1[explain]
     paths = checkpoint_paths(cfg.ckpt_path)
     models = load_ensemble(paths)
     names = models[0].class_names
@@ -201,7 +205,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if cfg.calibrate:
         for path, model in zip(paths, models, strict=True):
             store_temperature(path, model.temperature)
-    write_outputs(cfg, output, results, scored, before, confusion, dataset)
+    write_outputs(cfg, output, results, scored, before, confusion, dataset, models[0])
     if cfg.save_probs:
         order = index.argsort()  # the dataset's order
         save_probs(output.with_suffix(".probs.npz"), targets[order].tolist(), names, probs[order])
@@ -217,8 +221,10 @@ def write_outputs(
     before: dict[str, dict[str, Any]] | None,
     confusion: torch.Tensor,
     dataset: ClassFolders,
+    model: Classifier,
 ) -> None:
-    """eval.json, eval.md, the figures and (gallery=N) gallery.html beside ``output``."""
+    """eval.json, eval.md, the figures and (gallery=N) gallery.html beside ``output``;
+    ``gallery_cam``: each mistake there with ``model``'s Grad-CAM (an ensemble's first)."""
     names = list(results["per_class_acc"])
     final = scored[cfg.tta]
     panels = {}
@@ -239,7 +245,10 @@ def write_outputs(
         write_atomically(output.with_name(name), png_bytes(image))
     if cfg.gallery:
         index, targets, probs = final["rows"]
-        page = gallery_page(dataset, names, index, targets, probs, final["per_class"], cfg.gallery)
+        cam_model = model if cfg.get("gallery_cam") else None
+        page = gallery_page(
+            dataset, names, index, targets, probs, final["per_class"], cfg.gallery, cam_model
+        )
         write_atomically(output.with_name("gallery.html"), page)
         results["gallery"] = str(output.with_name("gallery.html"))
     write_atomically(output, json.dumps(results, indent=2))
@@ -254,10 +263,12 @@ def gallery_page(
     probs: torch.Tensor,
     per_class: Sequence[dict[str, Any]],
     count: int,
+    cam_model: Classifier | None = None,
     weak_classes: int = 10,
 ) -> str:
-    """gallery.html: the ``count`` mistakes with the highest top-1 probability, and the
-    ``weak_classes`` lowest-F1 classes with what their images were taken for."""
+    """gallery.html: the ``count`` mistakes with the highest top-1 probability (each with
+    ``cam_model``'s Grad-CAM overlay when given), and the ``weak_classes`` lowest-F1
+    classes with what their images were taken for."""
     confidence, predicted = probs.max(dim=1)
     wrong = (predicted != targets).nonzero().flatten()
     wrong = wrong[confidence[wrong].argsort(descending=True)][:count]
@@ -270,6 +281,12 @@ def gallery_page(
         )
         for r in wrong.tolist()
     ]
+    if cam_model is not None:
+        files = [Path(dataset.samples[int(index[r])][0]) for r in wrong.tolist()]
+        overlays = cam_overlays(cam_model, files)
+        for mistake, path in zip(mistakes, files, strict=True):
+            if path in overlays:
+                mistake.cam = image_uri(Image.fromarray(overlays[path]))
     confusion = multiclass_confusion_matrix(predicted, targets, num_classes=len(names))
     weak = []
     for row in [r for r in per_class if r["f1"] is not None][:weak_classes]:

@@ -5,6 +5,7 @@ optional extra ``hw1[explain]``, as only ``hw1.explain`` needs it."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from hw1.transforms.presets import EvalSpec, eval_preset
 from hw1.utils.errors import UserRuntimeError
 
 INSTALL = 'Grad-CAM needs captum: pip install "hw1[explain]"'
+log = logging.getLogger(__name__)
 
 
 def _captum():
@@ -46,10 +48,37 @@ def grad_cam(model: Classifier, x: torch.Tensor) -> tuple[torch.Tensor, torch.Te
         probs = model.predict_probs(x)
     cam = attr.LayerGradCam(model, last_stage(model))
     maps = cam.attribute(x, target=probs.argmax(dim=1), relu_attributions=True)
+    if maps.shape[-2:].numel() == 1:
+        log.warning(
+            "Grad-CAM: at %d px the last stage's map is 1 x 1, so the heat map is flat; "
+            "it needs images of about 64 px or more (the checkpoint's crop)",
+            x.shape[-1],
+        )
     maps = attr.LayerAttribution.interpolate(maps, tuple(x.shape[-2:]), "bilinear")
     maps = maps.detach()[:, 0].clamp(min=0)
     peak = maps.flatten(1).amax(dim=1).clamp(min=1e-12).view(-1, 1, 1)
     return maps / peak, probs
+
+
+def require_captum() -> None:
+    """Fails at once, with the one-line message, when captum is not installed."""
+    _captum()
+
+
+def cam_overlays(model: Classifier, files: Sequence[Path]) -> dict[Path, np.ndarray]:
+    """Each readable file's Grad-CAM overlay for its top class, on the image as the model
+    saw it (uint8 (H, W, 3)); an unreadable file has none."""
+    spec = EvalSpec.from_dict(model.hparams.preprocess)
+    preset, finish = eval_preset(spec), FinishOnDevice(spec.mean, spec.std)
+    out = {}
+    for path in files:
+        try:
+            seen = preset(load_rgb(path))
+        except (OSError, ValueError):
+            continue
+        heat, _ = grad_cam(model, finish(seen[None]))
+        out[path] = heat_overlay(seen.permute(1, 2, 0).numpy(), heat[0].numpy())[0]
+    return out
 
 
 def explain_files(

@@ -16,7 +16,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from hw1.models.backbone import Backbone
-from hw1.models.param_groups import optimizer_params
+from hw1.models.param_groups import monitor_name, optimizer_params
 from hw1.utils.errors import UserValueError
 from hw1.utils.weights import load_checkpoint
 
@@ -115,10 +115,6 @@ class Classifier(L.LightningModule):
         """The loss of a training batch ``x`` (hw1.distill's student adds its teachers')."""
         return self.criterion(logits, y)
 
-    def on_train_epoch_end(self) -> None:
-        # The per-epoch learning rate, beside LearningRateMonitor's per-step curve.
-        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
-
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], _: int) -> None:
         x, y = batch
         logits = self(x)
@@ -160,7 +156,12 @@ class Classifier(L.LightningModule):
         scheduler = instantiate(self.hparams.sched)(optimizer)
         return {
             "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"},
+            # "name": LearningRateMonitor's tags, lr/<group> (lr/all for one group)
+            "lr_scheduler": {
+                "scheduler": scheduler,
+                "interval": "epoch",
+                "name": monitor_name(optimizer.param_groups),
+            },
         }
 
     @classmethod

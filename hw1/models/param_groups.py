@@ -80,7 +80,7 @@ def param_groups(
     no_decay: set[str] | None = None,
 ) -> list[dict[str, Any]]:
     """The optimizer's groups for the trainable parameters ``named``, the head's first (the
-    schedule and train/lr follow the first group): one per learning rate (``part_of``), each
+    schedule follows the first group): one per learning rate (``part_of``), each
     split into a group with the optimizer's weight decay and one without (``no_decay``:
     names). Frozen stages have no group; each group is named for LearningRateMonitor."""
     scales = lr_scales(layer_decay, backbone_lr_factor)
@@ -115,8 +115,18 @@ def optimizer_params(
     if decay_norm_bias and layer_decay is None:
         if backbone_lr_factor == 1.0:
             return backbone + head
-        return [{"params": head}, {"params": backbone, "lr": lr * backbone_lr_factor}]
+        return [
+            {"params": head, "name": "head"},
+            {"params": backbone, "lr": lr * backbone_lr_factor, "name": "backbone"},
+        ]
     trainable = {id(p) for p in backbone + head}
     named = [(n, p) for n, p in model.named_parameters() if id(p) in trainable]
     no_decay = None if decay_norm_bias else no_decay_names(model)
     return param_groups(named, lr, backbone_lr_factor, layer_decay, no_decay)
+
+
+def monitor_name(groups: list[dict[str, Any]]) -> str:
+    """The schedule's name for LearningRateMonitor, which tags each group's learning rate
+    NAME/<group name> when there are several (or one named group) and NAME alone for one
+    unnamed group: ``lr/all`` then, so that every curve is in TensorBoard's ``lr/`` group."""
+    return "lr/all" if len(groups) == 1 and "name" not in groups[0] else "lr"

@@ -161,6 +161,45 @@ def confusion_image(confusion: torch.Tensor, names: Sequence[str]) -> Image.Imag
     return figure_image(fig)
 
 
+# TensorBoard's image cards (TIME SERIES, at the default card width, in a 1400 px window)
+# show an image scaled into a box about 360 x 200 px. The card image is drawn at twice
+# that, with 14 pt text (about 10 px once scaled), so it is readable at that size and sharp
+# when the card is enlarged; a 100-class matrix with tick labels is not, at any size.
+CARD_INCHES = (7.2, 4.0)  # at 100 dpi
+CARD_PAIRS = 8
+
+
+def confused_pairs(confusion: torch.Tensor, k: int = CARD_PAIRS) -> list[tuple[int, int, float]]:
+    """The ``k`` largest off-diagonal rates (true, predicted, share of the true class's
+    images), largest first; pairs never confused are left out."""
+    off = normalised(confusion)
+    np.fill_diagonal(off, 0)
+    order = np.argsort(-off, axis=None, kind="stable")[:k]
+    pairs = [(int(i), int(j)) for i, j in zip(*np.unravel_index(order, off.shape), strict=True)]
+    return [(i, j, float(off[i, j])) for i, j in pairs if off[i, j] > 0]
+
+
+def confusion_card(confusion: torch.Tensor, names: Sequence[str]) -> Image.Image:
+    """The confusion matrix as TensorBoard's image card shows it: the whole row-normalised
+    matrix without tick labels (its pattern) beside the most confused pairs as text,
+    ``true -> predicted  share``, large enough to read at the card's default size."""
+    rates, n = normalised(confusion), len(names)
+    fig = Figure(figsize=CARD_INCHES, dpi=100, layout="constrained")
+    left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.25]})
+    left.imshow(rates, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
+    left.set_xticks([])
+    left.set_yticks([])
+    left.set_title(f"{n} classes, % of true", fontsize=14, loc="left")
+    left.set_xlabel("predicted", fontsize=13)
+    left.set_ylabel("true", fontsize=13)
+    right.axis("off")
+    right.set_title("most confused", fontsize=14, loc="left")
+    pairs = confused_pairs(confusion)
+    lines = [f"{_short(names[i], 12)} \u2192 {_short(names[j], 12)}  {r:.0%}" for i, j, r in pairs]
+    right.text(0, 1, "\n".join(lines) or "no mistakes", fontsize=14, va="top", linespacing=1.35)
+    return figure_image(fig)
+
+
 def reliability_diagram(
     panels: dict[str, tuple[list[dict[str, float]], float]],
 ) -> Image.Image:

@@ -23,6 +23,7 @@ class Mistake:
     path: str
     true: str
     top: Sequence[tuple[str, float]]  # (class, probability), most probable first
+    cam: str | None = None  # a data URI of its Grad-CAM overlay (gallery_cam=true)
 
 
 @dataclass
@@ -37,21 +38,27 @@ class WeakClass:
 
 
 def data_uri(path: str | Path, size: int = THUMBNAIL) -> str | None:
-    """A thumbnail of the image at ``path`` as a PNG data URI (JPEG for photographs, which
-    PNG would make large); None when it cannot be read."""
+    """A thumbnail of the image at ``path`` as a data URI (``image_uri``); None when it
+    cannot be read."""
     try:
         with Image.open(path) as image:
-            image = ImageOps.exif_transpose(image).convert("RGB")
-            image.thumbnail((size, size))
-            if min(image.size) < size // 2:  # small images (the demo's 32 px) enlarged
-                scale = size / max(image.size)
-                new = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-                image = image.resize(new, Image.NEAREST)
-            out = io.BytesIO()
-            photo = len(image.getcolors(4096) or ()) == 0  # more than 4096 colours
-            image.save(out, format="JPEG" if photo else "PNG", quality=85)
+            return image_uri(ImageOps.exif_transpose(image).convert("RGB"), size)
     except OSError:
         return None
+
+
+def image_uri(image: Image.Image, size: int = THUMBNAIL) -> str:
+    """A thumbnail of an RGB ``image`` as a PNG data URI (JPEG for photographs, which PNG
+    would make large)."""
+    image = image.copy()
+    image.thumbnail((size, size))
+    if min(image.size) < size // 2:  # small images (the demo's 32 px) enlarged
+        scale = size / max(image.size)
+        new = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        image = image.resize(new, Image.NEAREST)
+    out = io.BytesIO()
+    photo = len(image.getcolors(4096) or ()) == 0  # more than 4096 colours
+    image.save(out, format="JPEG" if photo else "PNG", quality=85)
     kind = "jpeg" if photo else "png"
     return f"data:image/{kind};base64,{base64.b64encode(out.getvalue()).decode()}"
 
@@ -59,6 +66,7 @@ def data_uri(path: str | Path, size: int = THUMBNAIL) -> str | None:
 STYLE = """
 body { font-family: sans-serif; margin: 1.5em; color: #222; }
 .grid { display: flex; flex-wrap: wrap; gap: 12px; }
+figure.cam { width: 346px; }
 figure { margin: 0; width: 180px; border: 1px solid #ddd; padding: 6px; border-radius: 4px; }
 figure img { width: 160px; height: 160px; object-fit: contain; background: #f4f4f4; }
 figcaption { font-size: 12px; }
@@ -76,9 +84,14 @@ def _figure(mistake: Mistake) -> str:
     e = html.escape
     uri = data_uri(mistake.path)
     img = f'<img src="{uri}" alt="{e(mistake.path)}">' if uri else "<p>(unreadable)</p>"
+    kind = ""
+    if mistake.cam:  # beside the image: where the model looked for its top prediction
+        looked = f"Grad-CAM for {mistake.top[0][0]}" if mistake.top else "Grad-CAM"
+        img += f' <img class="gradcam" src="{mistake.cam}" alt="{e(looked)}" title="{e(looked)}">'
+        kind = " class='cam'"
     top = "".join(f"<li>{e(name)}: {p * 100:.1f} %</li>" for name, p in mistake.top)
     return (
-        f"<figure>{img}<figcaption><div class='true'>true: {e(mistake.true)}</div>"
+        f"<figure{kind}>{img}<figcaption><div class='true'>true: {e(mistake.true)}</div>"
         f"<ol>{top}</ol><div class='path'>{e(mistake.path)}</div></figcaption></figure>"
     )
 

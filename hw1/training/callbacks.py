@@ -6,7 +6,7 @@ from __future__ import annotations
 import lightning as L
 from omegaconf import DictConfig
 
-from hw1.reporting.figures import confusion_image, hwc, labelled_grid, to_uint8
+from hw1.reporting.figures import confusion_card, hwc, labelled_grid, to_uint8
 from hw1.training.tracking import has_image_logger, log_image
 from hw1.transforms.presets import EvalSpec
 from hw1.utils.errors import import_extra
@@ -60,7 +60,7 @@ class Figures(L.Callback):
         # compute() gathers the matrix from every DDP process: all of them must call it.
         confusion = pl_module.val_confusion.compute().cpu()
         if trainer.is_global_zero:
-            image = confusion_image(confusion, pl_module.class_names)
+            image = confusion_card(confusion, pl_module.class_names)  # readable in a card
             log_image(trainer.loggers, "val/confusion", hwc(image), trainer.global_step)
 
 

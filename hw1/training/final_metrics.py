@@ -61,13 +61,20 @@ def val_probs(
     return torch.as_tensor(keys), probs
 
 
+def scored_split(datamodule: FolderDataModule) -> str:
+    """The split the end of training scores: test when test_labels.csv names its images
+    (the demo), else val."""
+    labelled = (Path(datamodule.root) / TEST_LABELS).exists()
+    return "test" if labelled and datamodule.layout.test_images() else "val"
+
+
 def labelled_test_probs(
     trainer: L.Trainer, model: Classifier, datamodule: FolderDataModule
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """(true classes, probabilities) of the test images when test_labels.csv names them."""
-    labels_csv = Path(datamodule.root) / TEST_LABELS
-    if not labels_csv.exists() or not datamodule.layout.test_images():
+    if scored_split(datamodule) != "test":
         return None
+    labels_csv = Path(datamodule.root) / TEST_LABELS
     with open(labels_csv, newline="") as f:
         truth = {r["image_name"]: r["label"] for r in csv.DictReader(f)}
     keys, probs = plain_probs(

@@ -31,7 +31,7 @@ from hw1.models.classifier import Classifier
 from hw1.training import tracking
 from hw1.training.callbacks import check_progress_bar
 from hw1.training.checkpoint_io import last_checkpoint, remove_stale_temporaries
-from hw1.training.final_metrics import evaluate_and_calibrate
+from hw1.training.final_metrics import evaluate_and_calibrate, scored_split
 from hw1.training.init_from import check_start, load_weights
 from hw1.training.resume import resume_point, save_run_config
 from hw1.utils.errors import UserValueError
@@ -195,7 +195,8 @@ def train_in(
     # hyper-parameters kept for the checkpoint.
     model.save_hyperparameters(dict(model.hparams), logger=False)
     if trainer.is_global_zero:
-        tracking.start(trainer.loggers, run_dir, flat_hparams(cfg))
+        tags = tracking.hparams_metrics(scored_split(datamodule))
+        tracking.start(trainer.loggers, run_dir, flat_hparams(cfg), tags)
 
     ckpt_path = resume_point(cfg, trainer, model)
     if trainer.is_global_zero:
@@ -338,5 +339,5 @@ def write_run_outputs(
     """metrics.json, the results and files on every logger (the settings and results in
     TensorBoard's HPARAMS tab), and the console summary."""
     write_atomically(run_dir / "metrics.json", json.dumps(metrics, indent=2))
-    tracking.finish(trainer.loggers, flat_hparams(cfg), metrics, run_dir, trainer.global_step)
+    tracking.finish(trainer.loggers, metrics, run_dir, trainer.global_step)
     print(summary_text(metrics, run_dir, tracking.summary_lines(trainer.loggers, run_dir)))
