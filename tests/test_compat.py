@@ -39,3 +39,16 @@ def test_lightnings_sigterm_flag_is_what_stop_fit_sets():
     assert trainer.received_sigterm is True  # Lightning's own reading of the same flag
     compat.stop_fit(trainer, False)
     assert trainer.received_sigterm is False
+
+
+def test_the_summary_writers_file_writer_takes_a_summary(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from torch.utils.tensorboard import SummaryWriter
+    from torch.utils.tensorboard.summary import scalar
+
+    writer = SummaryWriter(tmp_path)
+    compat.tensorboard_file_writer(writer).add_summary(scalar("val/acc", 0.5), 3)
+    writer.close()
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("val/acc")] == [(3, 0.5)]

@@ -42,6 +42,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
+from hw1.utils.compat import tensorboard_file_writer
 from hw1.utils.errors import UserRuntimeError
 from hw1.utils.io import write_atomically
 
@@ -362,7 +363,7 @@ def start_hparams(logger: TensorBoardLogger, params: dict[str, Any], metrics: li
     settings = hparams_settings(params, choices, overridden)
     experiment, session_start, _ = hparams_summaries(settings, dict.fromkeys(metrics))
     _edit_plugin_data(experiment, lambda d: _mark_differs(d, overridden))
-    writer = logger.experiment._get_file_writer()  # Lightning's own log_hyperparams does so
+    writer = tensorboard_file_writer(logger.experiment)
     writer.add_summary(experiment)
     writer.add_summary(session_start)
     logger.hparams.update(params)  # hparams.yaml keeps the full list
@@ -401,7 +402,7 @@ def end_hparams(logger: TensorBoardLogger, metrics: dict[str, Any], step: int) -
     _, _, session_end = hparams_summaries({}, {})
     status = Status.Value("STATUS_FAILURE" if run_failed(metrics) else "STATUS_SUCCESS")
     _edit_plugin_data(session_end, lambda d: setattr(d.session_end_info, "status", status))
-    logger.experiment._get_file_writer().add_summary(session_end)
+    tensorboard_file_writer(logger.experiment).add_summary(session_end)
 
 
 def start(

@@ -39,7 +39,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["hsv_to_rgb", "rgb_to_hsv", "stop_fit", *HYDRA_PRIVATE]
+__all__ = ["hsv_to_rgb", "rgb_to_hsv", "stop_fit", "tensorboard_file_writer", *HYDRA_PRIVATE]
 
 
 def stop_fit(trainer: L.Trainer, stop: bool) -> None:
@@ -48,3 +48,11 @@ def stop_fit(trainer: L.Trainer, stop: bool) -> None:
     own SIGTERM handler sets; the public ``trainer.should_stop`` waits for the end of the
     epoch's training part and does not stop a validation loop."""
     trainer._signal_connector.received_sigterm = stop
+
+
+def tensorboard_file_writer(writer: Any) -> Any:
+    """The FileWriter under torch's SummaryWriter, which takes a ready-made Summary proto:
+    TensorBoard's HPARAMS entry is written as three such summaries (training/tracking.py
+    edits them before writing), and SummaryWriter's public add_hparams writes them into a
+    new sub-folder instead of the run's own. Lightning's log_hyperparams uses it too."""
+    return writer._get_file_writer()
