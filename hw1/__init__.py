@@ -1,9 +1,13 @@
 """hw1: fine-tune torchvision ResNet/ResNeXt backbones on a folder of images."""
 
-from omegaconf import OmegaConf
+from hw1.utils.signals import stop_cleanly_while_starting
 
-from hw1.utils.precision import auto_precision, on_gpu
-from hw1.utils.workers import default_workers
+stop_cleanly_while_starting()  # first: a Ctrl-C while the rest imports is one line
+
+from omegaconf import OmegaConf  # noqa: E402
+
+from hw1.utils.precision import auto_precision, on_gpu  # noqa: E402
+from hw1.utils.workers import default_workers  # noqa: E402
 
 # The competition's rule: a model of fewer than 100 M parameters (train's summary and
 # hw1.report flag any over it).
