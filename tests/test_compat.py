@@ -39,3 +39,14 @@ def test_lightnings_sigterm_flag_is_what_stop_fit_sets():
     assert trainer.received_sigterm is True  # Lightning's own reading of the same flag
     compat.stop_fit(trainer, False)
     assert trainer.received_sigterm is False
+
+
+def test_optunas_frozen_trial_id_is_what_its_storage_takes():
+    import optuna
+
+    from hw1.utils.compat import optuna_trial_id
+
+    study = optuna.create_study()
+    study.optimize(lambda trial: 1.0, n_trials=1)
+    [trial] = study.trials
+    assert study._storage.get_trial(optuna_trial_id(trial)).number == trial.number

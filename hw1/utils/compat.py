@@ -39,7 +39,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["hsv_to_rgb", "rgb_to_hsv", "stop_fit", *HYDRA_PRIVATE]
+__all__ = ["hsv_to_rgb", "optuna_trial_id", "rgb_to_hsv", "stop_fit", *HYDRA_PRIVATE]
 
 
 def stop_fit(trainer: L.Trainer, stop: bool) -> None:
@@ -48,3 +48,11 @@ def stop_fit(trainer: L.Trainer, stop: bool) -> None:
     own SIGTERM handler sets; the public ``trainer.should_stop`` waits for the end of the
     epoch's training part and does not stop a validation loop."""
     trainer._signal_connector.received_sigterm = stop
+
+
+def optuna_trial_id(trial: Any) -> int:
+    """A FrozenTrial's storage id, which the storage's public methods take
+    (``set_trial_state_values``): hw1.tune fails the trials of killed processes through
+    them, as Optuna's own ``fail_stale_trials`` does. FrozenTrial exposes the id only as
+    this attribute."""
+    return trial._trial_id
