@@ -179,9 +179,43 @@ def test_links_to_folders_already_listed_are_not_followed_again(tmp_path, caplog
         "b/again/extra.jpg",
     ]
     warning = caplog.records[-1].getMessage()
-    assert "2 links to folders already listed were not followed" in warning
+    assert "2 links to folders were not followed (each image is used once" in warning
     assert f"{tmp_path / 'train' / 'a' / 'loop'} -> {tmp_path / 'train' / 'a'}" in warning
-    assert f"{tmp_path / 'train' / 'b' / 'more'} -> {pool}" in warning
+    assert f"{tmp_path / 'train' / 'b' / 'more'} -> {pool} (listed already)" in warning
+
+
+def test_links_up_or_into_another_class_are_not_followed(tmp_path, caplog):
+    """A link to a folder above the class folder (a loop) used to be followed once, and
+    listed the other classes' images, val's and test's, under this class too."""
+    make_hw1_folder(tmp_path, ["a", "b", "c"], train=2, val=1, test=1, size=32)
+    train = tmp_path / "train"
+    (train / "a" / "up").symlink_to("..")  # train/
+    (train / "a" / "root").symlink_to("../..")  # the data root
+    (train / "b" / "sub").mkdir()
+    (train / "a" / "b_sub").symlink_to(train / "b" / "sub")  # into another class's folder
+    with caplog.at_level("WARNING", logger="hw1.data.scan"):
+        found = labelled_files(train, ["a", "b", "c"])
+    assert sorted((str(Path(p).relative_to(train)), c) for p, c in found) == [
+        (f"{name}/{i}.jpg", c) for c, name in enumerate("abc") for i in range(2)
+    ]
+    warning = caplog.records[-1].getMessage()
+    assert "3 links to folders were not followed" in warning
+    assert f"{train / 'a' / 'up'} -> {train} (a folder above it: a loop)" in warning
+    assert f"{train / 'a' / 'root'} -> {tmp_path} (a folder above it: a loop)" in warning
+    assert f"{train / 'a' / 'b_sub'} -> {train / 'b' / 'sub'} (inside another class's" in warning
+
+
+def test_a_link_loop_in_predicted_inputs_lists_each_image_once(tmp_path, caplog):
+    from hw1.data.scan import input_files
+
+    (tmp_path / "in" / "sub").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(tmp_path / "in" / "sub" / "x.jpg")
+    (tmp_path / "in" / "sub" / "loop").symlink_to("..")
+    with caplog.at_level("WARNING", logger="hw1.data.scan"):
+        assert input_files(tmp_path / "in") == [tmp_path / "in" / "sub" / "x.jpg"]
+    warning = caplog.records[-1].getMessage()
+    assert "1 links to folders were not followed (each image is predicted once)" in warning
+    assert f"{tmp_path / 'in' / 'sub' / 'loop'} -> {tmp_path / 'in'} (listed already)" in warning
 
 
 def test_dangling_links_and_vanished_files_are_left_out_and_named(tmp_path, caplog, monkeypatch):

@@ -95,41 +95,85 @@ def labelled_files(folder: Path, classes: Sequence[str]) -> list[tuple[str, int]
     ``make_dataset`` order; empty classes allowed (the data module names them in its own
     error).
 
-    Links to folders are followed, but no real folder twice: a link to a folder already
-    listed (``ln -s . train/c/loop``) would list its images again, or endlessly. Such
-    links are named in one warning.
+    Links to folders are followed, but none that would list an image twice or under
+    another class: a link to a folder already listed (``ln -s . train/c/loop``), to one
+    above the class folder (``ln -s .. train/c/up``: a loop, which would also list the
+    other classes' images as this one's), or into another class's folder. Such links are
+    named in one warning.
     """
     index = {c: i for i, c in enumerate(classes)}
-    seen: set[tuple[int, int]] = set()
-    repeats: list[str] = []
+    tops = {
+        name: os.path.realpath(os.path.join(folder, name))
+        for name in index
+        if os.path.isdir(os.path.join(folder, name))
+    }
+    seen = {_identity(os.path.join(folder, name)) for name in tops}
+    skipped: list[str] = []
     samples = []
-    for name in sorted(index):  # as make_dataset: class names as text
-        top = os.path.join(folder, name)
-        if not os.path.isdir(top):
-            continue
-        seen.add(_identity(top))
-        walked = []
-        for root, dirs, files in os.walk(top, followlinks=True):
-            for d in sorted(dirs):
-                key = _identity(os.path.join(root, d))
-                if key in seen:
-                    dirs.remove(d)
-                    repeats.append(os.path.join(root, d))
-                seen.add(key)
-            walked.append((root, files))
+    for name in sorted(tops):  # as make_dataset: class names as text
+        others = [real for other, real in tops.items() if other != name]
+        walked = _walk_once(os.path.join(folder, name), seen, skipped, tops[name], others)
         for root, files in sorted(walked):
             samples += [
                 (os.path.join(root, f), index[name]) for f in sorted(files) if is_image_file(f)
             ]
-    if repeats:
-        log.warning(
-            "%d links to folders already listed were not followed (each image is used once):\n  %s",
-            len(repeats),
-            "\n  ".join(
-                f"{display_path(r)} -> {display_path(os.path.realpath(r))}" for r in repeats
-            ),
-        )
+    _warn_skipped(skipped)
     return samples
+
+
+def _walk_once(
+    top: str,
+    seen: set[tuple[int, int]],
+    skipped: list[str],
+    real_top: str | None = None,
+    others: Sequence[str] = (),
+) -> list[tuple[str, list[str]]]:
+    """(folder, its file names) under ``top``, following links to folders but never into
+    a folder ``seen`` already (which ends any loop), one above ``real_top`` or one inside
+    ``others``; each link left out is added to ``skipped``, with why."""
+    real_top = real_top or os.path.realpath(top)
+    seen.add(_identity(top))
+    walked = []
+    for root, dirs, files in os.walk(top, followlinks=True):
+        for d in sorted(dirs):
+            path = os.path.join(root, d)
+            try:
+                key, real = _identity(path), os.path.realpath(path)
+            except OSError:
+                dirs.remove(d)
+                continue
+            if key in seen:
+                why = "listed already"
+            elif _inside(real_top, real):
+                why = "a folder above it: a loop"
+            elif any(_inside(real, other) for other in others):
+                why = "inside another class's folder"
+            else:
+                why = ""
+            if why:  # left out, and not marked seen: it may be listed under its own class
+                dirs.remove(d)
+                skipped.append(f"{display_path(path)} -> {display_path(real)} ({why})")
+            else:
+                seen.add(key)
+        walked.append((root, files))
+    return walked
+
+
+def _inside(path: str, folder: str) -> bool:
+    """Whether real path ``path`` is ``folder`` or under it."""
+    return os.path.commonpath([path, folder]) == folder
+
+
+def _warn_skipped(
+    skipped: list[str], why: str = "each image is used once, under its own class"
+) -> None:
+    if skipped:
+        log.warning(
+            "%d links to folders were not followed (%s):\n  %s",
+            len(skipped),
+            why,
+            "\n  ".join(skipped),
+        )
 
 
 def _identity(folder: str) -> tuple[int, int]:
@@ -154,12 +198,14 @@ def input_files(inputs: str | os.PathLike) -> list[Path]:
     text = str(inputs)
     path = Path(text).expanduser()
     if path.is_dir():
+        skipped: list[str] = []  # links that would list a folder twice, or loop
         found = [
             Path(root, f)
-            for root, _, files in os.walk(path, followlinks=True)
+            for root, files in _walk_once(str(path), set(), skipped)
             for f in files
             if is_image_file(f)
         ]
+        _warn_skipped(skipped, "each image is predicted once")
     elif path.is_file() and is_image_file(path):
         found = [path]
     elif path.is_file():
