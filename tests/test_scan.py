@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import datamodule, make_hw1_folder
 from PIL import Image
 from test_predict import run_predict
@@ -359,3 +360,44 @@ def test_test_names_that_make_no_csv_stop_training_predict_and_check(tmp_path, p
     text, problems = report(compose_config([f"data.root={root}"], config_name="check"))
     assert len(problems) == 1 and named in problems[0], problems
     text.encode("utf-8")  # printable, whatever the file names
+
+
+CAFE_NFC, CAFE_NFD = "caf\u00e9", "cafe\u0301"  # é composed; e and a combining accent
+
+
+def test_two_class_folders_spelt_two_ways_are_refused_naming_both(tmp_path):
+    for name in (CAFE_NFC, CAFE_NFD, "tea"):
+        (tmp_path / "train" / name).mkdir(parents=True)
+    with pytest.raises(ValueError) as error:
+        class_names(tmp_path / "train")
+    message = str(error.value)
+    assert f"{tmp_path / 'train' / CAFE_NFD} (decomposed) and " in message
+    assert f" and {tmp_path / 'train' / CAFE_NFC} (composed) are one class name spelt" in message
+
+
+def test_a_folder_copied_through_macos_matches_a_checkpoint_s_composed_names(tmp_path):
+    """A checkpoint trained on ``café`` (composed) and a val/ copied through macOS, whose
+    folder is ``café`` decomposed: its images are that class's, not left out."""
+    make_hw1_folder(tmp_path, [CAFE_NFD, "tea"], train=2, val=2, test=0, size=32)
+    assert class_names(tmp_path / "val") == [CAFE_NFC, "tea"]
+    found = labelled_files(tmp_path / "val", [CAFE_NFC, "tea"])
+    assert sorted((Path(p).parent.name, c) for p, c in found) == [
+        (CAFE_NFD, 0), (CAFE_NFD, 0), ("tea", 1), ("tea", 1)
+    ]  # fmt: skip
+
+
+def test_checkpoints_class_names_are_compared_composed(tmp_path):
+    """init_from= (and ckpt_path=, averaging) with a checkpoint trained on the decomposed
+    spelling, on data whose folders are composed: the same classes."""
+    from conftest import save_tiny_checkpoint
+
+    from hw1.inference.averaging import must_share
+    from hw1.models.classifier import Classifier
+    from hw1.training.init_from import load_weights
+
+    ckpt = save_tiny_checkpoint(tmp_path / "nfd.ckpt", classes=[CAFE_NFD, "tea"])
+    model = Classifier.from_checkpoint(ckpt)
+    assert model.class_names == [CAFE_NFC, "tea"]
+    load_weights(model, ckpt)  # no "its class_names are not this data's"
+    hparams = torch.load(ckpt, weights_only=True)["hyper_parameters"]
+    assert must_share(hparams)["class_names"] == [CAFE_NFC, "tea"]

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import threading
+import unicodedata
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -64,14 +65,49 @@ def is_utf8(name: str) -> bool:
     return True
 
 
+def nfc(name: str) -> str:
+    """A name in Unicode's composed form (NFC). One name can be spelt two ways, ``café``
+    with one code point for é or with e and a combining accent (NFD, as macOS's file
+    systems wrote names, and as a copy from them keeps them): hw1 compares and stores class
+    names composed, so that a folder copied through macOS still matches a checkpoint
+    trained on the composed spelling, and prediction.csv holds one spelling."""
+    return unicodedata.normalize("NFC", name)
+
+
+def nfc_names(names: Iterable[str]) -> list[str]:
+    return [nfc(n) for n in names]
+
+
+def class_folders(folder: str | os.PathLike) -> dict[str, str]:
+    """{class name (composed, NFC): its folder's name on disk} of ``folder``'s class
+    folders; an error naming both when two folders are spellings of one name, whose
+    images would otherwise go to two classes of the same name, or one of them to none."""
+    found: dict[str, str] = {}
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        if not entry.is_dir() or entry.name.startswith("."):
+            continue
+        name = nfc(entry.name)
+        if name in found:
+            a, b = (
+                f"{display_path(Path(folder) / n)} ({'composed' if n == name else 'decomposed'})"
+                for n in (found[name], entry.name)
+            )
+            raise UserValueError(
+                f"{a} and {b} are one class name spelt two ways in Unicode (a copy through "
+                "macOS can leave names decomposed): merge them into one folder"
+            )
+        found[name] = entry.name
+    return found
+
+
 def class_names(folder: str | os.PathLike) -> list[str]:
-    """Class folder names, in numeric order when every name is an integer.
+    """Class folder names (composed, NFC: ``nfc``), in numeric order when every name is an
+    integer.
 
     ImageFolder sorts names as text (0, 1, 10, 100, 11, ...); a label written from that
     index instead of the folder name scores near chance on the HW1 data.
     """
-    names = [e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith(".")]
-    return ordered_class_names(names)
+    return ordered_class_names(class_folders(folder))
 
 
 def ordered_class_names(names: Iterable[str]) -> list[str]:
@@ -102,17 +138,17 @@ def labelled_files(folder: Path, classes: Sequence[str]) -> list[tuple[str, int]
     named in one warning.
     """
     index = {c: i for i, c in enumerate(classes)}
-    tops = {
-        name: os.path.realpath(os.path.join(folder, name))
-        for name in index
-        if os.path.isdir(os.path.join(folder, name))
-    }
-    seen = {_identity(os.path.join(folder, name)) for name in tops}
+    # each class's folder as it is spelt on disk (a checkpoint's composed name, a folder
+    # copied through macOS decomposed: see nfc)
+    on_disk = class_folders(folder) if os.path.isdir(folder) else {}
+    paths = {name: os.path.join(folder, on_disk.get(nfc(name), name)) for name in index}
+    tops = {name: os.path.realpath(path) for name, path in paths.items() if os.path.isdir(path)}
+    seen = {_identity(paths[name]) for name in tops}
     skipped: list[str] = []
     samples = []
     for name in sorted(tops):  # as make_dataset: class names as text
         others = [real for other, real in tops.items() if other != name]
-        walked = _walk_once(os.path.join(folder, name), seen, skipped, tops[name], others)
+        walked = _walk_once(paths[name], seen, skipped, tops[name], others)
         for root, files in sorted(walked):
             samples += [
                 (os.path.join(root, f), index[name]) for f in sorted(files) if is_image_file(f)
