@@ -401,3 +401,17 @@ def test_checkpoints_class_names_are_compared_composed(tmp_path):
     load_weights(model, ckpt)  # no "its class_names are not this data's"
     hparams = torch.load(ckpt, weights_only=True)["hyper_parameters"]
     assert must_share(hparams)["class_names"] == [CAFE_NFC, "tea"]
+
+
+def test_test_files_skipped_by_extension_are_counted_and_named(tmp_path, caplog):
+    from hw1.data.scan import check_test_images
+
+    make_hw1_folder(tmp_path, ["a", "b"], train=1, val=1, test=2, size=32)
+    for name in ("anim.gif", "photo.heic", "notes.txt"):
+        (tmp_path / "test" / name).write_bytes(b"x")
+    (tmp_path / "test" / ".DS_Store").write_bytes(b"x")  # hidden: not the user's
+    with caplog.at_level("WARNING", logger="hw1.data.scan"):
+        assert len(check_test_images(tmp_path / "test")) == 4
+    [warning] = [r.getMessage() for r in caplog.records if "extension" in r.getMessage()]
+    assert warning.startswith(f"3 files in {tmp_path / 'test'} are not images by their extension")
+    assert warning.endswith("anim.gif\n  notes.txt\n  photo.heic")

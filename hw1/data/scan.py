@@ -445,6 +445,20 @@ def check_test_images(folder: Path, max_pixels: int | None = None) -> list[Path]
     image needs a row). Links to nothing are skipped with a warning; an empty list when
     the folder has no images."""
     files = image_files(folder)
+    not_images = [
+        display_path(p.name)
+        for p in sorted(folder.iterdir())
+        if p.is_file() and not p.name.startswith(".") and not is_image_file(p)
+    ]
+    if not_images:  # a .gif, a .heic: no row in prediction.csv, which should not go unseen
+        log.warning(
+            "%d files in %s are not images by their extension (%s) and get no row in "
+            "prediction.csv; convert them to one of those to predict them:\n  %s",
+            len(not_images),
+            display_path(folder),
+            " ".join(IMG_EXTENSIONS),
+            _listed(not_images),
+        )
     dangling = [p for p in sorted(folder.iterdir()) if is_image_file(p) and not p.exists()]
     if dangling:
         log.warning(
