@@ -124,3 +124,19 @@ def test_subset_leaves_out_every_demo_image_and_is_written_in_the_hw1_layout(tmp
     # 6 images per class in the fake training set, 3 taken by the demo
     with pytest.raises(ValueError, match="too few free images"):
         demo.make_subset(tmp_path / "big", 1, {**small, "train": 3}, source, tmp_path / "small.npz")
+
+
+def test_an_interrupted_build_leaves_the_old_archive_whole(tmp_path, monkeypatch):
+    out = tmp_path / "demo.npz"
+    out.write_bytes(b"the old archive")
+    monkeypatch.setattr(demo, "draw", lambda source, seed, per_class: {"x": np.zeros(3)})
+
+    def interrupted(file, **arrays):
+        (file if hasattr(file, "write") else open(file, "wb")).write(b"PK half")
+        raise KeyboardInterrupt  # Ctrl-C while numpy writes
+
+    monkeypatch.setattr(np, "savez_compressed", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        demo.build_archive(tmp_path, out)
+    assert out.read_bytes() == b"the old archive"
+    assert [p.name for p in tmp_path.iterdir()] == ["demo.npz"]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import io
 import logging
 import shutil
 import tempfile
@@ -27,6 +28,7 @@ from filelock import FileLock, Timeout
 from PIL import Image
 
 from hw1.utils.errors import UserFileExistsError, UserValueError
+from hw1.utils.io import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +113,9 @@ def draw(
 def build_archive(source: Path = DEBIAN_DIR, out: Path = ARCHIVE, seed: int = 0) -> Path:
     """Remake the embedded demo subset from the Debian package."""
     arrays = draw(source, seed, PER_CLASS)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(out, classes=np.array(CLASSES), **arrays)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, classes=np.array(CLASSES), **arrays)
+    write_atomically(out, buffer.getvalue())  # a Ctrl-C leaves the old archive whole
     return out
 
 
