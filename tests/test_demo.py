@@ -4,6 +4,7 @@ import csv
 import gzip
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -132,7 +133,10 @@ def test_an_interrupted_build_leaves_the_old_archive_whole(tmp_path, monkeypatch
     monkeypatch.setattr(demo, "draw", lambda source, seed, per_class: {"x": np.zeros(3)})
 
     def interrupted(file, **arrays):
-        (file if hasattr(file, "write") else open(file, "wb")).write(b"PK half")
+        if hasattr(file, "write"):
+            file.write(b"PK half")
+        else:
+            Path(file).write_bytes(b"PK half")
         raise KeyboardInterrupt  # Ctrl-C while numpy writes
 
     monkeypatch.setattr(np, "savez_compressed", interrupted)
