@@ -37,6 +37,17 @@ def test_one_ctrl_c_waits_for_the_owner(caplog):
         stop_if_signalled(latch)
     assert stopped.value.code == 130
     assert "SIGINT: stopped averaging; nothing was written. Rerun: " in caplog.text
+    # the process is ending: another Ctrl-C would cut its clean-up short with a traceback
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+
+
+def test_a_training_stopped_by_a_signal_ignores_further_ctrl_c_as_it_ends():
+    """Lightning puts Python's handler back after saving last.ckpt; the command's exit
+    status 130 (or 143) passes reported() on its way out, which ignores Ctrl-C again."""
+    with pytest.raises(SystemExit), reported():
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # as Lightning's teardown
+        raise SystemExit(130)
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
 
 
 def test_ctrl_c_in_a_command_without_stopping_points_is_one_line_and_130(capsys):

@@ -73,6 +73,12 @@ def reported() -> Iterator[None]:
     started()
     try:
         yield
+    except SystemExit as stop:
+        if stop.code in (130, 143):  # stopped by a signal (a training's last.ckpt saved)
+            from hw1.utils.signals import ignore_ctrl_c
+
+            ignore_ctrl_c()  # Lightning put Python's handler back; the process is ending
+        raise
     except KeyboardInterrupt:
         interrupted()
     except Exception as error:

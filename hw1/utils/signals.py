@@ -57,13 +57,16 @@ class SignalLatch:
         return True
 
     def uninstall(self) -> None:
-        """Put back the handlers that ``arm`` found."""
+        """Put back the handlers that ``arm`` found; after a signal, Ctrl-C stays ignored
+        (the process is stopping: another Ctrl-C would cut its clean-up short)."""
         if not self._installed:
             return
         self._installed = False
         for signum, handler in self._chained.items():
             if handler is not None:
                 signal.signal(signum, handler)
+        if self.received:
+            ignore_ctrl_c()
 
     def _handle(self, signum: int, frame) -> None:
         if self.received and signum == signal.SIGINT:
@@ -93,6 +96,13 @@ class Stopped(SystemExit):
     def __init__(self, signum: int) -> None:
         super().__init__(128 + signum)
         self.signum = signum
+        ignore_ctrl_c()  # while the process ends
+
+
+def ignore_ctrl_c() -> None:
+    """Ctrl-C ignored from now on (a process that is stopping), on the main thread."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def stop_text(signum: int, what: str, again: str, *, twice: bool = False) -> str:
