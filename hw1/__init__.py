@@ -1,9 +1,14 @@
 """hw1: fine-tune torchvision ResNet/ResNeXt backbones on a folder of images."""
 
-from omegaconf import OmegaConf
+from hw1.utils.signals import stop_cleanly_while_starting
 
-from hw1.utils.precision import auto_precision, on_gpu
-from hw1.utils.workers import default_workers
+stop_cleanly_while_starting()  # first: a Ctrl-C while the rest imports is one line
+
+from omegaconf import OmegaConf  # noqa: E402
+
+from hw1.utils.precision import auto_precision, on_gpu  # noqa: E402
+from hw1.utils.runlock import fresh_run_dir  # noqa: E402
+from hw1.utils.workers import default_workers  # noqa: E402
 
 # The competition's rule: a model of fewer than 100 M parameters (train's summary and
 # hw1.report flag any over it).
@@ -24,6 +29,11 @@ OmegaConf.register_new_resolver("hw1.workers", default_workers, replace=True)
 OmegaConf.register_new_resolver(
     "hw1.job_dir", lambda num, id: f"{num}_{id}" if id else str(num), replace=True
 )
+
+# A default run directory (outputs/DATE/TIME) of its own: never another run's (runlock).
+# Cached: the run directory is read several times (Hydra, Lightning's DDP launcher), and
+# must be the same one each time.
+OmegaConf.register_new_resolver("hw1.fresh_dir", fresh_run_dir, replace=True, use_cache=True)
 
 
 def __getattr__(name: str):

@@ -21,9 +21,11 @@ from __future__ import annotations
 import argparse
 
 from hw1.benchmarks.cpu import bench_loader, bench_step, bench_tta
+from hw1.utils.signals import started
 
 
 def main(argv: list[str] | None = None) -> None:
+    started()  # Ctrl-C is Python's again (hw1.utils.signals)
     parser = argparse.ArgumentParser(prog="python -m hw1.bench", description=__doc__)
     sub = parser.add_subparsers(dest="bench", required=True)
     tta = sub.add_parser("tta", help="batched TTA vs a per-image loop vs single-view inference")

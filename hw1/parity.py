@@ -20,9 +20,11 @@ import argparse
 from pathlib import Path
 
 from hw1.benchmarks.parity import SETS, make_jpegs, measure, table
+from hw1.utils.signals import started
 
 
 def main(argv: list[str] | None = None) -> None:
+    started()  # Ctrl-C is Python's again (hw1.utils.signals)
     parser = argparse.ArgumentParser(prog="python -m hw1.parity", description=__doc__)
     parser.add_argument("--sets", nargs="+", choices=SETS, default=list(SETS))
     parser.add_argument("--images", type=int, default=24, help="files per set")

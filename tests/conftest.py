@@ -25,6 +25,14 @@ def _offline_torch_home(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path_factory.mktemp("torch_home")))
 
 
+@pytest.fixture(autouse=True)
+def _ctrl_c_restored():
+    """A test that stops as a Ctrl-C would leaves Ctrl-C ignored (hw1.utils.signals: the
+    process is ending); the next test gets Python's handler back."""
+    yield
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def colour_image(colour, size: int, rng: np.random.Generator) -> Image.Image:
     noise = rng.integers(-20, 21, (size, size, 3))
     return Image.fromarray(np.clip(np.array(colour) + noise, 0, 255).astype(np.uint8))

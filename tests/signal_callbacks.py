@@ -17,9 +17,16 @@ class SignalAt(L.Callback):
     lands in the middle of one."""
 
     def __init__(
-        self, signal: str, phase: str, batch: int = 1, rank: int = 0, epoch: int | None = None
+        self,
+        signal: str,
+        phase: str,
+        batch: int = 1,
+        rank: int = 0,
+        epoch: int | None = None,
+        times: int = 1,
     ) -> None:
         self.signum = signal_module.Signals[signal]
+        self.times = times  # 2: a second Ctrl-C while the run stops
         self.phase = phase
         self.batch = batch
         self.rank = rank
@@ -34,7 +41,8 @@ class SignalAt(L.Callback):
         if trainer.global_rank == self.rank:
             self.sent = True
             print(f"rank {trainer.global_rank}: sending {self.signum.name} in {phase}", flush=True)
-            os.kill(os.getpid(), self.signum)
+            for _ in range(self.times):
+                os.kill(os.getpid(), self.signum)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
         self._maybe_send(trainer, "train", batch_idx)

@@ -52,3 +52,14 @@ def test_the_summary_writers_file_writer_takes_a_summary(tmp_path):
     events = EventAccumulator(str(tmp_path))
     events.Reload()
     assert [(e.step, e.value) for e in events.Scalars("val/acc")] == [(3, 0.5)]
+
+
+def test_optunas_frozen_trial_id_is_what_its_storage_takes():
+    import optuna
+
+    from hw1.utils.compat import optuna_trial_id
+
+    study = optuna.create_study()
+    study.optimize(lambda trial: 1.0, n_trials=1)
+    [trial] = study.trials
+    assert study._storage.get_trial(optuna_trial_id(trial)).number == trial.number

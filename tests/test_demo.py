@@ -2,6 +2,9 @@ from __future__ import annotations
 
 import csv
 import gzip
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -35,7 +38,47 @@ def test_extract_is_a_no_op_the_second_time(tmp_path):
     marker.write_text("x")
     demo.extract(root)
     assert marker.exists()
-    assert [p.name for p in tmp_path.iterdir()] == ["demo"]  # no temporary folder left
+    # no temporary folder left; the lock file beside it
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".demo.lock", "demo"]
+
+
+def tiny_archive(path):
+    """A demo archive of 2 train, 2 val and 2 test images (classes 0 and 1)."""
+    arrays = {}
+    for split in ("train", "val", "test"):
+        arrays[f"{split}_x"] = np.full((2, 28, 28), 128, np.uint8)
+        arrays[f"{split}_y"] = np.array([0, 1])
+        arrays[f"{split}_idx"] = np.array([0, 1]) + 10 * len(arrays)
+    np.savez_compressed(path, classes=np.array(demo.CLASSES), **arrays)
+    return path
+
+
+def test_two_processes_extracting_at_once_write_it_once(tmp_path):
+    """Two processes on a new demo root at the same moment: one extracts, the other waits
+    for it and finds the data; neither sees half of it."""
+    archive = tiny_archive(tmp_path / "tiny.npz")
+    code = (
+        "import logging, sys; logging.basicConfig(level=logging.INFO)\n"
+        "from pathlib import Path\n"
+        "from hw1.data import demo\n"
+        "root = demo.extract(sys.argv[1], Path(sys.argv[2]))\n"
+        "assert len(list(root.rglob('*.png'))) == 6, 'half a data set'\n"
+    )
+    cmd = [sys.executable, "-c", code, str(tmp_path / "demo"), str(archive)]
+    procs = [subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert sum(out.count("writing the demo data to") for out in outs) == 1, outs
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".demo.lock", "demo", "tiny.npz"]
+
+
+def test_a_killed_extractions_temporary_folder_is_removed_by_the_next(tmp_path):
+    stale = tmp_path / ".demo-k1ll3d"  # write_layout's temporary folder, its process killed
+    (stale / "train" / "bag").mkdir(parents=True)
+    (stale / "train" / "bag" / "x.png").write_bytes(b"half")
+    demo.extract(tmp_path / "demo", tiny_archive(tmp_path / "tiny.npz"))
+    assert not stale.exists()
+    assert (tmp_path / "demo" / demo.TEST_LABELS).is_file()
 
 
 def _write_idx(path, array):
@@ -82,3 +125,22 @@ def test_subset_leaves_out_every_demo_image_and_is_written_in_the_hw1_layout(tmp
     # 6 images per class in the fake training set, 3 taken by the demo
     with pytest.raises(ValueError, match="too few free images"):
         demo.make_subset(tmp_path / "big", 1, {**small, "train": 3}, source, tmp_path / "small.npz")
+
+
+def test_an_interrupted_build_leaves_the_old_archive_whole(tmp_path, monkeypatch):
+    out = tmp_path / "demo.npz"
+    out.write_bytes(b"the old archive")
+    monkeypatch.setattr(demo, "draw", lambda source, seed, per_class: {"x": np.zeros(3)})
+
+    def interrupted(file, **arrays):
+        if hasattr(file, "write"):
+            file.write(b"PK half")
+        else:
+            Path(file).write_bytes(b"PK half")
+        raise KeyboardInterrupt  # Ctrl-C while numpy writes
+
+    monkeypatch.setattr(np, "savez_compressed", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        demo.build_archive(tmp_path, out)
+    assert out.read_bytes() == b"the old archive"
+    assert [p.name for p in tmp_path.iterdir()] == ["demo.npz"]

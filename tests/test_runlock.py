@@ -59,3 +59,71 @@ def test_train_into_a_locked_run_directory_is_refused_before_hydra_writes_there(
     )
     assert "Traceback" not in proc.stderr
     assert sorted(p.name for p in run_dir.iterdir()) == []  # no .hydra/, no train.log
+
+
+@pytest.mark.slow
+def test_a_default_run_directory_is_never_another_runs(tmp_path):
+    """Two runs started in the same second (or one in the second another ended) got the
+    same outputs/DATE/TIME and mixed their files: the second now gets TIME_2. Here every
+    second of the next two minutes is taken already, by a finished run."""
+    import datetime
+
+    from conftest import make_hw1_folder
+
+    root = tmp_path / "data"
+    make_hw1_folder(root, ["a", "b"], train=2, val=1, test=1, size=32)
+    now = datetime.datetime.now()
+    taken = []
+    for s in range(-2, 120):
+        t = now + datetime.timedelta(seconds=s)
+        folder = tmp_path / "outputs/check" / t.strftime("%Y-%m-%d") / t.strftime("%H-%M-%S")
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "metrics.json").write_text("another run's")
+        taken.append(folder)
+    proc = subprocess.run(
+        [sys.executable, "-m", "hw1.check", f"data.root={root}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert all(sorted(p.name for p in folder.iterdir()) == ["metrics.json"] for folder in taken)
+    [ours] = [p.parent for p in tmp_path.glob("outputs/check/*/*/.hydra")]
+    assert ours.name.endswith("_2") and ours.with_name(ours.name[:-2]) in taken
+    assert (ours / "check.log").is_file()
+
+
+def test_fresh_run_directories_are_distinct_under_a_race(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from hw1.utils.runlock import fresh_run_dir
+
+    base = str(tmp_path / "outputs" / "2026-12-07" / "10-00-00")
+    with ThreadPoolExecutor(8) as pool:
+        dirs = list(pool.map(lambda _: fresh_run_dir(base), range(8)))
+    assert sorted(dirs) == sorted([base, *(f"{base}_{n}" for n in range(2, 9))])
+
+
+def test_every_commands_default_run_directory_is_a_fresh_one():
+    from hw1.utils.config import CONF_DIR
+
+    for path in CONF_DIR.glob("*.yaml"):
+        text = path.read_text()
+        if "\n  run:\n    dir:" in text:
+            assert "dir: ${hw1.fresh_dir:outputs/" in text, path.name
+
+
+def test_composing_a_config_leaves_no_empty_run_directory(tmp_path):
+    """Hydra resolves a parent config's run directory when a child sets its own (eval's
+    predict): the one made then is removed at exit, being empty."""
+    code = (
+        "from hw1.utils.config import compose_config\n"
+        "for name in ('eval', 'check', 'distill'):\n"
+        "    compose_config([], config_name=name)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [p for p in tmp_path.rglob("*") if p.name != "outputs"] == []

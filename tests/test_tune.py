@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -346,3 +347,46 @@ def test_a_trial_whose_process_was_killed_is_failed_by_the_next_run(tmp_path, mo
     study.optimize(lambda trial: 0.5, n_trials=1)
     states = [t.state for t in optuna.load_study(study_name="k", storage=storage).trials]
     assert states == [TrialState.FAIL, TrialState.COMPLETE]
+
+
+@pytest.mark.slow
+def test_a_rerun_right_after_a_sigkill_fails_the_killed_trial_and_goes_on(tmp_path, monkeypatch):
+    """A SIGKILL of hw1.tune mid-trial (no handler runs): the next hw1.tune of the study,
+    started at once, marks that trial FAIL (its process is gone) instead of leaving it
+    RUNNING for the heartbeat's grace period, and runs its own trials."""
+    args = ["study_name=k", f"dir={tmp_path}", "n_trials=1"]
+    args += ["+search.params.optim.lr={type:float,low:1e-4,high:1e-2}"]
+    killed = (
+        "import os, signal, sys\n"
+        "import hw1.training.tuning as tuning\n"
+        "from hw1.tune import main\n"
+        "def training(overrides, run_dir, callbacks):\n"
+        "    print('training', flush=True)\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "tuning.run_training = training\n"
+        "main(sys.argv[1:])\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", killed, *args], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    storage = sqlite(tmp_path)
+    [trial] = optuna.load_study(study_name="k", storage=storage).trials
+    assert trial.state == TrialState.RUNNING  # as the kill left it
+
+    def training(overrides, run_dir, callbacks):
+        lr = float(next(o for o in overrides if o.startswith("optim.lr=")).split("=")[1])
+        trainer = SimpleNamespace(
+            sanity_checking=False, callback_metrics={"val/acc": torch.tensor(lr)}
+        )
+        for callback in callbacks:
+            callback.on_validation_end(trainer, SimpleNamespace(current_epoch=0))
+
+    monkeypatch.setattr(hw1.training.tuning, "run_training", training)
+    out = run_main(args)
+    trials = optuna.load_study(study_name="k", storage=storage).trials
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    reason = trials[0].user_attrs["fail_reason"]
+    assert reason.startswith(f"its process (pid {trials[0].user_attrs['process']['pid']}) was")
+    assert f"hydra.run.dir={tmp_path / '0'}" in reason
+    assert f"trial 0 fail: {reason}" in out

@@ -17,14 +17,20 @@ from __future__ import annotations
 
 import csv
 import gzip
+import io
+import logging
 import shutil
 import tempfile
 from pathlib import Path
 
 import numpy as np
+from filelock import FileLock, Timeout
 from PIL import Image
 
 from hw1.utils.errors import UserFileExistsError, UserValueError
+from hw1.utils.io import write_atomically
+
+log = logging.getLogger(__name__)
 
 ARCHIVE = Path(__file__).parent / "demo_data" / "fashion_mnist_demo.npz"
 
@@ -107,17 +113,39 @@ def draw(
 def build_archive(source: Path = DEBIAN_DIR, out: Path = ARCHIVE, seed: int = 0) -> Path:
     """Remake the embedded demo subset from the Debian package."""
     arrays = draw(source, seed, PER_CLASS)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(out, classes=np.array(CLASSES), **arrays)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, classes=np.array(CLASSES), **arrays)
+    write_atomically(out, buffer.getvalue())  # a Ctrl-C leaves the old archive whole
     return out
 
 
 def extract(root: str | Path, archive: Path = ARCHIVE) -> Path:
-    """Write the demo folders under ``root`` unless they are already there."""
+    """Write the demo folders under ``root`` unless they are already there.
+
+    Several processes may start on the demo at once (a sweep's jobs, two terminals): one
+    extracts, holding a lock file beside ``root`` (``.<name>.lock``), while the others wait
+    for it and then find the data there. The folders are written under a temporary name
+    and renamed into place (write_layout), so nothing reads half of them; the temporary
+    folders of an extraction that was killed are removed by the next one."""
     root = Path(root)
-    if not (root / TEST_LABELS).exists():
-        data = np.load(archive)
-        write_layout({k: data[k] for k in data.files if k != "classes"}, root)
+    if (root / TEST_LABELS).exists():
+        return root
+    root.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(root.parent / f".{root.name}.lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.info("waiting for another process writing the demo data to %s", root)
+        lock.acquire()
+    try:
+        if not (root / TEST_LABELS).exists():
+            for stale in root.parent.glob(f".{root.name}-*"):  # a killed extraction's
+                shutil.rmtree(stale, ignore_errors=True)
+            log.info("writing the demo data to %s", root)
+            data = np.load(archive)
+            write_layout({k: data[k] for k in data.files if k != "classes"}, root)
+    finally:
+        lock.release()
     return root
 
 

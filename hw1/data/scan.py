@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import threading
+import unicodedata
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -65,14 +66,49 @@ def is_utf8(name: str) -> bool:
     return True
 
 
+def nfc(name: str) -> str:
+    """A name in Unicode's composed form (NFC). One name can be spelt two ways, ``café``
+    with one code point for é or with e and a combining accent (NFD, as macOS's file
+    systems wrote names, and as a copy from them keeps them): hw1 compares and stores class
+    names composed, so that a folder copied through macOS still matches a checkpoint
+    trained on the composed spelling, and prediction.csv holds one spelling."""
+    return unicodedata.normalize("NFC", name)
+
+
+def nfc_names(names: Iterable[str]) -> list[str]:
+    return [nfc(n) for n in names]
+
+
+def class_folders(folder: str | os.PathLike) -> dict[str, str]:
+    """{class name (composed, NFC): its folder's name on disk} of ``folder``'s class
+    folders; an error naming both when two folders are spellings of one name, whose
+    images would otherwise go to two classes of the same name, or one of them to none."""
+    found: dict[str, str] = {}
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        if not entry.is_dir() or entry.name.startswith("."):
+            continue
+        name = nfc(entry.name)
+        if name in found:
+            a, b = (
+                f"{display_path(Path(folder) / n)} ({'composed' if n == name else 'decomposed'})"
+                for n in (found[name], entry.name)
+            )
+            raise UserValueError(
+                f"{a} and {b} are one class name spelt two ways in Unicode (a copy through "
+                "macOS can leave names decomposed): merge them into one folder"
+            )
+        found[name] = entry.name
+    return found
+
+
 def class_names(folder: str | os.PathLike) -> list[str]:
-    """Class folder names, in numeric order when every name is an integer.
+    """Class folder names (composed, NFC: ``nfc``), in numeric order when every name is an
+    integer.
 
     ImageFolder sorts names as text (0, 1, 10, 100, 11, ...); a label written from that
     index instead of the folder name scores near chance on the HW1 data.
     """
-    names = [e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith(".")]
-    return ordered_class_names(names)
+    return ordered_class_names(class_folders(folder))
 
 
 def ordered_class_names(names: Iterable[str]) -> list[str]:
@@ -96,41 +132,85 @@ def labelled_files(folder: Path, classes: Sequence[str]) -> list[tuple[str, int]
     ``make_dataset`` order; empty classes allowed (the data module names them in its own
     error).
 
-    Links to folders are followed, but no real folder twice: a link to a folder already
-    listed (``ln -s . train/c/loop``) would list its images again, or endlessly. Such
-    links are named in one warning.
+    Links to folders are followed, but none that would list an image twice or under
+    another class: a link to a folder already listed (``ln -s . train/c/loop``), to one
+    above the class folder (``ln -s .. train/c/up``: a loop, which would also list the
+    other classes' images as this one's), or into another class's folder. Such links are
+    named in one warning.
     """
     index = {c: i for i, c in enumerate(classes)}
-    seen: set[tuple[int, int]] = set()
-    repeats: list[str] = []
+    # each class's folder as it is spelt on disk (a checkpoint's composed name, a folder
+    # copied through macOS decomposed: see nfc)
+    on_disk = class_folders(folder) if os.path.isdir(folder) else {}
+    paths = {name: os.path.join(folder, on_disk.get(nfc(name), name)) for name in index}
+    tops = {name: os.path.realpath(path) for name, path in paths.items() if os.path.isdir(path)}
+    seen = {_identity(paths[name]) for name in tops}
+    skipped: list[str] = []
     samples = []
-    for name in sorted(index):  # as make_dataset: class names as text
-        top = os.path.join(folder, name)
-        if not os.path.isdir(top):
-            continue
-        seen.add(_identity(top))
-        walked = []
-        for root, dirs, files in os.walk(top, followlinks=True):
-            for d in sorted(dirs):
-                key = _identity(os.path.join(root, d))
-                if key in seen:
-                    dirs.remove(d)
-                    repeats.append(os.path.join(root, d))
-                seen.add(key)
-            walked.append((root, files))
+    for name in sorted(tops):  # as make_dataset: class names as text
+        others = [real for other, real in tops.items() if other != name]
+        walked = _walk_once(paths[name], seen, skipped, tops[name], others)
         for root, files in sorted(walked):
             samples += [
                 (os.path.join(root, f), index[name]) for f in sorted(files) if is_image_file(f)
             ]
-    if repeats:
-        log.warning(
-            "%d links to folders already listed were not followed (each image is used once):\n  %s",
-            len(repeats),
-            "\n  ".join(
-                f"{display_path(r)} -> {display_path(os.path.realpath(r))}" for r in repeats
-            ),
-        )
+    _warn_skipped(skipped)
     return samples
+
+
+def _walk_once(
+    top: str,
+    seen: set[tuple[int, int]],
+    skipped: list[str],
+    real_top: str | None = None,
+    others: Sequence[str] = (),
+) -> list[tuple[str, list[str]]]:
+    """(folder, its file names) under ``top``, following links to folders but never into
+    a folder ``seen`` already (which ends any loop), one above ``real_top`` or one inside
+    ``others``; each link left out is added to ``skipped``, with why."""
+    real_top = real_top or os.path.realpath(top)
+    seen.add(_identity(top))
+    walked = []
+    for root, dirs, files in os.walk(top, followlinks=True):
+        for d in sorted(dirs):
+            path = os.path.join(root, d)
+            try:
+                key, real = _identity(path), os.path.realpath(path)
+            except OSError:
+                dirs.remove(d)
+                continue
+            if key in seen:
+                why = "listed already"
+            elif _inside(real_top, real):
+                why = "a folder above it: a loop"
+            elif any(_inside(real, other) for other in others):
+                why = "inside another class's folder"
+            else:
+                why = ""
+            if why:  # left out, and not marked seen: it may be listed under its own class
+                dirs.remove(d)
+                skipped.append(f"{display_path(path)} -> {display_path(real)} ({why})")
+            else:
+                seen.add(key)
+        walked.append((root, files))
+    return walked
+
+
+def _inside(path: str, folder: str) -> bool:
+    """Whether real path ``path`` is ``folder`` or under it."""
+    return os.path.commonpath([path, folder]) == folder
+
+
+def _warn_skipped(
+    skipped: list[str], why: str = "each image is used once, under its own class"
+) -> None:
+    if skipped:
+        log.warning(
+            "%d links to folders were not followed (%s):\n  %s",
+            len(skipped),
+            why,
+            "\n  ".join(skipped),
+        )
 
 
 def _identity(folder: str) -> tuple[int, int]:
@@ -155,12 +235,14 @@ def input_files(inputs: str | os.PathLike) -> list[Path]:
     text = str(inputs)
     path = Path(text).expanduser()
     if path.is_dir():
+        skipped: list[str] = []  # links that would list a folder twice, or loop
         found = [
             Path(root, f)
-            for root, _, files in os.walk(path, followlinks=True)
+            for root, files in _walk_once(str(path), set(), skipped)
             for f in files
             if is_image_file(f)
         ]
+        _warn_skipped(skipped, "each image is predicted once")
     elif path.is_file() and is_image_file(path):
         found = [path]
     elif path.is_file():
@@ -367,6 +449,20 @@ def check_test_images(folder: Path, max_pixels: int | None = None) -> list[Path]
     image needs a row). Links to nothing are skipped with a warning; an empty list when
     the folder has no images."""
     files = image_files(folder)
+    not_images = [
+        display_path(p.name)
+        for p in sorted(folder.iterdir())
+        if p.is_file() and not p.name.startswith(".") and not is_image_file(p)
+    ]
+    if not_images:  # a .gif, a .heic: no row in prediction.csv, which should not go unseen
+        log.warning(
+            "%d files in %s are not images by their extension (%s) and get no row in "
+            "prediction.csv; convert them to one of those to predict them:\n  %s",
+            len(not_images),
+            display_path(folder),
+            " ".join(IMG_EXTENSIONS),
+            _listed(not_images),
+        )
     dangling = [p for p in sorted(folder.iterdir()) if is_image_file(p) and not p.exists()]
     if dangling:
         log.warning(

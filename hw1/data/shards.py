@@ -10,6 +10,7 @@ an optional dependency (``hw1[stream]``), imported where it is used.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import json
@@ -17,7 +18,10 @@ import logging
 import os
 import random
 import shutil
+import signal
+import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +39,14 @@ from hw1.data.sources import (
     read_json,
 )
 from hw1.transforms.decode import load_rgb
-from hw1.utils.errors import UserFileExistsError, UserFileNotFoundError, UserValueError
+from hw1.utils.errors import (
+    UserFileExistsError,
+    UserFileNotFoundError,
+    UserValueError,
+    to_log_files,
+)
 from hw1.utils.io import write_atomically
+from hw1.utils.signals import rerun_text
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +116,38 @@ def prepare_output(output: Path) -> None:
         shutil.rmtree(output / split, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def ctrl_c_exits_130(output: Path) -> Iterator[None]:
+    """While the block runs, LitData's ``optimize`` ends the process on Ctrl-C with exit
+    status 130 and a line saying what to rerun, as every hw1 command does. LitData's own
+    handler (its DataProcessor's, installed by ``optimize`` with no option to leave it out)
+    stops its workers and ends the process with status 0, which a script takes for
+    success. This one stops the workers the same way, then ends the process at once as
+    theirs does (waiting for the workers could hang). The folder keeps its PARTIAL mark,
+    so that nothing trains from it until hw1.shard runs again."""
+    from litdata.processing.data_processor import DataProcessor
+
+    def stop(processor: Any, signum: int, frame: Any) -> None:
+        for queue in processor.stop_queues:
+            queue.put(None)
+        for worker in processor.workers:
+            worker.join(0)
+        text = (
+            f"SIGINT: stopped writing shards; {display_path(output)} is incomplete (marked "
+            f"{PARTIAL}) and nothing trains from it. Rerun: {rerun_text()}"
+        )
+        to_log_files(logging.ERROR, text)
+        print(text, file=sys.stderr, flush=True)
+        os._exit(128 + signal.SIGINT)
+
+    theirs = DataProcessor._signal_handler
+    DataProcessor._signal_handler = stop
+    try:
+        yield
+    finally:
+        DataProcessor._signal_handler = theirs
+
+
 def write_shards(
     source: Source, output: str | os.PathLike, workers: int, chunk_bytes: str = "64MB"
 ) -> dict:
@@ -126,15 +168,16 @@ def write_shards(
         if not split_list:
             continue
         log.info("%s: %d images", split, len(split_list))
-        litdata.optimize(
-            fn=functools.partial(encode, split_list, source.read),
-            inputs=list(range(len(split_list))),
-            output_dir=os.fspath(output / split),
-            chunk_bytes=chunk_bytes,
-            num_workers=max(1, min(workers, len(split_list))),
-            mode="overwrite",
-            verbose=True,
-        )
+        with ctrl_c_exits_130(output):
+            litdata.optimize(
+                fn=functools.partial(encode, split_list, source.read),
+                inputs=list(range(len(split_list))),
+                output_dir=os.fspath(output / split),
+                chunk_bytes=chunk_bytes,
+                num_workers=max(1, min(workers, len(split_list))),
+                mode="overwrite",
+                verbose=True,
+            )
     labelled = {s: [(None, c) for _, c, _ in rows[s]] for s in ("train", "val")}
     meta = {
         "format": SHARDS_FORMAT,

@@ -26,7 +26,7 @@ from torch.optim.swa_utils import update_bn
 from torch.utils.data import DataLoader
 
 from hw1.data.datasets import ClassFolders
-from hw1.data.scan import display_path, labelled_files, readable_samples
+from hw1.data.scan import display_path, labelled_files, nfc_names, readable_samples
 from hw1.inference.predictor import checkpoint_paths
 from hw1.models.classifier import Classifier
 from hw1.transforms.device import FinishOnDevice
@@ -61,7 +61,7 @@ def must_share(hparams: dict[str, Any]) -> dict[str, Any]:
     return {
         "model": model,
         "head": hparams["head"],
-        "class_names": list(hparams["class_names"]),
+        "class_names": nfc_names(hparams["class_names"]),  # as the folders' (scan.nfc)
         "preprocess": hparams.get("preprocess"),
     }
 

@@ -24,7 +24,13 @@ from torch.utils.data import Dataset
 from torchmetrics.functional.classification import multiclass_confusion_matrix
 
 from hw1.data.datasets import ClassFolders
-from hw1.data.scan import class_names, display_path, labelled_files, readable_samples
+from hw1.data.scan import (
+    class_names,
+    display_path,
+    labelled_files,
+    nfc_names,
+    readable_samples,
+)
 from hw1.inference.calibration import fit_temperature, logits_of, store_temperature
 from hw1.inference.explain import cam_overlays, require_captum
 from hw1.inference.metrics import (
@@ -86,7 +92,7 @@ def split_dataset(cfg: DictConfig, split: str, names: Sequence[str]) -> ClassFol
     folder = Path(cfg.data.root) / split
     if not folder.is_dir():  # the calibration split; evaluate() checked the evaluated one
         raise UserFileNotFoundError(f"data.root={cfg.data.root}: no {split}/ folder to evaluate")
-    unknown = set(class_names(folder)) - set(names)
+    unknown = set(class_names(folder)) - set(nfc_names(names))
     if unknown:
         raise UserValueError(
             f"{folder} has class folders the checkpoint was not trained on: {sorted(unknown)}. "

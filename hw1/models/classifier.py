@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
+from hw1.data.scan import nfc_names
 from hw1.models.backbone import Backbone
 from hw1.models.param_groups import monitor_name, optimizer_params
 from hw1.utils.errors import UserValueError
@@ -65,7 +66,7 @@ class Classifier(L.LightningModule):
         trained. ``param_groups``: ``hw1.models.param_groups.optimizer_params``' options."""
         super().__init__()
         self.save_hyperparameters()
-        self.class_names = list(class_names)
+        self.class_names = nfc_names(class_names)  # composed: compared with folders'
         self.backbone: Backbone = instantiate(model)
         self.head = instantiate(
             head, in_features=self.backbone.num_features, num_classes=len(self.class_names)

@@ -14,6 +14,7 @@ from typing import Any
 
 from torch import nn
 
+from hw1.data.scan import nfc_names
 from hw1.inference.averaging import must_share
 from hw1.models.student import DistilledClassifier
 from hw1.utils.errors import UserValueError
@@ -45,7 +46,7 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> None:
     ckpt = load_checkpoint(path, "init_from", hint=hint)
     hparams = ckpt.get("hyper_parameters", {})
     classes = hparams.get("class_names")
-    if classes is not None and list(classes) != list(model.class_names):
+    if classes is not None and nfc_names(classes) != nfc_names(model.class_names):
         raise UserValueError(
             f"init_from={path}: its class_names ({len(classes)}: {first_keys(list(classes))}) "
             f"are not this data's ({len(model.class_names)}: {first_keys(model.class_names)}): "

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import logging
 import signal
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -16,7 +18,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from hw1.training.checkpoint_io import last_checkpoint
 from hw1.utils.compat import stop_fit
 from hw1.utils.errors import UserRuntimeError
-from hw1.utils.signals import SignalLatch
+from hw1.utils.signals import SignalLatch, rerun_text
 
 log = logging.getLogger(__name__)
 
@@ -103,12 +105,22 @@ class StopOnNonFiniteLoss(L.Callback):
         )
 
 
+def at_once_text(last: Path) -> str:
+    """The log line of a second Ctrl-C in training: nothing saved, and how to go on."""
+    if last.is_file():
+        go_on = f"continue from the last one with resume=true hydra.run.dir={last.parent.parent}"
+    else:
+        go_on = f"no last.ckpt was saved yet: rerun {rerun_text()}"
+    return f"SIGINT again: stopped at once, without saving last.ckpt; {go_on}"
+
+
 class CheckpointOnSignal(L.Callback):
     """Saves ``last.ckpt`` when the run is stopped with SIGTERM (``kill``, a cluster's
     preemption or time limit) or Ctrl-C (SIGINT) and exits with status 128 + the signal
     (143, 130), so ``resume=true`` continues from where it stopped, in every phase of fit: a
     training batch finishes first, a validation (or the sanity check) runs to its end. A
-    second Ctrl-C stops at once, saving nothing (Lightning's KeyboardInterrupt, status 1).
+    second Ctrl-C stops at once, saving nothing, with exit status 130 (SignalLatch); the
+    last.ckpt saved before, if any, stays whole.
 
     Lightning's own handler decides on each process alone, and broadcasts from inside the
     signal handler, where a collective can pair with any other: under DDP, a signal that
@@ -136,6 +148,7 @@ class CheckpointOnSignal(L.Callback):
         if not self._latch.install():
             return
         self._global_zero = trainer.is_global_zero
+        self._latch.at_once = partial(at_once_text, last_checkpoint(trainer))
         if trainer.received_sigterm:  # between Lightning's handler and this hook
             self._latch.received = signal.SIGTERM
             stop_fit(trainer, False)

@@ -6,6 +6,8 @@ as a hw1.train line, and Lightning's learning-rate finder."""
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 from collections.abc import Sequence
 from functools import partial
@@ -34,10 +36,11 @@ from hw1.reporting.studies import save_figure, summarise
 from hw1.training.run import data_and_model, train
 from hw1.training.search_space import distributions, examples, suggest
 from hw1.training.tracking import end_trial
-from hw1.utils.compat import HydraCallbacks
+from hw1.utils.compat import HydraCallbacks, optuna_trial_id
 from hw1.utils.config import CONF_DIR, CONF_MODULE, compose_config
 from hw1.utils.errors import UserRuntimeError, UserValueError, user_error
 from hw1.utils.precision import use_tensor_cores
+from hw1.utils.runlock import pid_alive
 
 LR_FIND_DIR = "outputs/lr_find/${now:%Y-%m-%d_%H-%M-%S}"
 
@@ -184,6 +187,9 @@ class Objective:
         run_dir = Path(self.cfg.dir) / str(trial.number)
         trial.set_user_attr("overrides", overrides)
         trial.set_user_attr("run_dir", str(run_dir))
+        # who runs it: the next hw1.tune on this host fails it at once if this process is
+        # killed (fail_dead_trials), rather than after the heartbeat's grace period
+        trial.set_user_attr("process", {"pid": os.getpid(), "host": socket.gethostname()})
         pruning = Pruning(trial, self.cfg.monitor)
         # The study is one experiment of the tracking loggers, each trial a run in it (the
         # command line's tracking.* overrides, after these, win).
@@ -218,6 +224,33 @@ class Objective:
                 torch.cuda.empty_cache()  # an out-of-memory trial's leftovers
         best = max if self.cfg.direction == "maximize" else min
         return best(pruning.values)
+
+
+def fail_dead_trials(study: optuna.Study, storage: optuna.storages.BaseStorage) -> list[int]:
+    """Marks FAIL, at once, the study's RUNNING trials whose process on this host is gone
+    (a SIGKILL, the out-of-memory killer, a closed terminal): no handler of theirs ran, and
+    the heartbeat would leave them RUNNING for GRACE_S more seconds, so that a rerun right
+    after the kill still counted them as running. Trials of live processes, or of other
+    hosts, are left to their heartbeat. Returns the numbers of those failed."""
+    host, failed = socket.gethostname(), []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        process = trial.user_attrs.get("process") or {}
+        if process.get("host") != host or pid_alive(int(process.get("pid", 0))):
+            continue
+        run_dir = trial.user_attrs.get("run_dir", "?")
+        reason = (
+            f"its process (pid {process['pid']}) was killed; continue it by hand with "
+            f"python -m hw1.train resume=true hydra.run.dir={run_dir} if it saved last.ckpt"
+        )
+        trial_id = optuna_trial_id(trial)
+        try:
+            storage.set_trial_user_attr(trial_id, "fail_reason", reason)
+            storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # finished meanwhile: its process was another one with that pid
+        failed.append(trial.number)
+        print(f"trial {trial.number} fail: {reason}", flush=True)
+    return failed
 
 
 def progress(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -267,15 +300,17 @@ def search(cfg: DictConfig, choice: str | None, train_overrides: list[str]) -> N
     where = f"search={choice}" if choice else "search"
     space = distributions(cfg.search.get("params"), where)
     check_settings(cfg, space, train_overrides, where)
+    storage = storage_of(cfg)
     study = optuna.create_study(
         study_name=cfg.study_name,
-        storage=storage_of(cfg),
+        storage=storage,
         load_if_exists=True,  # the same command again continues the study
         direction=cfg.direction,
         sampler=instantiate(cfg.sampler),
         pruner=instantiate(cfg.pruner),
     )
     study.set_user_attr("monitor", cfg.monitor)
+    fail_dead_trials(study, storage)
     print(f"study {cfg.study_name}: {len(study.trials)} trials so far; running {cfg.n_trials} more")
     try:
         study.optimize(

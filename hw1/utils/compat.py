@@ -39,7 +39,14 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["hsv_to_rgb", "rgb_to_hsv", "stop_fit", "tensorboard_file_writer", *HYDRA_PRIVATE]
+__all__ = [
+    "hsv_to_rgb",
+    "optuna_trial_id",
+    "rgb_to_hsv",
+    "stop_fit",
+    "tensorboard_file_writer",
+    *HYDRA_PRIVATE,
+]
 
 
 def stop_fit(trainer: L.Trainer, stop: bool) -> None:
@@ -56,3 +63,11 @@ def tensorboard_file_writer(writer: Any) -> Any:
     edits them before writing), and SummaryWriter's public add_hparams writes them into a
     new sub-folder instead of the run's own. Lightning's log_hyperparams uses it too."""
     return writer._get_file_writer()
+
+
+def optuna_trial_id(trial: Any) -> int:
+    """A FrozenTrial's storage id, which the storage's public methods take
+    (``set_trial_state_values``): hw1.tune fails the trials of killed processes through
+    them, as Optuna's own ``fail_stale_trials`` does. FrozenTrial exposes the id only as
+    this attribute."""
+    return trial._trial_id

@@ -9,7 +9,9 @@ so code and tests that catch those keep working.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import signal
 import sys
 from collections.abc import Iterator
 
@@ -63,14 +65,28 @@ def user_error(error: BaseException | None) -> UserError | None:
 @contextlib.contextmanager
 def reported() -> Iterator[None]:
     """Runs an entry point's work, turning a UserError into its message on stderr and exit
-    status 2. Any other error, or any with ``HYDRA_FULL_ERROR=1``, propagates with its
-    traceback."""
+    status 2, and Ctrl-C into a line saying what to rerun and exit status 130. Any other
+    error, or any with ``HYDRA_FULL_ERROR=1``, propagates with its traceback. Either way
+    the message or traceback also goes to the run's log file (``train.log``), if any."""
+    from hw1.utils.signals import started
+
+    started()
     try:
         yield
+    except SystemExit as stop:
+        if stop.code in (130, 143):  # stopped by a signal (a training's last.ckpt saved)
+            from hw1.utils.signals import ignore_ctrl_c
+
+            ignore_ctrl_c()  # Lightning put Python's handler back; the process is ending
+        raise
+    except KeyboardInterrupt:
+        interrupted()
     except Exception as error:
         found = user_error(error)
         if found is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
+            to_log_files(logging.ERROR, f"{type(error).__name__}: {error}", error)
             raise
+        to_log_files(logging.ERROR, str(found))
         if in_hydra_sweep():
             from hydra.errors import CompactHydraException
 
@@ -80,6 +96,39 @@ def reported() -> Iterator[None]:
         sys.stdout.flush()
         print(found, file=sys.stderr)
         raise SystemExit(EXIT_STATUS) from None
+
+
+def interrupted() -> None:
+    """Ctrl-C in a command that does not stop at points of its own (SignalLatch): a line
+    saying what to rerun, exit status 130 as a shell reports Ctrl-C. What the command
+    wrote is whole (write_atomically, a folder renamed into place); what it was writing is
+    not there. Further Ctrl-Cs are ignored while this reports."""
+    from hw1.utils.signals import Stopped, rerun_text
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    text = f"SIGINT: stopped; nothing was left half-written. Rerun: {rerun_text()}"
+    to_log_files(logging.ERROR, text)
+    sys.stdout.flush()
+    print(text, file=sys.stderr)
+    raise Stopped(signal.SIGINT) from None
+
+
+def to_log_files(level: int, text: str, error: BaseException | None = None) -> None:
+    """``text`` (and ``error``'s traceback) into the log files that logging writes (Hydra's
+    ``<run dir>/<job name>.log``), not to the console: the console gets the message from
+    the caller, or the traceback from Python."""
+    record = logging.LogRecord(
+        "hw1",
+        level,
+        __file__,
+        0,
+        text,
+        None,
+        (type(error), error, error.__traceback__) if error is not None else None,
+    )
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
 
 
 def in_hydra_sweep() -> bool:

@@ -11,6 +11,7 @@ to delete it then. Lightning, Hydra and filelock offer no lock naming its holder
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import fcntl
 import json
@@ -134,3 +135,40 @@ def first_process() -> bool:
 def command_lock(folder: str | os.PathLike, command: str) -> contextlib.AbstractContextManager:
     """``run_lock(folder, command)`` in the first process of a run, nothing in the others."""
     return run_lock(folder, command) if first_process() else contextlib.nullcontext()
+
+
+_claimed: list[Path] = []
+
+
+def _remove_empty_claims() -> None:
+    for folder in _claimed:  # and the folders above it, up to the first one of its path
+        for empty in (folder, *list(folder.parents)[: len(folder.parts) - 2]):
+            try:
+                empty.rmdir()  # only if empty: a run's directory holds its .hydra/ and log
+            except OSError:
+                break
+
+
+def fresh_run_dir(path: str) -> str:
+    """``path`` (a default run directory, ``outputs/DATE/TIME``), made here, or when it
+    exists already ``path_2``, ``path_3``, ...: the first that did not exist. Two runs
+    started in the same second, or one started in the second another one ended, would
+    otherwise share one directory and mix their files (checkpoints, metrics.json, .hydra/);
+    mkdir is atomic, so two processes never get the same one. Resolved once per run (the
+    resolver is cached); an explicit ``hydra.run.dir=`` (a resume) never comes here.
+
+    Hydra also resolves it while composing a config whose parent sets its own (eval's
+    predict, check's train): such a directory stays empty and is removed at exit."""
+    base = Path(path)
+    base.parent.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 10_000):
+        candidate = base if n == 1 else base.with_name(f"{base.name}_{n}")
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            continue
+        if not _claimed:
+            atexit.register(_remove_empty_claims)
+        _claimed.append(candidate)
+        return str(candidate)
+    raise UserRuntimeError(f"{base}_*: 10,000 run directories already; give hydra.run.dir=")

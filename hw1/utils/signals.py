@@ -22,8 +22,14 @@ class SignalLatch:
     """Notes the first SIGTERM or SIGINT this process receives, and nothing more: Python
     runs a handler between two bytecodes, where no collective or file write may start, so
     the owner reads ``received`` at points of its own choosing. The handlers that were in
-    place (Python's, a job scheduler's) are chained; a second Ctrl-C raises
-    KeyboardInterrupt at once. ``announce(signum)`` is called on the first signal."""
+    place (Python's, a job scheduler's) are chained. ``announce(signum)`` is called on the
+    first signal.
+
+    A second Ctrl-C stops at once: it logs ``at_once`` and raises Stopped (exit 130) where
+    the program is, with further Ctrl-Cs ignored while it unwinds. Not KeyboardInterrupt:
+    Lightning turns that into exit status 1 and a traceback, and a third Ctrl-C in the
+    middle of the unwinding would cut a temporary file's clean-up short. Every file hw1
+    writes is renamed into place whole, so stopping anywhere leaves none half-written."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -31,6 +37,7 @@ class SignalLatch:
         self.received: int = 0  # the signal this process got, 0 for none
         self.announce = announce
         self.what, self.again = "", ""  # for stop_if_signalled's message (latched)
+        self.at_once: str | Callable[[], str] = ""  # the log line of a second Ctrl-C
         self._installed = False
         self._chained: dict[int, Any] = {}
 
@@ -50,17 +57,20 @@ class SignalLatch:
         return True
 
     def uninstall(self) -> None:
-        """Put back the handlers that ``arm`` found."""
+        """Put back the handlers that ``arm`` found; after a signal, Ctrl-C stays ignored
+        (the process is stopping: another Ctrl-C would cut its clean-up short)."""
         if not self._installed:
             return
         self._installed = False
         for signum, handler in self._chained.items():
             if handler is not None:
                 signal.signal(signum, handler)
+        if self.received:
+            ignore_ctrl_c()
 
     def _handle(self, signum: int, frame) -> None:
         if self.received and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C
+            self.stop_at_once()
         if not self.received:
             self.received = signum
             if self.announce is not None:
@@ -68,6 +78,14 @@ class SignalLatch:
         previous = self._chained.get(signum)
         if callable(previous) and previous is not signal.default_int_handler:
             previous(signum, frame)
+
+    def stop_at_once(self) -> None:
+        """A second Ctrl-C: the log line, and Stopped raised here, Ctrl-C ignored from now."""
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        self._installed = False  # nothing of ours to put back: the process is ending
+        text = self.at_once() if callable(self.at_once) else self.at_once
+        log.error(text or stop_text(signal.SIGINT, self.what, self.again, twice=True))
+        raise Stopped(signal.SIGINT)
 
 
 class Stopped(SystemExit):
@@ -78,11 +96,20 @@ class Stopped(SystemExit):
     def __init__(self, signum: int) -> None:
         super().__init__(128 + signum)
         self.signum = signum
+        ignore_ctrl_c()  # while the process ends
 
 
-def stop_text(signum: int, what: str, again: str) -> str:
+def ignore_ctrl_c() -> None:
+    """Ctrl-C ignored from now on (a process that is stopping), on the main thread."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def stop_text(signum: int, what: str, again: str, *, twice: bool = False) -> str:
     """The log line of a command stopped by ``signum``: what stopped, and what to rerun."""
-    return f"{signal.Signals(signum).name}: stopped {what}; nothing was written. Rerun: {again}"
+    name = signal.Signals(signum).name + (" again" if twice else "")
+    what = f"{what} at once" if twice else what
+    return f"{name}: stopped {what}; nothing was written. Rerun: {again}"
 
 
 def rerun_text() -> str:
@@ -92,7 +119,10 @@ def rerun_text() -> str:
     return " ".join([command, *map(shlex.quote, sys.argv[1:])])
 
 
-COMMANDS = ("predict", "eval", "average", "train", "distill")
+COMMANDS = (
+    "predict", "eval", "average", "train", "distill", "tune", "export", "explain", "shard",
+    "check", "demo", "preview", "report",
+)  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -124,3 +154,32 @@ def stop_if_signalled(latch: SignalLatch, signum: int | None = None) -> None:
     if signum:
         log.error(stop_text(signum, latch.what, latch.again))
         raise Stopped(signum)
+
+
+def _stopped_while_starting(signum: int, frame) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    print("SIGINT: stopped while starting; nothing was written", file=sys.stderr)
+    raise SystemExit(128 + signum)
+
+
+def stop_cleanly_while_starting() -> None:
+    """A Ctrl-C while an hw1 command starts (importing torch and Lightning takes seconds on a
+    busy machine, composing the config) ends it with one line and exit status 130 rather
+    than a wall of import traceback: nothing is written yet. Only for ``python -m hw1.X``
+    (``-m`` is still ``sys.argv[0]`` while Python imports the package of the module it
+    runs) and the ``hw1-X`` scripts, never for a program that imports hw1; ``reported()``
+    puts Python's handler back when the command's work starts."""
+    command = sys.argv[0] == "-m" or Path(sys.argv[0]).name.startswith("hw1-")
+    if (
+        command
+        and threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    ):
+        signal.signal(signal.SIGINT, _stopped_while_starting)
+
+
+def started() -> None:
+    """The command's work starts: Ctrl-C is Python's KeyboardInterrupt again (or a
+    SignalLatch's, once one is installed)."""
+    if signal.getsignal(signal.SIGINT) is _stopped_while_starting:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
