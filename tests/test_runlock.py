@@ -127,3 +127,17 @@ def test_composing_a_config_leaves_no_empty_run_directory(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [p for p in tmp_path.rglob("*") if p.name != "outputs"] == []
+
+
+@pytest.mark.parametrize("rank", ["RANK", "LOCAL_RANK", "SLURM_PROCID"])
+def test_a_launchers_later_rank_takes_the_run_directory_as_the_first_one_does(
+    tmp_path, monkeypatch, rank
+):
+    from hw1.utils.runlock import fresh_run_dir
+
+    base = str(tmp_path / "outputs" / "12-00-00")
+    for name in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"):
+        monkeypatch.delenv(name, raising=False)
+    assert fresh_run_dir(base) == base  # the first rank claims it
+    monkeypatch.setenv(rank, "1")
+    assert fresh_run_dir(base) == base  # a later rank of the same run: not base_2

@@ -137,6 +137,15 @@ def command_lock(folder: str | os.PathLike, command: str) -> contextlib.Abstract
     return run_lock(folder, command) if first_process() else contextlib.nullcontext()
 
 
+def launched_beside_another() -> bool:
+    """Whether a launcher (torchrun, SLURM's srun) started this process as a rank other than
+    the first of one run: each rank composes the config itself, and claiming a folder of
+    its own would split the run over TIME, TIME_2, ... (Lightning's own DDP launcher passes
+    its processes the first one's hydra.run.dir instead)."""
+    ranks = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")
+    return any(os.environ.get(name, "0") != "0" for name in ranks)
+
+
 _claimed: list[Path] = []
 
 
@@ -159,6 +168,8 @@ def fresh_run_dir(path: str) -> str:
 
     Hydra also resolves it while composing a config whose parent sets its own (eval's
     predict, check's train): such a directory stays empty and is removed at exit."""
+    if launched_beside_another():
+        return path  # a torchrun/srun rank of a run the first rank claims: as before
     base = Path(path)
     base.parent.mkdir(parents=True, exist_ok=True)
     for n in range(1, 10_000):
