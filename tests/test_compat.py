@@ -39,3 +39,20 @@ def test_lightnings_sigterm_flag_is_what_stop_fit_sets():
     assert trainer.received_sigterm is True  # Lightning's own reading of the same flag
     compat.stop_fit(trainer, False)
     assert trainer.received_sigterm is False
+
+
+def test_dataloaders_iterators_take_their_indices_from_index_sampler():
+    """hw1.data.samplers.ResumableLoader overrides DataLoader's private ``_index_sampler``
+    to leave out the batches a resumed epoch trained on already."""
+    from torch.utils.data import DataLoader
+
+    assert isinstance(DataLoader._index_sampler, property)
+
+    class FirstBatchLeftOut(DataLoader):
+        @property
+        def _index_sampler(self):
+            return [[2, 3]]
+
+    for workers in (0, 1):
+        batches = [b.tolist() for b in FirstBatchLeftOut(list(range(4)), num_workers=workers)]
+        assert batches == [[2, 3]]
