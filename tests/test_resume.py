@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from conftest import make_hw1_folder, run_train
@@ -15,7 +16,8 @@ from omegaconf import OmegaConf
 from test_model import classifier
 
 from hw1.training.init_from import check_resumable
-from hw1.training.resume import with_run_overrides
+from hw1.training.resume import not_replayed, with_run_overrides
+from hw1.utils.config import compose_config
 from hw1.utils.errors import UserValueError
 
 
@@ -146,3 +148,18 @@ def test_a_mid_epoch_resume_says_the_run_will_differ_only_where_it_does(tmp_path
     progress["is_last_batch"] = True
     check_resumable(model, saved_run(tmp_path / "end.ckpt", model, loops=older), differs="x")
     assert "will differ" not in caplog.text
+
+
+def test_the_runs_whose_mid_epoch_resume_differs_are_named(tmp_path):
+    """R1: only litdata shards (their augmentation), gradient accumulation (a window's
+    gradients) and DDP (not checked) resume mid-epoch to another run than the uninterrupted
+    one; the folder layout, a CSV or a datasets dataset, balanced or not, replay it."""
+
+    def trainer(**kw) -> L.Trainer:
+        return L.Trainer(default_root_dir=tmp_path, logger=False, accelerator="cpu", **kw)
+
+    for overrides in ([], ["data.source=csv"], ["data.sampler=balanced"]):
+        assert not_replayed(compose_config(overrides), trainer()) is None
+    assert "litdata" in not_replayed(compose_config(["data.source=litdata"]), trainer())
+    accumulating = trainer(accumulate_grad_batches=2)
+    assert "accumulated" in not_replayed(compose_config(), accumulating)
