@@ -139,7 +139,7 @@ def test_a_mid_epoch_resume_says_the_run_will_differ_only_where_it_does(tmp_path
     check_resumable(model, saved_run(tmp_path / "mid.ckpt", model, loops=loops))
     assert "will differ" not in caplog.text
     check_resumable(model, tmp_path / "mid.ckpt", differs="data.source=litdata replays...")
-    assert "saved 5 batches into epoch 2 and data.source=litdata" in caplog.text
+    assert "saved 5 batches into epoch 2, and data.source=litdata" in caplog.text
     caplog.clear()
     older = {"fit_loop": {"epoch_loop.batch_progress": progress}}
     check_resumable(model, saved_run(tmp_path / "older.ckpt", model, loops=older))

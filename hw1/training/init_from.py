@@ -140,11 +140,13 @@ def warn_if_mid_epoch(
     loader_state = ckpt.get("loops", {}).get("fit_loop", {}).get("state_dict", {})
     if differs is None and loader_state.get("combined_loader"):
         return
-    why = differs or "the checkpoint holds no loader state: an older hw1 saved it"
+    why = differs or (
+        "the checkpoint holds no loader state (an older hw1 saved it), so the rest of that "
+        "epoch is trained on other batches"
+    )
     log.warning(
-        "%s was saved %d batches into epoch %d and %s: the rest of that epoch is trained on "
-        "other batches or augmentations than an uninterrupted run's, so the resumed run "
-        "will differ from it",
+        "%s was saved %d batches into epoch %d, and %s: the resumed run will differ from "
+        "an uninterrupted one",
         path,
         done,
         int(ckpt.get("epoch", 0)) + 1,
