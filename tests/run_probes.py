@@ -110,4 +110,5 @@ class TrainingRecord(L.Callback):
         self._metrics(trainer, "train end")
         # The weights at the end (last.ckpt is not that: Lightning rewrites it only with a
         # new best checkpoint, and at the end of a fit that saved none).
-        torch.save(pl_module.state_dict(), f"{self.path}.weights.pt")
+        if trainer.is_global_zero:  # DDP: the same weights on every process
+            torch.save(pl_module.state_dict(), f"{self.path}.weights.pt")

@@ -130,8 +130,8 @@ def test_a_failed_resume_keeps_the_runs_settings_and_a_plain_one_continues(tmp_p
 
 def test_a_mid_epoch_resume_says_the_run_will_differ_only_where_it_does(tmp_path, caplog):
     """R1: a checkpoint with the loader's state replays the rest of its epoch (tests/
-    test_samplers.py); one without it (an older hw1's), or a run whose source or DDP
-    cannot replay it, is told the run will differ; an epoch's end is always replayed."""
+    test_samplers.py); one without it (an older hw1's), or a run whose source or gradient
+    accumulation cannot replay it, is told the run will differ; never at an epoch's end."""
     model = classifier(head="v0", classes=3)
     progress = {"current": {"completed": 5}, "is_last_batch": False}
     loader = {"state_dict": {"combined_loader": [{"epoch": 1, "batches": 5}]}}
@@ -151,9 +151,9 @@ def test_a_mid_epoch_resume_says_the_run_will_differ_only_where_it_does(tmp_path
 
 
 def test_the_runs_whose_mid_epoch_resume_differs_are_named(tmp_path):
-    """R1: only litdata shards (their augmentation), gradient accumulation (a window's
-    gradients) and DDP (not checked) resume mid-epoch to another run than the uninterrupted
-    one; the folder layout, a CSV or a datasets dataset, balanced or not, replay it."""
+    """R1: only litdata shards (their augmentation) and gradient accumulation (a window's
+    gradients) resume mid-epoch to another run than the uninterrupted one; the folder
+    layout, a CSV or a datasets dataset, balanced or not, replay it."""
 
     def trainer(**kw) -> L.Trainer:
         return L.Trainer(default_root_dir=tmp_path, logger=False, accelerator="cpu", **kw)

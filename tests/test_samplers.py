@@ -96,7 +96,7 @@ EPOCHS2 = ("trainer.max_epochs=2", "sched.T_max=2", "callbacks.early_stopping=nu
 # The draws of every kind: the crop, flip, colour jitter, rotation and shift in the loader
 # (the workers finish them on the CPU), dropout and MixUp/CutMix in the training process.
 DRAWS = (
-    "data.batch_size=8", "data.augment.jitter=[0.2,0.2,0.2,0.1]", "head.dropout=0.2",
+    "data.augment.jitter=[0.2,0.2,0.2,0.1]", "head.dropout=0.2",
     "mix.mixup_alpha=0.2", "mix.cutmix_alpha=1.0", "mix.prob=0.5",
 )  # fmt: skip
 
@@ -125,18 +125,36 @@ def run(cmd: list[str]) -> tuple[int, str]:
     return run_in_process_group(cmd, timeout=300)
 
 
+def lines_in_order(path: Path) -> list[dict]:
+    """The record's lines by process, epoch and batch (DDP processes append as they go)."""
+    order = {"epoch end": 1, "train end": 2}
+    return sorted(
+        lines(path),
+        key=lambda x: (x["rank"], x["epoch"], order.get(x.get("when"), 0), x.get("batch", 0)),
+    )
+
+
+# (workers, where the fast pipeline's colour jitter, rotation and shift run, batch size,
+# processes): 48 training images, 6 batches an epoch on each process.
+CASES = [(2, "auto", 8, 1), (0, "device", 4, 2)]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize(("workers", "deferred"), [(0, "device"), (2, "auto")])
+@pytest.mark.parametrize(("workers", "deferred", "batch_size", "processes"), CASES)
 def test_a_run_stopped_mid_epoch_and_resumed_equals_the_uninterrupted_one(
-    tmp_path, workers, deferred
+    tmp_path, workers, deferred, batch_size, processes
 ):
-    """48 training images, batches of 8: 6 an epoch; SIGTERM lands in batch 2 of epoch 2
-    (0-based: 1), which finishes, and the resumed run trains batches 3 to 5 of it. The fast
-    pipeline's colour jitter, rotation and shift run in the training process (device) or in
-    the workers (auto, on the CPU)."""
+    """SIGTERM lands in batch 2 of epoch 2 (0-based: 1) on process 0, which finishes it,
+    and the resumed run trains batches 3 to 5 of it. One process with two loader workers
+    (which finish the fast pipeline's images on the CPU), and two DDP (gloo) processes
+    without workers, the device step finishing their images."""
     root = tmp_path / "data"
     make_hw1_folder(root, [str(i) for i in range(6)], train=8, val=2, test=0)
-    settings = (*EPOCHS2, *DRAWS, f"data.num_workers={workers}", f"data.deferred={deferred}")
+    settings = (
+        *EPOCHS2, *DRAWS, f"data.num_workers={workers}", f"data.deferred={deferred}",
+        f"data.batch_size={batch_size}",
+        *(("trainer.strategy=ddp", f"trainer.devices={processes}") if processes > 1 else ()),
+    )  # fmt: skip
     runs = {}
     for name in ("whole", "stopped"):
         cmd = train_command(root, tmp_path / name, *settings, *record(tmp_path / f"{name}.jsonl"))
@@ -150,14 +168,17 @@ def test_a_run_stopped_mid_epoch_and_resumed_equals_the_uninterrupted_one(
         assert status == 0, out[-4000:]
         runs[name] = tmp_path / name
 
-    whole, stopped = lines(tmp_path / "whole.jsonl"), lines(tmp_path / "stopped.jsonl")
-    assert [line["batch"] for line in stopped if "batch" in line] == [*range(6), *range(6)]
-    assert [line["when"] for line in stopped if "when" in line] == [
-        "epoch end", "epoch end", "train end"
-    ]  # fmt: skip
-    # the same samples, augmented alike, in the same order; the same metrics each epoch
-    # (training loss and accuracy over the whole epoch, validation, learning rate), the
-    # last epoch's at the end of training
+    whole = lines_in_order(tmp_path / "whole.jsonl")
+    stopped = lines_in_order(tmp_path / "stopped.jsonl")
+    for rank in range(processes):
+        mine = [line for line in stopped if line["rank"] == rank]
+        assert [line["batch"] for line in mine if "batch" in line] == [*range(6), *range(6)]
+        assert [line["when"] for line in mine if "when" in line] == [
+            "epoch end", "epoch end", "train end"
+        ]  # fmt: skip
+    # the same samples, augmented alike, in the same order, the same weights after each
+    # step; the same metrics each epoch (training loss and accuracy over the whole epoch,
+    # validation, learning rate), the last epoch's at the end of training
     assert stopped == whole
     history = {
         name: json.loads((run_dir / "metrics.json").read_text())["val_history"]

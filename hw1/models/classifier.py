@@ -212,24 +212,36 @@ class Classifier(L.LightningModule):
     # The training metrics of the epoch under way: Lightning's checkpoints keep neither its
     # own running means nor torchmetrics' states, so a run resumed in the middle of an epoch
     # would log that epoch's training loss and accuracy over the batches after the resume.
+    # Each process has its own (torchmetrics adds them up at the epoch's end): all of them
+    # are kept, process p's at index p, and each process takes its own back.
     EPOCH_METRICS = ("train_loss", "train_acc")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["val_history"] = self.val_history
         checkpoint[TEMPERATURE_KEY] = self.temperature
         checkpoint[EPOCH_METRICS_KEY] = {
-            name: {k: v.detach().cpu() for k, v in getattr(self, name).metric_state.items()}
+            name: {k: self._every_process(v) for k, v in getattr(self, name).metric_state.items()}
             for name in self.EPOCH_METRICS
         }
+
+    def _every_process(self, value: torch.Tensor) -> torch.Tensor:
+        """``value`` of every DDP process, stacked in rank order (one row without DDP). A
+        collective: Lightning calls on_save_checkpoint on every process at the same point."""
+        if self._trainer is not None and self.trainer.world_size > 1:
+            return self.all_gather(value.detach()).cpu()
+        return value.detach().cpu()[None]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.val_history = checkpoint.get("val_history", [])
         self.temperature = stored_temperature(checkpoint)
-        if mid_epoch_batches(checkpoint):  # else the saved epoch's were logged already
-            for name, states in checkpoint.get(EPOCH_METRICS_KEY, {}).items():
-                metric = getattr(self, name)
-                for key, value in states.items():
-                    setattr(metric, key, value.to(self.device))
+        if not mid_epoch_batches(checkpoint) or self._trainer is None:
+            return  # at an epoch's end the saved epoch's were logged already
+        rank, processes = self.trainer.global_rank, self.trainer.world_size
+        for name, states in checkpoint.get(EPOCH_METRICS_KEY, {}).items():
+            metric = getattr(self, name)
+            for key, value in states.items():
+                if len(value) == processes:  # else another process count: start afresh
+                    setattr(metric, key, value[rank].to(self.device))
 
     # --- Calibration (temperature scaling, hw1.inference.calibration) ---------------------
     # One scalar fitted on the validation split's logits: predict_probs divides the logits

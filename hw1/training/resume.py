@@ -57,14 +57,6 @@ def not_replayed(cfg: DictConfig, trainer: L.Trainer) -> str | None:
     if trainer.accumulate_grad_batches > 1:
         # Lightning's checkpoints hold no gradients: those of a window cut short are lost.
         return "gradients accumulated over a part of a window are not saved"
-    if trainer.world_size > 1:
-        # Each process skips its own batches (the same batches and weights, checked by
-        # hand on two gloo processes), but the checkpoint holds the running training
-        # metrics of process 0 alone, which every process then takes.
-        return (
-            "under DDP the batches and weights are replayed, but that epoch's train/loss "
-            "and train/acc are not"
-        )
     return None
 
 
