@@ -63,3 +63,20 @@ def test_optunas_frozen_trial_id_is_what_its_storage_takes():
     study.optimize(lambda trial: 1.0, n_trials=1)
     [trial] = study.trials
     assert study._storage.get_trial(optuna_trial_id(trial)).number == trial.number
+
+
+def test_dataloaders_iterators_take_their_indices_from_index_sampler():
+    """hw1.data.samplers.ResumableLoader overrides DataLoader's private ``_index_sampler``
+    to leave out the batches a resumed epoch trained on already."""
+    from torch.utils.data import DataLoader
+
+    assert isinstance(DataLoader._index_sampler, property)
+
+    class FirstBatchLeftOut(DataLoader):
+        @property
+        def _index_sampler(self):
+            return [[2, 3]]
+
+    for workers in (0, 1):
+        batches = [b.tolist() for b in FirstBatchLeftOut(list(range(4)), num_workers=workers)]
+        assert batches == [[2, 3]]

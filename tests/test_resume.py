@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from conftest import make_hw1_folder, run_train
@@ -15,7 +16,8 @@ from omegaconf import OmegaConf
 from test_model import classifier
 
 from hw1.training.init_from import check_resumable
-from hw1.training.resume import with_run_overrides
+from hw1.training.resume import not_replayed, with_run_overrides
+from hw1.utils.config import compose_config
 from hw1.utils.errors import UserValueError
 
 
@@ -126,15 +128,38 @@ def test_a_failed_resume_keeps_the_runs_settings_and_a_plain_one_continues(tmp_p
     assert "Restored all states from the checkpoint" in good.stdout + good.stderr
 
 
-def test_a_resume_from_the_middle_of_an_epoch_says_the_run_will_differ(tmp_path, caplog):
-    """R1, not fixed: the rest of the epoch's data order is not replayed; README says
-    which resumes differ, and the resume says so."""
+def test_a_mid_epoch_resume_says_the_run_will_differ_only_where_it_does(tmp_path, caplog):
+    """R1: a checkpoint with the loader's state replays the rest of its epoch (tests/
+    test_samplers.py); one without it (an older hw1's), or a run whose source or gradient
+    accumulation cannot replay it, is told the run will differ; never at an epoch's end."""
     model = classifier(head="v0", classes=3)
     progress = {"current": {"completed": 5}, "is_last_batch": False}
-    loops = {"fit_loop": {"epoch_loop.batch_progress": progress}}
+    loader = {"state_dict": {"combined_loader": [{"epoch": 1, "batches": 5}]}}
+    loops = {"fit_loop": {"epoch_loop.batch_progress": progress, **loader}}
     check_resumable(model, saved_run(tmp_path / "mid.ckpt", model, loops=loops))
-    assert "saved 5 batches into epoch 2" in caplog.text and "will differ" in caplog.text
+    assert "will differ" not in caplog.text
+    check_resumable(model, tmp_path / "mid.ckpt", differs="data.source=litdata replays...")
+    assert "saved 5 batches into epoch 2, and data.source=litdata" in caplog.text
+    caplog.clear()
+    older = {"fit_loop": {"epoch_loop.batch_progress": progress}}
+    check_resumable(model, saved_run(tmp_path / "older.ckpt", model, loops=older))
+    assert "will differ" in caplog.text and "holds no loader state" in caplog.text
     caplog.clear()
     progress["is_last_batch"] = True
-    check_resumable(model, saved_run(tmp_path / "end.ckpt", model, loops=loops))
+    check_resumable(model, saved_run(tmp_path / "end.ckpt", model, loops=older), differs="x")
     assert "will differ" not in caplog.text
+
+
+def test_the_runs_whose_mid_epoch_resume_differs_are_named(tmp_path):
+    """R1: only litdata shards (their augmentation) and gradient accumulation (a window's
+    gradients) resume mid-epoch to another run than the uninterrupted one; the folder
+    layout, a CSV or a datasets dataset, balanced or not, replay it."""
+
+    def trainer(**kw) -> L.Trainer:
+        return L.Trainer(default_root_dir=tmp_path, logger=False, accelerator="cpu", **kw)
+
+    for overrides in ([], ["data.source=csv"], ["data.sampler=balanced"]):
+        assert not_replayed(compose_config(overrides), trainer()) is None
+    assert "litdata" in not_replayed(compose_config(["data.source=litdata"]), trainer())
+    accumulating = trainer(accumulate_grad_batches=2)
+    assert "accumulated" in not_replayed(compose_config(), accumulating)

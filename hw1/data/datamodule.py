@@ -15,9 +15,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from hw1.data import demo
-from hw1.data.datasets import ClassFolders, view_loader
+from hw1.data.datasets import ClassFolders, SeededSamples, view_loader
 from hw1.data.device_batches import DeviceBatches
-from hw1.data.samplers import BalancedSampler
+from hw1.data.samplers import BalancedSampler, ResumableLoader, SeededDraws, ShuffledOrder
 from hw1.data.scan import display_path
 from hw1.data.source_choice import make_source
 from hw1.data.sources import EncodedImages, load_encoded
@@ -202,19 +202,39 @@ class FolderDataModule(DeviceBatches):
         return not torch.cuda.is_available()
 
     def _loader(self, dataset: Dataset, shuffle: bool = False) -> DataLoader:
+        hp = self.hparams
         if getattr(self.layout, "streams", False):
-            return self.layout.loader(dataset, self.hparams.batch_size, self.hparams.num_workers)
-        balanced = shuffle and self.hparams.sampler == "balanced"
-        return DataLoader(
-            dataset,
-            batch_size=self.hparams.batch_size,
-            shuffle=shuffle and not balanced,
-            sampler=BalancedSampler(dataset.targets, self.hparams.seed) if balanced else None,
+            return self.layout.loader(dataset, hp.batch_size, hp.num_workers)
+        common = {
+            "batch_size": hp.batch_size,
+            "num_workers": hp.num_workers,
+            "persistent_workers": hp.num_workers > 0,
+            "pin_memory": torch.cuda.is_available(),
+            # The seed of the workers' own generators, drawn from this one rather than the
+            # global generator: making an iterator then draws nothing from the generator
+            # the training step draws from (BatchMix), which RandomState restores.
+            "generator": torch.Generator().manual_seed(hp.seed),
+        }
+        if not shuffle:
+            return DataLoader(dataset, **common)
+        return self._train_loader(dataset, common)
+
+    def _train_loader(self, dataset: Dataset, common: dict[str, Any]) -> DataLoader:
+        """The training loader: an order drawn from (seed, epoch), every sample's draws
+        seeded by its place in it (SeededDraws), resumable in the middle of an epoch
+        (ResumableLoader): a run stopped and resumed trains on the batches, augmented
+        alike, that the uninterrupted run does."""
+        seed = self.hparams.seed
+        if self.hparams.sampler == "balanced":
+            order = BalancedSampler(dataset.targets, seed)
+        else:
+            order = ShuffledOrder(dataset, seed)
+        return ResumableLoader(
+            SeededSamples(dataset),
+            sampler=SeededDraws(order, seed),
             # BatchNorm heads (v3, v4) cannot train on a last batch of one image.
-            drop_last=shuffle and len(dataset) > self.hparams.batch_size,
-            num_workers=self.hparams.num_workers,
-            persistent_workers=self.hparams.num_workers > 0,
-            pin_memory=torch.cuda.is_available(),
+            drop_last=len(dataset) > self.hparams.batch_size,
+            **common,
         )
 
     def train_dataloader(self) -> DataLoader:

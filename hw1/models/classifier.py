@@ -13,6 +13,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
+from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from hw1.data.scan import nfc_names
@@ -77,6 +78,10 @@ class Classifier(L.LightningModule):
         # validate_args=False: no checks of every batch's labels, which read the values
         # on the host and so make the CPU wait for the GPU at every step.
         self.train_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
+        # The epoch's mean training loss, weighted by batch size as Lightning's own mean of a
+        # logged tensor, as a metric so that its running state can go into a checkpoint
+        # (EPOCH_METRICS). nan_strategy=disable: no check that reads the loss on the host.
+        self.train_loss = MeanMetric(nan_strategy="disable")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
         self.val_confusion = MulticlassConfusionMatrix(num_classes)  # drawn by Figures
         self.val_history: list[dict[str, float]] = []  # per epoch, for metrics.json
@@ -107,7 +112,10 @@ class Classifier(L.LightningModule):
         # need not search the batch for it. The step loss reaches the host only when the
         # logger writes or the progress bar refreshes (log_every_n_steps, refresh_rate).
         n = len(x)
-        self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=n)
+        # Each batch's loss n times: MeanMetric's weight is ignored under nan_strategy=disable
+        # (torchmetrics 1.9), and an expanded view copies nothing.
+        self.train_loss.update(loss.detach().expand(n))
+        self.log("train/loss", self.train_loss, on_step=False, on_epoch=True)
         self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=n)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
         return loss
@@ -203,13 +211,39 @@ class Classifier(L.LightningModule):
         model.temperature = stored_temperature(ckpt)
         return model.eval()
 
+    # The training metrics of the epoch under way: Lightning's checkpoints keep neither its
+    # own running means nor torchmetrics' states, so a run resumed in the middle of an epoch
+    # would log that epoch's training loss and accuracy over the batches after the resume.
+    # Each process has its own (torchmetrics adds them up at the epoch's end): all of them
+    # are kept, process p's at index p, and each process takes its own back.
+    EPOCH_METRICS = ("train_loss", "train_acc")
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["val_history"] = self.val_history
         checkpoint[TEMPERATURE_KEY] = self.temperature
+        checkpoint[EPOCH_METRICS_KEY] = {
+            name: {k: self._every_process(v) for k, v in getattr(self, name).metric_state.items()}
+            for name in self.EPOCH_METRICS
+        }
+
+    def _every_process(self, value: torch.Tensor) -> torch.Tensor:
+        """``value`` of every DDP process, stacked in rank order (one row without DDP). A
+        collective: Lightning calls on_save_checkpoint on every process at the same point."""
+        if self._trainer is not None and self.trainer.world_size > 1:
+            return self.all_gather(value.detach()).cpu()
+        return value.detach().cpu()[None]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.val_history = checkpoint.get("val_history", [])
         self.temperature = stored_temperature(checkpoint)
+        if not mid_epoch_batches(checkpoint) or self._trainer is None:
+            return  # at an epoch's end the saved epoch's were logged already
+        rank, processes = self.trainer.global_rank, self.trainer.world_size
+        for name, states in checkpoint.get(EPOCH_METRICS_KEY, {}).items():
+            metric = getattr(self, name)
+            for key, value in states.items():
+                if len(value) == processes:  # else another process count: start afresh
+                    setattr(metric, key, value[rank].to(self.device))
 
     # --- Calibration (temperature scaling, hw1.inference.calibration) ---------------------
     # One scalar fitted on the validation split's logits: predict_probs divides the logits
@@ -223,6 +257,15 @@ class Classifier(L.LightningModule):
 
 
 TEMPERATURE_KEY = "temperature"
+EPOCH_METRICS_KEY = "train_epoch_metrics"
+
+
+def mid_epoch_batches(ckpt: dict[str, Any]) -> int:
+    """How many training batches of its epoch a checkpoint saved in the middle of one
+    (a SIGTERM or Ctrl-C) had done; 0 for one saved at an epoch's end."""
+    progress = ckpt.get("loops", {}).get("fit_loop", {}).get("epoch_loop.batch_progress", {})
+    done = progress.get("current", {}).get("completed", 0)
+    return 0 if progress.get("is_last_batch", True) else int(done)
 
 
 def stored_temperature(checkpoint: dict[str, Any]) -> float:

@@ -16,6 +16,7 @@ from torch import nn
 
 from hw1.data.scan import nfc_names
 from hw1.inference.averaging import must_share
+from hw1.models.classifier import mid_epoch_batches
 from hw1.models.student import DistilledClassifier
 from hw1.utils.errors import UserValueError
 from hw1.utils.weights import first_keys, load_checkpoint, mismatched_keys
@@ -89,13 +90,16 @@ def check_state(model: nn.Module, ckpt: dict[str, Any], what: str, advice: str) 
 RESUME_ENTRIES = ("optimizer_states", "loops", "epoch", "global_step")
 
 
-def check_resumable(model: nn.Module, path: str | os.PathLike, key: str = "ckpt_path") -> None:
+def check_resumable(
+    model: nn.Module, path: str | os.PathLike, key: str = "ckpt_path", differs: str | None = None
+) -> None:
     """Refuses, before Lightning loads it, a checkpoint that ``model`` cannot continue
     from, with the checks of ``init_from=`` and more: a resume must be the same run, so the
     architecture, head, class names in their order and preprocessing (image size) must be
     the model's, and the file must hold the optimizer and loop states. Else Lightning would
     load another dataset's head with the same class count silently (its labels mapped to
-    other classes), or stop with a KeyError on a weights-only file."""
+    other classes), or stop with a KeyError on a weights-only file. ``differs``: why this
+    run cannot replay the rest of an epoch it stopped in (warn_if_mid_epoch)."""
     ckpt = load_checkpoint(path, key)
     absent = [entry for entry in RESUME_ENTRIES if entry not in ckpt]
     if absent:
@@ -120,31 +124,35 @@ def check_resumable(model: nn.Module, path: str | os.PathLike, key: str = "ckpt_
                 f"run; use init_from={path} to start a new run from these weights"
             )
     check_state(model, ckpt, f"{key}={path}", "Resume with the run's own settings")
-    warn_if_mid_epoch(ckpt, path)
+    warn_if_mid_epoch(ckpt, path, differs)
 
 
-def mid_epoch_batches(ckpt: dict[str, Any]) -> int:
-    """How many training batches of its epoch a checkpoint saved in the middle of one
-    (a SIGTERM or Ctrl-C) had done; 0 for one saved at an epoch's end."""
-    progress = ckpt.get("loops", {}).get("fit_loop", {}).get("epoch_loop.batch_progress", {})
-    done = progress.get("current", {}).get("completed", 0)
-    return 0 if progress.get("is_last_batch", True) else int(done)
-
-
-def warn_if_mid_epoch(ckpt: dict[str, Any], path: str | os.PathLike) -> None:
-    """A run resumed in the middle of an epoch finishes that epoch, but not on the batches
-    the uninterrupted run would have drawn: the loader's shuffle and the augmentations'
-    draws are not replayed from the batch it stopped at (README, "Resuming")."""
+def warn_if_mid_epoch(
+    ckpt: dict[str, Any], path: str | os.PathLike, differs: str | None = None
+) -> None:
+    """A run resumed in the middle of an epoch replays the rest of it as the uninterrupted
+    run would (hw1.data.samplers.ResumableLoader, the random states in RandomState), except
+    where ``differs`` says why not (its data source, DDP), or from a checkpoint that holds
+    no loader state (an older hw1's): then the resume says the run will differ
+    (README, "Stop and resume")."""
     done = mid_epoch_batches(ckpt)
-    if done:
-        log.warning(
-            "%s was saved %d batches into epoch %d: the rest of that epoch is trained on "
-            "other batches and augmentations than an uninterrupted run's, so the resumed run "
-            "will differ from it (from the next epoch on, the data order is the seed's again)",
-            path,
-            done,
-            int(ckpt.get("epoch", 0)) + 1,
-        )
+    if not done:
+        return
+    loader_state = ckpt.get("loops", {}).get("fit_loop", {}).get("state_dict", {})
+    if differs is None and loader_state.get("combined_loader"):
+        return
+    why = differs or (
+        "the checkpoint holds no loader state (an older hw1 saved it), so the rest of that "
+        "epoch is trained on other batches"
+    )
+    log.warning(
+        "%s was saved %d batches into epoch %d, and %s: the resumed run will differ from "
+        "an uninterrupted one",
+        path,
+        done,
+        int(ckpt.get("epoch", 0)) + 1,
+        why,
+    )
 
 
 def differences(theirs: dict[str, Any], ours: dict[str, Any], names: list[str]) -> list[str]:

@@ -33,7 +33,7 @@ def resume_point(cfg: DictConfig, trainer: L.Trainer, model: nn.Module) -> str |
     if cfg.ckpt_path:
         if not Path(cfg.ckpt_path).is_file():
             raise UserFileNotFoundError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint")
-        check_resumable(model, cfg.ckpt_path)
+        check_resumable(model, cfg.ckpt_path, differs=not_replayed(cfg, trainer))
         return str(cfg.ckpt_path)
     if not cfg.resume:
         return None
@@ -43,8 +43,21 @@ def resume_point(cfg: DictConfig, trainer: L.Trainer, model: nn.Module) -> str |
             f"resume=true: no {last}. Point Hydra at the run to continue: "
             "resume=true hydra.run.dir=outputs/DATE/TIME"
         )
-    check_resumable(model, last, key="resume=true")
+    check_resumable(model, last, key="resume=true", differs=not_replayed(cfg, trainer))
     return str(last)
+
+
+def not_replayed(cfg: DictConfig, trainer: L.Trainer) -> str | None:
+    """Why this run, resumed in the middle of an epoch, cannot train the rest of it as the
+    uninterrupted run would; None where it can (README, "Stop and resume")."""
+    if cfg.data.get("source") == "litdata":
+        # LitData's loader restores the sample order, but each worker augments with its
+        # own generator, seeded anew when the resumed run starts its workers.
+        return "data.source=litdata replays the order of its samples, not their augmentation"
+    if trainer.accumulate_grad_batches > 1:
+        # Lightning's checkpoints hold no gradients: those of a window cut short are lost.
+        return "gradients accumulated over a part of a window are not saved"
+    return None
 
 
 # Keys of a run's saved overrides that a resume never takes: it continues from the run
