@@ -138,3 +138,42 @@ def test_a_temporary_left_by_a_killed_save_is_removed_at_the_next_start(tmp_path
         path.write_bytes(b"ckpt")
     assert remove_stale_temporaries(tmp_path) == [left]
     assert not left.exists() and all(p.exists() for p in kept)
+
+
+def test_last_ckpt_is_written_at_every_epochs_end_without_a_new_best(tmp_path):
+    """Lightning's ModelCheckpoint rewrites last.ckpt only with a new top-k checkpoint;
+    here only epoch 0 is ever best (mode=min on the epoch), and last.ckpt must still be
+    the last epoch's."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from hw1.training.checkpoint_io import LastEveryEpoch
+
+    class Tiny(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(2, 1)
+
+        def training_step(self, batch, batch_idx):
+            return self.layer(batch[0]).pow(2).mean()
+
+        def validation_step(self, batch, batch_idx):
+            self.log("val/loss", self.layer(batch[0]).pow(2).mean())
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    data = DataLoader(TensorDataset(torch.randn(8, 2)), batch_size=4)
+    best = ModelCheckpoint(tmp_path, "best", monitor="epoch", mode="min", save_last=True)
+    trainer = L.Trainer(
+        max_epochs=3,
+        callbacks=[best, LastEveryEpoch()],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(Tiny(), data, data)
+    assert torch.load(tmp_path / "best.ckpt", weights_only=True)["epoch"] == 0
+    last = torch.load(tmp_path / "last.ckpt", weights_only=True)
+    assert (last["epoch"], last["global_step"]) == (2, 6)

@@ -96,6 +96,37 @@ def last_checkpoint(trainer: L.Trainer) -> Path:
     return folder / "last.ckpt"
 
 
+class LastEveryEpoch(L.Callback):
+    """``last.ckpt`` at every epoch's end, the resume point after a SIGKILL or a crash.
+
+    Lightning's ModelCheckpoint (2.6) rewrites ``last.ckpt`` only in an epoch that saved a
+    top-k checkpoint: after epochs without a better ``val/acc`` a killed run went back to
+    the best epoch and trained the rest again. ModelCheckpoint keeps its hook private, so
+    this one looks at its public ``best_k_models`` (the same on every DDP process): when
+    the epoch's validation left them as they were, nothing was saved, and the trainer saves
+    ``last.ckpt`` here (every process calls it, as Lightning's save needs)."""
+
+    def __init__(self) -> None:
+        self._before: dict[str, float] | None = None
+
+    @staticmethod
+    def _saved(trainer: L.Trainer) -> dict[str, float] | None:
+        ckpt = trainer.checkpoint_callback
+        if ckpt is None or not getattr(ckpt, "save_last", False) or trainer.sanity_checking:
+            return None
+        return {path: float(score) for path, score in ckpt.best_k_models.items()}
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._before = self._saved(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        before, self._before = self._before, None
+        if before is None or trainer.fast_dev_run:
+            return
+        if self._saved(trainer) == before:  # ModelCheckpoint saved nothing this epoch
+            trainer.save_checkpoint(last_checkpoint(trainer))
+
+
 def remove_stale_temporaries(folder: Path) -> list[Path]:
     """Removes the temporary files (temporary_beside's ``.NAME.PID.HEX.tmp``) that a save
     killed mid-write (SIGKILL, a lost node) left in ``folder``: as large as a checkpoint,
