@@ -140,10 +140,12 @@ def test_a_temporary_left_by_a_killed_save_is_removed_at_the_next_start(tmp_path
     assert not left.exists() and all(p.exists() for p in kept)
 
 
-def test_last_ckpt_is_written_at_every_epochs_end_without_a_new_best(tmp_path):
-    """Lightning's ModelCheckpoint rewrites last.ckpt only with a new top-k checkpoint;
-    here only epoch 0 is ever best (mode=min on the epoch), and last.ckpt must still be
-    the last epoch's."""
+@pytest.mark.parametrize(("mode", "saves"), [("min", 2 + 1 + 1), ("max", 3 * 2)])
+def test_last_ckpt_is_written_at_every_epochs_end_and_once(tmp_path, monkeypatch, mode, saves):
+    """Lightning's ModelCheckpoint rewrites last.ckpt only with a new top-k checkpoint.
+    mode=min on the epoch: only epoch 0 is ever best, and last.ckpt must still be the last
+    epoch's (best + last, then last alone twice); mode=max: every epoch is best, and
+    ModelCheckpoint's own best + last are the only writes."""
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
     from torch.utils.data import DataLoader, TensorDataset
@@ -164,16 +166,26 @@ def test_last_ckpt_is_written_at_every_epochs_end_without_a_new_best(tmp_path):
         def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=0.1)
 
+    written = []
+    save = L.Trainer.save_checkpoint
+    monkeypatch.setattr(
+        L.Trainer,
+        "save_checkpoint",
+        lambda self, path, *a, **k: written.append(Path(path).name) or save(self, path, *a, **k),
+    )
     data = DataLoader(TensorDataset(torch.randn(8, 2)), batch_size=4)
-    best = ModelCheckpoint(tmp_path, "best", monitor="epoch", mode="min", save_last=True)
+    best = ModelCheckpoint(tmp_path, "best", monitor="epoch", mode=mode, save_last=True)
     trainer = L.Trainer(
         max_epochs=3,
-        callbacks=[best, LastEveryEpoch()],
+        callbacks=[best, LastEveryEpoch()],  # as conf/callbacks/default.yaml lists them
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,
     )
     trainer.fit(Tiny(), data, data)
-    assert torch.load(tmp_path / "best.ckpt", weights_only=True)["epoch"] == 0
+    assert torch.load(tmp_path / "best.ckpt", weights_only=True)["epoch"] == (
+        0 if mode == "min" else 2
+    )
     last = torch.load(tmp_path / "last.ckpt", weights_only=True)
     assert (last["epoch"], last["global_step"]) == (2, 6)
+    assert len(written) == saves, written

@@ -14,6 +14,7 @@ import fsspec
 import lightning as L
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
+from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
 
 from hw1.utils.io import temporary_beside
 from hw1.utils.weights import current_targets, safe_load
@@ -87,44 +88,51 @@ def _os_error(error: BaseException | None) -> OSError | None:
     return error
 
 
+def model_checkpoint(trainer: L.Trainer) -> ModelCheckpoint | None:
+    """The run's first ModelCheckpoint (best.ckpt); Lightning's ``checkpoint_callback`` is
+    the first Checkpoint of any kind, which may be LastEveryEpoch."""
+    return next((c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)), None)
+
+
 def last_checkpoint(trainer: L.Trainer) -> Path:
     """Where the run's ``last.ckpt`` lives (the resume point)."""
-    ckpt = trainer.checkpoint_callback
+    ckpt = model_checkpoint(trainer)
     folder = (
         Path(ckpt.dirpath) if ckpt is not None else Path(trainer.default_root_dir) / "checkpoints"
     )
     return folder / "last.ckpt"
 
 
-class LastEveryEpoch(L.Callback):
+class LastEveryEpoch(Checkpoint):
     """``last.ckpt`` at every epoch's end, the resume point after a SIGKILL or a crash.
 
     Lightning's ModelCheckpoint (2.6) rewrites ``last.ckpt`` only in an epoch that saved a
     top-k checkpoint: after epochs without a better ``val/acc`` a killed run went back to
-    the best epoch and trained the rest again. ModelCheckpoint keeps its hook private, so
-    this one looks at its public ``best_k_models`` (the same on every DDP process): when
-    the epoch's validation left them as they were, nothing was saved, and the trainer saves
-    ``last.ckpt`` here (every process calls it, as Lightning's save needs)."""
+    the best epoch and trained the rest again. ModelCheckpoint keeps that decision private,
+    so this one compares its public ``best_k_models`` (the same on every DDP process) at
+    the epoch's start and end: unchanged, nothing was saved, and the trainer saves
+    ``last.ckpt`` here (every process calls it, as Lightning's save needs). A Checkpoint,
+    so that Lightning runs it after the ModelCheckpoint listed before it (conf/callbacks/
+    default.yaml lists it after), whichever hook that one saves in, and ``last.ckpt``
+    holds its state after this epoch."""
 
     def __init__(self) -> None:
         self._before: dict[str, float] | None = None
 
     @staticmethod
     def _saved(trainer: L.Trainer) -> dict[str, float] | None:
-        ckpt = trainer.checkpoint_callback
-        if ckpt is None or not getattr(ckpt, "save_last", False) or trainer.sanity_checking:
+        ckpt = model_checkpoint(trainer)
+        if ckpt is None or not ckpt.save_last or trainer.fast_dev_run:
             return None
         return {path: float(score) for path, score in ckpt.best_k_models.items()}
 
-    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._before = self._saved(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         before, self._before = self._before, None
-        if before is None or trainer.fast_dev_run:
-            return
-        if self._saved(trainer) == before:  # ModelCheckpoint saved nothing this epoch
-            trainer.save_checkpoint(last_checkpoint(trainer))
+        if before is not None and self._saved(trainer) == before:  # nothing saved this epoch
+            trainer.save_checkpoint(last_checkpoint(trainer), weights_only=False)
 
 
 def remove_stale_temporaries(folder: Path) -> list[Path]:

@@ -30,7 +30,11 @@ from hw1.inference.predictor import predict_rows, stopping_on_signal, submission
 from hw1.models.classifier import Classifier
 from hw1.training import tracking
 from hw1.training.callbacks import check_progress_bar
-from hw1.training.checkpoint_io import last_checkpoint, remove_stale_temporaries
+from hw1.training.checkpoint_io import (
+    last_checkpoint,
+    model_checkpoint,
+    remove_stale_temporaries,
+)
 from hw1.training.final_metrics import evaluate_and_calibrate, scored_split
 from hw1.training.init_from import check_start, load_weights
 from hw1.training.resume import resume_point, save_run_config
@@ -279,7 +283,7 @@ def fit_metrics(
 ) -> dict[str, Any]:
     """metrics.json as fit leaves it: the best validation epoch, the checkpoints, the
     parameter counts and the training speed."""
-    ckpt = trainer.checkpoint_callback
+    ckpt = model_checkpoint(trainer)
     history = model.val_history
     best = max(history, key=lambda h: h["val_acc"]) if history else None
     folds = datamodule.hparams.folds
