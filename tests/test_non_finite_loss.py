@@ -32,7 +32,7 @@ def host_reads(monkeypatch) -> list[str]:
 def fake_trainer(tmp_path) -> SimpleNamespace:
     """What the callback reads of a single-process Trainer."""
     return SimpleNamespace(
-        current_epoch=0, global_step=0, world_size=1, checkpoint_callback=None,
+        current_epoch=0, global_step=0, world_size=1, checkpoint_callbacks=[],
         default_root_dir=str(tmp_path), sanity_checking=False,
     )  # fmt: skip
 
