@@ -73,6 +73,7 @@ def reported() -> Iterator[None]:
     started()
     try:
         yield
+        leave_process_group()
     except SystemExit as stop:
         if stop.code in (130, 143):  # stopped by a signal (a training's last.ckpt saved)
             from hw1.utils.signals import ignore_ctrl_c
@@ -82,6 +83,12 @@ def reported() -> Iterator[None]:
     except KeyboardInterrupt:
         interrupted()
     except Exception as error:
+        stopped = stopped_by_signal(error)
+        if stopped is not None:
+            raise stopped from None
+        gone = peer_gone(error)
+        if gone and os.environ.get("HYDRA_FULL_ERROR") != "1":
+            left_with_the_peers(error, gone)
         found = user_error(error)
         if found is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
             to_log_files(logging.ERROR, f"{type(error).__name__}: {error}", error)
@@ -96,6 +103,68 @@ def reported() -> Iterator[None]:
         sys.stdout.flush()
         print(found, file=sys.stderr)
         raise SystemExit(EXIT_STATUS) from None
+
+
+def stopped_by_signal(error: BaseException) -> SystemExit | None:
+    """The Stopped (a second Ctrl-C's) that ``error`` was raised while unwinding, if any:
+    torch.save cut short in the middle of a checkpoint raises its own RuntimeError as it
+    closes the file (whose temporary name never replaces the last whole one), which would
+    otherwise turn exit status 130 into 1 with torch's message."""
+    from hw1.utils.signals import Stopped
+
+    seen = error.__context__
+    while seen is not None:
+        if isinstance(seen, Stopped):
+            return seen
+        seen = seen.__context__
+    return None
+
+
+# What a collective raises when another process of the group has gone: gloo's, NCCL's.
+PEER_GONE = (
+    "Connection closed by peer",
+    "Connection reset by peer",
+    "remote process exited or there was a network error",
+)
+
+
+def peer_gone(error: BaseException) -> str:
+    """The words of PEER_GONE in ``error`` when it is a DDP collective failing because
+    another process of the group has gone, "" otherwise."""
+    if not isinstance(error, RuntimeError):
+        return ""
+    return next((words for words in PEER_GONE if words in str(error)), "")
+
+
+def left_with_the_peers(error: BaseException, gone: str) -> None:
+    """Under DDP a process that stops (a second Ctrl-C) or dies takes the others' next
+    collective with it: rather than a long traceback each, burying the cause, one line
+    pointing to the process that went, and the exit status of the stop this process was
+    asked for (130, 143), or 1."""
+    from hw1.utils.signals import requested
+
+    to_log_files(logging.ERROR, f"{type(error).__name__}: {error}", error)
+    rank = os.environ.get("RANK", os.environ.get("LOCAL_RANK", "?"))
+    print(
+        f"process {rank} stops: another process of this run has gone ({gone}); "
+        "its own lines above say why",
+        file=sys.stderr,
+    )
+    raise SystemExit(128 + requested() if requested() else 1) from None
+
+
+def leave_process_group() -> None:
+    """Under DDP, ends this process's part in the process group once every process has
+    finished its work (rank zero writes the outputs after the others are done), while the
+    interpreter is whole. Lightning destroys an NCCL group at exit but leaves a gloo one
+    (DDP on CPUs) to the interpreter's finalisation, where gloo's worker threads can abort
+    a process whose work is done ("terminate called without an active exception", exit
+    status -6; pytorch/pytorch#179291)."""
+    distributed = sys.modules.get("torch.distributed")  # never imports torch for this
+    if distributed is None or not distributed.is_available() or not distributed.is_initialized():
+        return
+    distributed.barrier()
+    distributed.destroy_process_group()
 
 
 def interrupted() -> None:
