@@ -24,9 +24,13 @@ class SignalAt(L.Callback):
         rank: int = 0,
         epoch: int | None = None,
         times: int = 1,
+        group: bool = False,
     ) -> None:
         self.signum = signal_module.Signals[signal]
         self.times = times  # 2: a second Ctrl-C while the run stops
+        # True: to the whole process group, as a terminal sends Ctrl-C: the loader workers
+        # and the other DDP processes get it too (run_in_process_group's own session)
+        self.group = group
         self.phase = phase
         self.batch = batch
         self.rank = rank
@@ -42,7 +46,10 @@ class SignalAt(L.Callback):
             self.sent = True
             print(f"rank {trainer.global_rank}: sending {self.signum.name} in {phase}", flush=True)
             for _ in range(self.times):
-                os.kill(os.getpid(), self.signum)
+                if self.group:
+                    os.killpg(os.getpgid(0), self.signum)
+                else:
+                    os.kill(os.getpid(), self.signum)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
         self._maybe_send(trainer, "train", batch_idx)

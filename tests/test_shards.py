@@ -210,3 +210,19 @@ def test_any_source_gives_the_shards_rows_of_jpeg_bytes_labels_and_test_keys(tmp
     assert keys == sorted(p.stem for p in (root / "test").iterdir())
     png = next(i for i, r in enumerate(rows["test"]) if r[2] == "img-1-0")  # a PNG file
     assert encode(rows["test"], source.read, png)["image"][:2] == b"\xff\xd8"
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_the_terminal_stops_a_stream_with_workers_without_tracebacks(shards, tmp_path):
+    """A terminal's Ctrl-C reaches LitData's loader workers too: they leave quietly, the
+    run saves last.ckpt and exits 130 as it does on folders."""
+    run_dir = tmp_path / "run"
+    cmd = stream_run(shards[1], run_dir, "trainer.max_epochs=2", "data.num_workers=2")
+    stop = "+callbacks.signal_at"
+    signal_at = [f"{stop}._target_=signal_callbacks.SignalAt", f"{stop}.signal=SIGINT"]
+    signal_at += [f"{stop}.phase=train", f"{stop}.batch=2", f"{stop}.group=true"]
+    status, out = run_in_process_group([*cmd, *signal_at], DEADLINE_S)
+    assert status == 128 + signal.SIGINT, out[-4000:]
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out, out[-4000:]
+    assert out.count("SIGINT: stopping") == 1, out[-4000:]  # not once more per worker
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()

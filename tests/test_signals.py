@@ -50,6 +50,54 @@ def test_a_training_stopped_by_a_signal_ignores_further_ctrl_c_as_it_ends():
     assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
 
 
+def test_a_file_cut_short_by_a_second_ctrl_c_still_exits_130():
+    """torch.save interrupted mid-checkpoint raises its own RuntimeError as it closes the
+    file: the command still ends as the Ctrl-C's, not with exit status 1 and torch's text."""
+
+    class Writer:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos")
+
+    with pytest.raises(SystemExit) as stopped, reported(), Writer():
+        raise Stopped(signal.SIGINT)
+    assert stopped.value.code == 130
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+@pytest.mark.parametrize(("requested", "status"), [(0, 1), (signal.SIGINT, 130)])
+def test_a_ddp_process_whose_peer_went_says_so_in_one_line(monkeypatch, capsys, requested, status):
+    """Rank 0 stopped at once (a second Ctrl-C) or died: rank 1's next collective fails.
+    One line pointing at the other process, not gloo's traceback."""
+    monkeypatch.setattr(signals, "_requested", requested)
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(SystemExit) as stopped, reported():
+        raise RuntimeError("[gloo/transport/tcp/pair.cc:561] Connection closed by peer [::1]:9")
+    assert stopped.value.code == status
+    err = capsys.readouterr().err
+    assert err.strip() == (
+        "process 1 stops: another process of this run has gone (Connection closed by peer); "
+        "its own lines above say why"
+    )
+
+
+def test_a_forked_loader_worker_leaves_the_signal_to_its_owner(caplog):
+    """A terminal's Ctrl-C reaches the loader workers, which inherit the latch: a worker
+    neither announces the stop nor exits; the owner shuts it down."""
+    with latched("predicting") as latch:
+        pid = os.fork()
+        if pid == 0:  # the worker
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)  # a second Ctrl-C: still the owner's
+            os._exit(0 if latch.received == 0 else 3)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert latch.received == 0
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def test_ctrl_c_in_a_command_without_stopping_points_is_one_line_and_130(capsys):
     with pytest.raises(SystemExit) as stopped, reported():
         raise KeyboardInterrupt

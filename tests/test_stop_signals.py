@@ -28,9 +28,13 @@ def small_root(tmp_path) -> Path:
     return root
 
 
-def signal_at(sig: str, phase: str, batch: int = 1, rank: int = 0) -> list[str]:
+def signal_at(
+    sig: str, phase: str, batch: int = 1, rank: int = 0, times: int = 1, group: bool = False
+) -> list[str]:
     prefix = "+callbacks.signal_at"
     return [
+        f"{prefix}.times={times}",
+        f"{prefix}.group={str(group).lower()}",
         f"{prefix}._target_=signal_callbacks.SignalAt",
         f"{prefix}.signal={sig}",
         f"{prefix}.phase={phase}",
@@ -128,6 +132,29 @@ def test_ctrl_c_saves_last_ckpt_at_the_step_and_exits_130(small_root, tmp_path):
     assert (last["epoch"], last["global_step"]) == (0, 4)  # the batch it landed in finished
     assert f"SIGINT: saved {run_dir / 'checkpoints' / 'last.ckpt'} at epoch 1" in out
     assert "resume=true" in out and not (run_dir / "metrics.json").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("times", [1, 2])
+def test_ctrl_c_in_the_terminal_of_a_ddp_run_with_workers(small_root, tmp_path, times):
+    """A terminal's Ctrl-C reaches every process of the group: both ranks and their loader
+    workers. Once: last.ckpt at one step, one warning. Twice: both ranks stop at once,
+    nothing saved, no traceback. Either way every process is gone and the status is 130."""
+    run_dir = tmp_path / "run"
+    cmd = train_command(
+        small_root, run_dir, *EPOCHS2, "data.batch_size=4", "trainer.strategy=ddp",
+        "trainer.devices=2", "data.num_workers=1",
+    )  # fmt: skip
+    status, out = run([*cmd, *signal_at("SIGINT", "train", batch=2, times=times, group=True)])
+    assert status == 128 + signal.SIGINT, out[-4000:]
+    assert "Traceback" not in out and "exited unexpectedly" not in out, out[-4000:]
+    if times == 1:
+        assert out.count("SIGINT: stopping") <= 2, out[-4000:]  # a rank's own, no worker's
+        assert out.count("SIGINT: saved") == 1, out[-4000:]
+        assert load_last(run_dir)["global_step"] == 3
+    else:
+        assert "SIGINT again: stopped at once" in out, out[-4000:]
+        assert not (run_dir / "checkpoints" / "last.ckpt").exists()
 
 
 @pytest.mark.slow

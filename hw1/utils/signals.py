@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shlex
 import signal
 import sys
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
+
+_requested = 0  # the first stop signal this process's latches saw, for requested()
 
 
 class SignalLatch:
@@ -40,6 +43,7 @@ class SignalLatch:
         self.at_once: str | Callable[[], str] = ""  # the log line of a second Ctrl-C
         self._installed = False
         self._chained: dict[int, Any] = {}
+        self._owner = os.getpid()
 
     def arm(self) -> None:
         """Forget any earlier signal and note the handlers in place now, to chain them."""
@@ -52,6 +56,7 @@ class SignalLatch:
         if self._installed or threading.current_thread() is not threading.main_thread():
             return False
         self._installed = True
+        self._owner = os.getpid()
         for signum in self.SIGNALS:
             signal.signal(signum, self._handle)
         return True
@@ -69,8 +74,17 @@ class SignalLatch:
             ignore_ctrl_c()
 
     def _handle(self, signum: int, frame) -> None:
+        if os.getpid() != self._owner:
+            # A forked child (a DataLoader worker, LitData's) inherited the handler; a
+            # terminal's Ctrl-C reaches the whole process group. The owner stops and shuts
+            # its workers down: the child neither announces nor exits on its own, which
+            # printed the warning once per worker and, at a second Ctrl-C, made the loader
+            # report "worker exited unexpectedly" with a traceback.
+            return
         if self.received and signum == signal.SIGINT:
             self.stop_at_once()
+        global _requested
+        _requested = _requested or signum
         if not self.received:
             self.received = signum
             if self.announce is not None:
@@ -86,6 +100,12 @@ class SignalLatch:
         text = self.at_once() if callable(self.at_once) else self.at_once
         log.error(text or stop_text(signal.SIGINT, self.what, self.again, twice=True))
         raise Stopped(signal.SIGINT)
+
+
+def requested() -> int:
+    """The first SIGTERM or SIGINT a latch of this process saw (0: none): a stop was asked
+    for, even where no latch is installed any more."""
+    return _requested
 
 
 class Stopped(SystemExit):
