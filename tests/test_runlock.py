@@ -94,6 +94,36 @@ def test_a_default_run_directory_is_never_another_runs(tmp_path):
     assert (ours / "check.log").is_file()
 
 
+def test_a_sweep_directory_is_never_another_sweeps(tmp_path):
+    """Two sweeps started in the same second shared outputs/multirun/DATE/TIME, their jobs
+    0, 1, ... overwriting each other's: the second now gets TIME_2. Every second of the
+    next minute is taken already; the sweep's one job fails at once (no data)."""
+    import datetime
+
+    now = datetime.datetime.now()
+    taken = []
+    for s in range(-2, 60):
+        t = now + datetime.timedelta(seconds=s)
+        day, time = t.strftime("%Y-%m-%d"), t.strftime("%H-%M-%S")
+        folder = tmp_path / "outputs/multirun" / day / time
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "multirun.yaml").write_text("another sweep's")
+        taken.append(folder)
+    proc = subprocess.run(
+        [sys.executable, "-m", "hw1.train", "-m", f"data.root={tmp_path / 'none'}", "seed=1"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert "data.root" in proc.stderr, proc.stderr[-3000:]  # the job's own error
+    assert all(sorted(p.name for p in folder.iterdir()) == ["multirun.yaml"] for folder in taken)
+    [ours] = [p.parent.parent for p in tmp_path.glob("outputs/multirun/*/*/0/.hydra")]
+    assert ours.name.endswith("_2") and ours.with_name(ours.name[:-2]) in taken
+    assert (ours / "multirun.yaml").is_file()
+    assert sorted(p.name for p in (tmp_path / "outputs").iterdir()) == ["multirun"]
+
+
 def test_fresh_run_directories_are_distinct_under_a_race(tmp_path):
     from concurrent.futures import ThreadPoolExecutor
 
@@ -110,8 +140,9 @@ def test_every_commands_default_run_directory_is_a_fresh_one():
 
     for path in CONF_DIR.glob("*.yaml"):
         text = path.read_text()
-        if "\n  run:\n    dir:" in text:
-            assert "dir: ${hw1.fresh_dir:outputs/" in text, path.name
+        for node in ("run", "sweep"):
+            if f"\n  {node}:\n    dir:" in text:
+                assert f"  {node}:\n    dir: ${{hw1.fresh_dir:outputs/" in text, path.name
 
 
 def test_composing_a_config_leaves_no_empty_run_directory(tmp_path):
