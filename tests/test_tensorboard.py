@@ -1,4 +1,4 @@
-"""TensorBoard as people open it (hw1.training.tracking's TensorBoard logger and HPARAMS
+"""TensorBoard as people open it (hw1.training.hparams's TensorBoard logger and HPARAMS
 entry, the learning-rate tags): read back from the event files with TensorBoard's own
 EventAccumulator and the hparams plugin's protos."""
 
@@ -16,7 +16,7 @@ from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from torch.utils.data import DataLoader, TensorDataset
 
 from hw1.models.classifier import Classifier
-from hw1.training import tracking
+from hw1.training import hparams, tracking
 from hw1.utils.config import compose_config
 
 BASE = ["model=resnet18", "model.weights=null", "head=v0", "optim.lr=0.01"]
@@ -34,12 +34,12 @@ def plugin_data(acc: EventAccumulator, tag: str) -> HParamsPluginData:
 
 
 def test_the_hparams_tab_has_the_short_list_and_the_metrics_even_before_the_end(tmp_path):
-    logger = tracking.TensorBoard(save_dir=str(tmp_path), name="tb", version="")
+    logger = hparams.TensorBoard(save_dir=str(tmp_path), name="tb", version="")
     params = {
         "model.arch": "resnet18", "optim.lr": 0.01, "optim.betas": "[0.9, 0.999]",
         "data.batch_size": 16, "trainer.max_epochs": 2, "seed": 42, "data.root": "/data",
     }  # fmt: skip
-    metrics = tracking.hparams_metrics("test")
+    metrics = hparams.hparams_metrics("test")
     tracking.start([logger], tmp_path, params, metrics)
     logger.experiment.flush()
     # A run that never finishes (a crash in fit) already has its entry, metrics n/a.
@@ -72,7 +72,7 @@ def test_the_short_list_is_the_chosen_groups_the_main_keys_and_the_command_lines
         "model": "resnet18", "optim": "adamw", "loss": "smoothing", "logger": "csv",
         "experiment": None,
     }  # fmt: skip
-    short = tracking.hparams_settings(params, choices, ["loss", "optim.eps"])
+    short = hparams.hparams_settings(params, choices, ["loss", "optim.eps"])
     assert short == {
         "model": "resnet18", "optim": "adamw", "loss": "smoothing",
         "seed": 1, "tta": "report", "optim.lr": 0.1, "optim.eps": 1e-8,

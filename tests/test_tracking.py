@@ -1,7 +1,8 @@
 """Experiment tracking (hw1.training.tracking): the CSV, MLflow and W&B loggers, alone or
 beside TensorBoard; a real ``mlflow server`` on a free loopback port and a SQLite store,
 read back with MlflowClient; a killed run resumed into the same MLflow run; a W&B offline
-run; and the bad inputs that must stop a run before training."""
+run; and the bad inputs that must stop a run before training
+(hw1.training.tracking_checks)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from conftest import make_hw1_folder, run_in_process_group, run_train, train_com
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
-from hw1.training import tracking
+from hw1.training import tracking, tracking_checks
 from hw1.utils.config import compose_config
 from hw1.utils.errors import UserRuntimeError
 
@@ -254,7 +255,7 @@ def test_an_unwritable_store_is_named(tmp_path):
     (tmp_path / "a_file").write_text("")
     uri = f"sqlite:///{tmp_path / 'a_file' / 'mlflow.db'}"  # a folder that cannot be made
     with pytest.raises(UserRuntimeError, match=f"tracking_uri={uri}: cannot create"):
-        tracking.check_stores(config("logger=mlflow", f"logger.mlflow.tracking_uri={uri}"))
+        tracking_checks.check_stores(config("logger=mlflow", f"logger.mlflow.tracking_uri={uri}"))
 
 
 def test_a_server_that_is_not_mlflow_is_named(tmp_path):
@@ -267,7 +268,9 @@ def test_a_server_that_is_not_mlflow_is_named(tmp_path):
     url = f"http://127.0.0.1:{server.server_port}"
     try:
         with pytest.raises(UserRuntimeError, match="HTTP 404 to /health"):
-            tracking.check_stores(config("logger=mlflow", f"logger.mlflow.tracking_uri={url}"))
+            tracking_checks.check_stores(
+                config("logger=mlflow", f"logger.mlflow.tracking_uri={url}")
+            )
     finally:
         server.shutdown()
 
@@ -279,15 +282,15 @@ def test_wandb_online_without_a_key_suggests_offline(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
     monkeypatch.setenv("NETRC", str(tmp_path / ".netrc"))
     with pytest.raises(UserRuntimeError, match=r"no W&B API key.*logger.wandb.offline=true"):
-        tracking.check_stores(config("logger=wandb", "logger.wandb.offline=false"))
+        tracking_checks.check_stores(config("logger=wandb", "logger.wandb.offline=false"))
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
-    tracking.check_stores(config("logger=wandb", "logger.wandb.offline=false"))
+    tracking_checks.check_stores(config("logger=wandb", "logger.wandb.offline=false"))
 
 
 def test_a_missing_package_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "mlflow", None)  # import mlflow raises ImportError
     with pytest.raises(UserRuntimeError, match=r'logger=mlflow needs .*pip install "hw1\[track\]"'):
-        tracking.check_stores(config("logger=[tensorboard,mlflow]"))
+        tracking_checks.check_stores(config("logger=[tensorboard,mlflow]"))
 
 
 @pytest.mark.parametrize(
@@ -296,7 +299,7 @@ def test_a_missing_package_names_the_extra(monkeypatch):
      ("[csv,wandb]", ["csv", "wandb"]), ("none", [])],
 )  # fmt: skip
 def test_logger_configs_compose_alone_and_as_lists(logger, entries):
-    assert list(tracking.logger_entries(config(f"logger={logger}"))) == entries
+    assert list(tracking_checks.logger_entries(config(f"logger={logger}"))) == entries
 
 
 def test_a_sweep_is_one_experiment_and_its_jobs_are_named_like_their_directories(tmp_path):

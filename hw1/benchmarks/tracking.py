@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger
 
-from hw1.training import tracking
+from hw1.training import hparams, tracking
 
 STEPS, EVERY = 46, 10  # the demo's training batches an epoch, trainer.log_every_n_steps
 
@@ -31,7 +31,7 @@ def demo_logging(loggers: list[Logger], run_dir: Path, epochs: int) -> None:
         if isinstance(logger, MLFlowLogger):
             _ = logger.run_id  # tracking.start opens the run
         if isinstance(logger, TensorBoardLogger):
-            tracking.start_hparams(logger, params, tracking.hparams_metrics("test"))
+            hparams.start_hparams(logger, params, hparams.hparams_metrics("test"))
         else:
             logger.log_hyperparams(params)
     step = 0

@@ -28,7 +28,7 @@ from hw1.data.demo import TEST_LABELS
 from hw1.inference.averaging import check_swa
 from hw1.inference.predictor import predict_rows, stopping_on_signal, submission_rows
 from hw1.models.classifier import Classifier
-from hw1.training import tracking
+from hw1.training import hparams, tracking, tracking_checks
 from hw1.training.callbacks import check_progress_bar
 from hw1.training.checkpoint_io import (
     last_checkpoint,
@@ -176,7 +176,8 @@ def train_in(
     """train()'s work, in its locked ``run_dir``."""
     require_multirun_for_a_family(cfg)
     check_start(cfg.init_from, cfg.ckpt_path)
-    tracking.check_stores(cfg)  # an unreachable tracking server stops the run before anything
+    # An unreachable tracking server stops the run before anything.
+    tracking_checks.check_stores(cfg)
     check_progress_bar(cfg.callbacks)  # progress=rich without rich: before anything either
     use_tensor_cores()
     L.seed_everything(cfg.seed, workers=True)
@@ -199,7 +200,7 @@ def train_in(
     # hyper-parameters kept for the checkpoint.
     model.save_hyperparameters(dict(model.hparams), logger=False)
     if trainer.is_global_zero:
-        tags = tracking.hparams_metrics(scored_split(datamodule))
+        tags = hparams.hparams_metrics(scored_split(datamodule))
         tracking.start(trainer.loggers, run_dir, flat_hparams(cfg), tags)
 
     ckpt_path = resume_point(cfg, trainer, model)

@@ -4,24 +4,20 @@ settings, the metrics Lightning logs, the figures, the final ``metrics.json`` va
 run's files as artifacts, the git commit and the command line.
 
 Lightning's loggers do the logging; this module fills in what a config cannot know (the
-experiment and run names of a sweep's job, a resumed run's ids), checks before training that
-the tracking store can be written, and saves the ids in ``<run dir>/tracking.json`` when
-the run starts, so that ``resume=true`` (or ``ckpt_path=``) continues the same MLflow run
-and W&B run, even after a SIGKILL.
+experiment and run names of a sweep's job, a resumed run's ids), and saves the ids in
+``<run dir>/tracking.json`` when the run starts, so that ``resume=true`` (or ``ckpt_path=``)
+continues the same MLflow run and W&B run, even after a SIGKILL. Checking before training
+that each logger's store can be written is ``hw1.training.tracking_checks``; TensorBoard's
+HPARAMS tab is ``hw1.training.hparams``.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
-import netrc
-import os
 import shlex
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -38,19 +34,16 @@ from lightning.pytorch.loggers import (
     TensorBoardLogger,
     WandbLogger,
 )
-from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
-from hw1.utils.compat import tensorboard_file_writer
+from hw1.training.hparams import end_hparams, hparams_metrics, run_failed, start_hparams
+from hw1.training.tracking_checks import artifact_root, class_name, local_store, logger_entries
 from hw1.utils.errors import UserRuntimeError
 from hw1.utils.io import write_atomically
 
 log = logging.getLogger(__name__)
 
 TRACKING_FILE = "tracking.json"
-INSTALL = 'pip install "hw1[track]"'
-PROBE_TIMEOUT_S = 5.0
 # The run's files that go to MLflow and W&B as artifacts when they exist: the submission,
 # the run's record, and hw1.eval's report and figure when it wrote them into the run.
 ARTIFACTS = ("prediction.csv", "metrics.json", "eval.json", "confusion.png")
@@ -59,44 +52,9 @@ FINAL = (
     "best_val_acc", "best_epoch", "epochs", "test_acc", "params", "trainable_params",
     "train_images_per_s", "wall_time_s",
 )  # fmt: skip
-# TensorBoard's HPARAMS tab: the config groups chosen (their names, never a _target_ path)
-# and the few values a user sets most, besides whatever the command line set.
-HPARAMS_GROUPS = ("experiment", "recipe", "stage", "tricks", "model", "optim", "sched")
-HPARAMS_KEYS = (
-    "seed", "tta", "model.weights", "data.image_size", "data.batch_size", "optim.lr",
-    "trainer.max_epochs", "trainer.precision",
-)  # fmt: skip
-# The package each logger needs beyond Lightning, by the logger's class name.
-PACKAGES = {"MLFlowLogger": "mlflow", "WandbLogger": "wandb"}
 
 
-# --- which loggers ----------------------------------------------------------------------
-
-
-def logger_entries(cfg: DictConfig) -> dict[str, DictConfig]:
-    """The configured loggers by name (``logger=none`` and ``logger=null``: none)."""
-    group = cfg.get("logger") or {}
-    return {name: entry for name, entry in group.items() if entry is not None}
-
-
-def class_name(entry: DictConfig) -> str:
-    return str(entry.get("_target_", "")).rsplit(".", 1)[-1]
-
-
-def require(entry_name: str, entry: DictConfig) -> None:
-    """A one-line message naming the extra when a logger's package is not installed."""
-    package = PACKAGES.get(class_name(entry))
-    if package is None:
-        return
-    try:
-        importlib.import_module(package)
-    except ImportError:
-        raise UserRuntimeError(
-            f"logger={entry_name} needs the {package} package: {INSTALL}"
-        ) from None
-
-
-# --- before training: names, ids, and a reachable store ---------------------------------
+# --- before training: names and ids -----------------------------------------------------
 
 
 def absolute_uri(uri: str) -> str:
@@ -109,97 +67,6 @@ def absolute_uri(uri: str) -> str:
     if parsed.scheme in ("", "file"):
         return Path(parsed.path).absolute().as_uri()
     return uri
-
-
-def local_store(uri: str) -> Path | None:
-    """The file or folder of a local MLflow store (SQLite or plain files), else None."""
-    parsed = urlparse(uri)
-    if parsed.scheme == "sqlite":
-        return Path(uri[len("sqlite:///") :])
-    if parsed.scheme in ("", "file"):
-        return Path(parsed.path)
-    return None
-
-
-def check_writable(path: Path, what: str, is_folder: bool = False) -> None:
-    """``path`` (a file, or a ``folder``) can be written: its folder exists (made if need
-    be) and is writable, and so is the file if it exists."""
-    folder = path if is_folder else path.parent
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserRuntimeError(f"{what}: cannot create {folder}: {e.strerror}") from None
-    target = path if path.exists() else folder
-    if not os.access(target, os.W_OK):
-        raise UserRuntimeError(f"{what}: {target} is not writable")
-
-
-def probe_server(uri: str, what: str, timeout: float = PROBE_TIMEOUT_S) -> None:
-    """An MLflow server must answer its health check within ``timeout`` seconds: MLflow's
-    own client retries an unreachable server for minutes, at the first metric."""
-    try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
-            return
-    except urllib.error.HTTPError as e:
-        reason = f"it answered HTTP {e.code} to /health: is it an MLflow server?"
-    except (urllib.error.URLError, OSError) as e:
-        reason = f"no answer ({getattr(e, 'reason', e)})"
-    raise UserRuntimeError(
-        f"{what}: {reason}. Start one (mlflow server --host 127.0.0.1 --port 5000, "
-        "README.md), or log to a local store: leave the tracking_uri at its default"
-    )
-
-
-def check_stores(cfg: DictConfig) -> None:
-    """Before anything is built: every logger's package is installed, each MLflow store is
-    reachable and writable, W&B online has a key. Fails with the key and the URI."""
-    for name, entry in logger_entries(cfg).items():
-        require(name, entry)
-        kind = class_name(entry)
-        if kind == "MLFlowLogger":
-            uri = str(entry.get("tracking_uri") or "")
-            what = f"logger.{name}.tracking_uri={uri}"
-            if urlparse(uri).scheme in ("http", "https"):
-                probe_server(uri, what)
-            elif (path := local_store(uri)) is not None:
-                check_writable(path, what, is_folder=urlparse(uri).scheme != "sqlite")
-                where = f"logger.{name}.artifact_location"
-                check_writable(artifact_root(entry, uri), where, is_folder=True)
-        elif kind == "WandbLogger" and not entry.get("offline") and not wandb_offline_env():
-            check_wandb_key(name)
-
-
-def artifact_root(entry: DictConfig, uri: str) -> Path:
-    """A local store's artifacts: ``artifact_location``, or ``mlartifacts`` beside it."""
-    if entry.get("artifact_location"):
-        return Path(urlparse(str(entry.artifact_location)).path).absolute()
-    store = local_store(uri)
-    assert store is not None
-    beside = store.parent if urlparse(uri).scheme == "sqlite" else store
-    return beside.absolute() / "mlartifacts"
-
-
-def wandb_offline_env() -> bool:
-    return os.environ.get("WANDB_MODE") in ("offline", "dryrun", "disabled")
-
-
-def check_wandb_key(name: str) -> None:
-    """W&B online needs an API key. wandb's own login prompts for one on a terminal and
-    fails later elsewhere; this looks where wandb looks (WANDB_API_KEY, ~/.netrc) so that
-    the run stops before training instead."""
-    if os.environ.get("WANDB_API_KEY"):
-        return
-    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
-    try:
-        if netrc.netrc().authenticators(host or ""):
-            return
-    except (OSError, netrc.NetrcParseError):
-        pass
-    raise UserRuntimeError(
-        f"logger.{name}.offline=false: no W&B API key (WANDB_API_KEY or `wandb login`). "
-        f"Log offline and sync later: logger.{name}.offline=true (the default), then "
-        "wandb sync <run dir>/wandb/offline-run-*"
-    )
 
 
 def names(cfg: DictConfig, run_dir: Path) -> tuple[str, str]:
@@ -308,101 +175,6 @@ def wandb_arguments(
     if saved.get("id"):  # else W&B draws one, which start() saves
         args["id"] = saved["id"]
     return args
-
-
-class TensorBoard(TensorBoardLogger):
-    """Lightning's TensorBoardLogger without the ``epoch`` scalar that Lightning adds to
-    every dict it logs: it would be a top-level group of its own beside ``train/``,
-    ``val/``, ``test/`` and ``lr/``, and TensorBoard's x-axis is the step anyway (the CSV
-    logger keeps its epoch column)."""
-
-    @rank_zero_only
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        super().log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step)
-
-
-def hparams_settings(
-    params: dict[str, Any], choices: dict[str, Any], overridden: Iterable[str]
-) -> dict[str, Any]:
-    """The HPARAMS tab's short list: the chosen config groups (``HPARAMS_GROUPS``, and any
-    group the command line chose), the values of ``HPARAMS_KEYS`` and of every key the
-    command line set (``overridden``); the full list stays in hparams.yaml, MLflow, W&B."""
-    overridden = list(overridden)
-    groups = [g for g in choices if g in HPARAMS_GROUPS or g in overridden]
-    chosen = {g: str(choices[g]) for g in groups if choices[g] is not None}
-    keys = [k for k in (*HPARAMS_KEYS, *overridden) if k in params and k not in chosen]
-    return chosen | {k: params[k] for k in keys if params[k] is not None}
-
-
-def command_line() -> tuple[dict[str, Any], list[str]]:
-    """(the config groups' choices, the keys the command line set), from Hydra: empty
-    outside a Hydra run."""
-    if not HydraConfig.initialized():
-        return {}, []
-    hydra = HydraConfig.get()
-    keys = [o.split("=", 1)[0].lstrip("+~") for o in hydra.overrides.task if "=" in o]
-    return dict(hydra.runtime.choices), [k for k in keys if not k.startswith("hydra")]
-
-
-def hparams_metrics(scored: str) -> list[str]:
-    """The HPARAMS tab's metrics, most wanted first (it shows the first five): the best
-    validation accuracy and the final figures of the split the run scores at the end
-    (``scored``: test when its answers exist, else val), all of them scalars of the run."""
-    tags = ["val/best_acc", f"{scored}/top1", f"{scored}/f1_macro", f"{scored}/ece"]
-    return [*tags, "val/best_epoch", *(["test/prediction_acc"] if scored == "test" else [])]
-
-
-def start_hparams(logger: TensorBoardLogger, params: dict[str, Any], metrics: list[str]) -> None:
-    """TensorBoard's HPARAMS entry, written as the run starts so that a run that fails or
-    stops early has one too (its metrics n/a): the short list of settings and the metrics'
-    tags, whose values are the run's own scalars of those names. The settings the command
-    line set are marked as differing, which TensorBoard sorts first and shows (of ~15, it
-    shows 5 until more are ticked): the plugin always puts the settings left of the
-    metrics, so the list is kept short instead."""
-    choices, overridden = command_line()
-    settings = hparams_settings(params, choices, overridden)
-    experiment, session_start, _ = hparams_summaries(settings, dict.fromkeys(metrics))
-    _edit_plugin_data(experiment, lambda d: _mark_differs(d, overridden))
-    writer = tensorboard_file_writer(logger.experiment)
-    writer.add_summary(experiment)
-    writer.add_summary(session_start)
-    logger.hparams.update(params)  # hparams.yaml keeps the full list
-
-
-def _mark_differs(data: Any, names: list[str]) -> None:
-    for info in data.experiment.hparam_infos:
-        info.differs = info.name in names
-
-
-def _edit_plugin_data(summary: Any, edit) -> None:
-    """Applies ``edit`` to the HParamsPluginData inside an hparams ``summary``."""
-    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
-
-    metadata = summary.value[0].metadata.plugin_data
-    data = HParamsPluginData.FromString(metadata.content)
-    edit(data)
-    metadata.content = data.SerializeToString()
-
-
-def run_failed(metrics: dict[str, Any]) -> bool:
-    """Whether the end-of-training prediction or evaluation failed (the fit itself ended)."""
-    return "prediction_error" in metrics or "evaluation_error" in metrics
-
-
-def end_hparams(logger: TensorBoardLogger, metrics: dict[str, Any], step: int) -> None:
-    """The results as the HPARAMS metrics' scalars, and the session's end and status."""
-    from tensorboard.plugins.hparams.api_pb2 import Status
-
-    values = {
-        "val/best_acc": metrics.get("best_val_acc"),
-        "val/best_epoch": metrics.get("best_epoch"),
-        "test/prediction_acc": metrics.get("test_acc"),
-    }
-    logger.log_metrics({k: v for k, v in values.items() if v is not None}, step)
-    _, _, session_end = hparams_summaries({}, {})
-    status = Status.Value("STATUS_FAILURE" if run_failed(metrics) else "STATUS_SUCCESS")
-    _edit_plugin_data(session_end, lambda d: setattr(d.session_end_info, "status", status))
-    tensorboard_file_writer(logger.experiment).add_summary(session_end)
 
 
 def start(
@@ -547,7 +319,7 @@ def summary_lines(loggers: Iterable[Logger], run_dir: Path) -> list[str]:
     return lines
 
 
-# --- hw1.tune -----------------------------------------------------------------------------
+# --- hw1.tune ---------------------------------------------------------------------------
 
 
 def end_trial(run_dir: Path, number: int, state: str) -> None:

@@ -59,7 +59,7 @@ def stop_fit(trainer: L.Trainer, stop: bool) -> None:
 
 def tensorboard_file_writer(writer: Any) -> Any:
     """The FileWriter under torch's SummaryWriter, which takes a ready-made Summary proto:
-    TensorBoard's HPARAMS entry is written as three such summaries (training/tracking.py
+    TensorBoard's HPARAMS entry is written as three such summaries (training/hparams.py
     edits them before writing), and SummaryWriter's public add_hparams writes them into a
     new sub-folder instead of the run's own. Lightning's log_hyperparams uses it too."""
     return writer._get_file_writer()
