@@ -5,7 +5,7 @@ noise hits every contender alike).
     python -m hw1.bench loader [--images 200] [--workers 0] [--size 224] [--rounds 5]  (and
         the fast pipeline's decoder's full-size decode-only rate, its ceiling)
     python -m hw1.bench loader --source litdata  (the same photos from hw1 shards vs folder)
-    python -m hw1.bench step [--batches 20] [--batch-size 64] [--size 32] [--rounds 3]
+    python -m hw1.bench step [--batches 20] [--batch-size 64] [--size 32] [--rounds 4]
     python -m hw1.bench infer [--arch resnet18] [--size 224] [--batch-size 32] [--rounds 5]
         (an exported model on the CPU: eager PyTorch, TorchScript, onnxruntime)
     python -m hw1.bench tracking [--epochs 6] [--rounds 5]   (MLflow's logging beside TensorBoard's)
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     step.add_argument("--batch-size", type=int, default=64)
     step.add_argument("--size", type=int, default=32, help="image size in pixels")
     step.add_argument("--arch", default="resnet18")
-    step.add_argument("--rounds", type=int, default=3)
+    step.add_argument("--rounds", type=int, default=4)  # even: each order (A B, B A) as often
     step.add_argument(
         "--clock",
         choices=["wall", "cpu"],

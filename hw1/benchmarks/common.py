@@ -120,12 +120,20 @@ def time_rounds(
     contenders: dict[str, Callable[[], object]],
     rounds: int,
     clock: Callable[[], float] = time.perf_counter,
+    warmup: bool = False,
 ) -> dict[str, list[float]]:
-    """Seconds of each round per contender, running them in turn each round; ``clock``:
-    wall time, or e.g. ``time.process_time``, this process's CPU time."""
+    """Seconds of each round per contender, running them in turn each round, the order
+    reversed every other round (A B, B A, ...) so that a drift of the machine falls on each
+    alike; ``clock``: wall time, or e.g. ``time.process_time``, this process's CPU time.
+    ``warmup``: one untimed call of each first, so that a process's one-off costs (lazy
+    imports, first allocations) are charged to neither."""
+    if warmup:
+        for run in contenders.values():
+            run()
     times: dict[str, list[float]] = {name: [] for name in contenders}
-    for _ in range(rounds):
-        for name, run in contenders.items():
+    order = list(contenders.items())
+    for r in range(rounds):
+        for name, run in order if r % 2 == 0 else order[::-1]:
             start = clock()
             run()
             times[name].append(clock() - start)

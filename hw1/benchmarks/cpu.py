@@ -188,10 +188,11 @@ def bench_step(args: argparse.Namespace) -> None:
             },
             args.rounds,
             clock,
+            warmup=True,  # Lightning's lazy imports and set-up once per process: not per step
         )
     print(
         f"{args.batches} optimizer steps, {args.arch}, {args.size} px, batch {args.batch_size}, "
-        f"{torch.get_num_threads()} threads, {args.rounds} alternating rounds, "
+        f"{torch.get_num_threads()} threads, {args.rounds} alternating rounds after a warm-up, "
         f"{getattr(args, 'clock', 'wall')} time"
     )
     for name, seconds in rounds.items():
