@@ -11,27 +11,18 @@ teachers are not part of them.
 
 from __future__ import annotations
 
-import logging
-import sys
-
 import hydra
 from omegaconf import DictConfig
 
 from hw1.training.distillation import distill
-from hw1.training.resume import refuse_a_locked_run_dir, with_run_overrides
+from hw1.training.resume import log_taken_overrides, run_with_resumed_overrides
 from hw1.utils.config import CONF_PATH
 from hw1.utils.errors import reported
-
-# with_run_overrides's log line, logged once Hydra has set up the run's logging (as hw1.train)
-taken_overrides_note: str | None = None
-
-log = logging.getLogger(__name__)
 
 
 @hydra.main(version_base="1.3", config_path=CONF_PATH, config_name="distill")
 def run(cfg: DictConfig) -> float | None:
-    if taken_overrides_note:
-        log.info(taken_overrides_note)
+    log_taken_overrides()
     with reported():
         metrics = distill(cfg)
     return metrics["best_val_acc"]
@@ -40,11 +31,7 @@ def run(cfg: DictConfig) -> float | None:
 def main() -> None:
     """``python -m hw1.distill``: ``resume=true hydra.run.dir=RUN`` continues from the run's
     own overrides (the teachers, the student's model, the data), as hw1.train's does."""
-    global taken_overrides_note
-    with reported():
-        refuse_a_locked_run_dir(sys.argv)
-    sys.argv, taken_overrides_note = with_run_overrides(sys.argv)
-    run()
+    run_with_resumed_overrides(run)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +24,34 @@ from torch import nn
 from hw1.training.checkpoint_io import last_checkpoint
 from hw1.training.init_from import check_resumable
 from hw1.utils.compat import hydra_args_parser
-from hw1.utils.errors import UserFileNotFoundError
+from hw1.utils.errors import UserFileNotFoundError, reported
 from hw1.utils.io import write_atomically
 from hw1.utils.runlock import check_unlocked, first_process
+
+log = logging.getLogger(__name__)
+
+# with_run_overrides's log line: made before Hydra composes the config, logged once Hydra
+# has set up the run's logging (into train.log)
+_taken_note: str | None = None
+
+
+def run_with_resumed_overrides(hydra_main: Callable[[], object]) -> None:
+    """The main() of a command that resumes (hw1.train, hw1.distill): a run directory
+    another command writes to is refused at once, and for ``resume=true`` the run's own
+    overrides join the command line, before ``hydra_main`` (the ``@hydra.main`` function,
+    which stays in the command's module: Hydra names the job, and its log file, after it)
+    composes the config. Hydra has no hook that runs earlier."""
+    global _taken_note
+    with reported():
+        refuse_a_locked_run_dir(sys.argv)
+    sys.argv, _taken_note = with_run_overrides(sys.argv)
+    hydra_main()
+
+
+def log_taken_overrides() -> None:
+    """Logs which saved overrides a resume took, once the run's log is set up."""
+    if _taken_note:
+        log.info(_taken_note)
 
 
 def resume_point(cfg: DictConfig, trainer: L.Trainer, model: nn.Module) -> str | None:
