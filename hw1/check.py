@@ -18,17 +18,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from hw1.data.datamodule import FolderDataModule
+from hw1.data.image_check import ImageInfo, check_test_images, inspect_images, left_out_lines
 from hw1.data.samplers import IMBALANCED
-from hw1.data.scan import (
-    ImageInfo,
-    check_test_images,
-    class_names,
-    display_path,
-    image_files,
-    inspect_images,
-    labelled_files,
-    left_out_lines,
-)
+from hw1.data.scan import class_names, display_path, image_files, labelled_files
 from hw1.utils.config import CONF_PATH
 from hw1.utils.errors import reported
 

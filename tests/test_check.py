@@ -7,7 +7,7 @@ import sys
 
 from conftest import make_hw1_folder
 from PIL import Image
-from test_scan import huge_png
+from test_image_check import huge_png
 
 from hw1.check import report
 from hw1.utils.config import compose_config

@@ -15,7 +15,7 @@ from torchvision.transforms.v2 import functional as TF
 from torchvision.transforms.v2.functional import to_pil_image
 
 from hw1.benchmarks.parity import DEMO_AUGMENT
-from hw1.data import scan
+from hw1.data import image_check
 from hw1.data.datamodule import train_pipeline
 from hw1.data.datasets import ClassFolders, UnlabeledImages
 from hw1.data.device_batches import LoaderDataModule
@@ -449,9 +449,9 @@ def test_only_local_rank_zero_decodes_the_images_the_other_ranks_read_its_cache(
     read the cache in setup, which Lightning calls after a barrier."""
     make_hw1_folder(tmp_path, ["a", "b"], train=3, val=2, test=2)
     decoded = []
-    inspect = scan._inspect
+    inspect = image_check._inspect
     monkeypatch.setattr(
-        scan, "_inspect", lambda path, *a: decoded.append(path) or inspect(path, *a)
+        image_check, "_inspect", lambda path, *a: decoded.append(path) or inspect(path, *a)
     )
     monkeypatch.delenv("SLURM_LOCALID", raising=False)
     monkeypatch.setenv("LOCAL_RANK", "1")

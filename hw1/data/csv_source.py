@@ -11,7 +11,8 @@ from pathlib import Path
 from torch.utils.data import Dataset
 
 from hw1.data.datasets import UnlabeledImages
-from hw1.data.scan import display_path, ordered_class_names, readable_samples
+from hw1.data.image_check import readable_samples
+from hw1.data.scan import display_path, ordered_class_names
 from hw1.data.sources import Items, Splitting, no_val_error, readable_items
 from hw1.utils.errors import UserFileNotFoundError, UserValueError
 

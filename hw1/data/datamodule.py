@@ -90,8 +90,9 @@ class FolderDataModule(DeviceBatches):
         validated on. ``eval_size``: evaluate (val, TTA, predict) at another size than
         ``image_size`` trains at, e.g. train at 224 and test at 288. ``max_image_pixels``:
         larger images are left out (test images: an error), their size reported; default
-        Pillow's limit (``hw1.data.scan.DEFAULT_MAX_PIXELS``). ``sampler``: null (shuffle) or
-        ``balanced`` (``hw1.data.samplers.BalancedSampler``: every class equally often).
+        Pillow's limit (``hw1.data.image_check.DEFAULT_MAX_PIXELS``). ``sampler``: null
+        (shuffle) or ``balanced`` (``hw1.data.samplers.BalancedSampler``: every class equally
+        often).
         ``source``: where the labelled images come from, ``folder`` (the HW1 layout under
         ``root``), ``csv``, ``hf`` or ``litdata`` (``hw1.data.sources``), with its own keys
         in ``source_options`` (the CSV files, the columns).

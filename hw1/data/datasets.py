@@ -16,12 +16,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets import ImageFolder
 
-from hw1.data.scan import (
-    display_path,
-    image_files,
-    is_image_file,
-    labelled_files,
-)
+from hw1.data.scan import display_path, image_files, is_image_file, labelled_files
 from hw1.transforms.decode import load_rgb
 from hw1.transforms.presets import EvalSpec, ViewStack
 from hw1.utils.errors import UserValueError

@@ -27,15 +27,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from hw1.data.datasets import LAYOUT, UnlabeledImages
-from hw1.data.scan import (
-    check_test_images,
-    class_names,
-    display_path,
-    image_files,
-    is_utf8,
-    labelled_files,
-    readable_samples,
-)
+from hw1.data.image_check import check_test_images, readable_samples
+from hw1.data.scan import class_names, display_path, image_files, is_utf8, labelled_files
 from hw1.data.splits import fold_split, stratified_split
 from hw1.transforms.decode import load_rgb
 from hw1.utils.errors import UserFileNotFoundError, UserRuntimeError, UserValueError

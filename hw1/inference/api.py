@@ -18,7 +18,8 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from hw1.data.scan import image_files, input_files, inspect_images, left_out_lines
+from hw1.data.image_check import inspect_images, left_out_lines
+from hw1.data.scan import image_files, input_files
 from hw1.inference.runtime import (
     DEFAULT_BATCH,
     DEFAULT_SEED,

@@ -26,7 +26,8 @@ from torch.optim.swa_utils import update_bn
 from torch.utils.data import DataLoader
 
 from hw1.data.datasets import ClassFolders
-from hw1.data.scan import display_path, labelled_files, nfc_names, readable_samples
+from hw1.data.image_check import readable_samples
+from hw1.data.scan import display_path, labelled_files, nfc_names
 from hw1.inference.predictor import checkpoint_paths
 from hw1.models.classifier import Classifier
 from hw1.transforms.device import FinishOnDevice

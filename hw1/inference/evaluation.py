@@ -24,13 +24,8 @@ from torch.utils.data import Dataset
 from torchmetrics.functional.classification import multiclass_confusion_matrix
 
 from hw1.data.datasets import ClassFolders
-from hw1.data.scan import (
-    class_names,
-    display_path,
-    labelled_files,
-    nfc_names,
-    readable_samples,
-)
+from hw1.data.image_check import readable_samples
+from hw1.data.scan import class_names, display_path, labelled_files, nfc_names
 from hw1.inference.calibration import fit_temperature, logits_of, store_temperature
 from hw1.inference.explain import cam_overlays, require_captum
 from hw1.inference.metrics import (

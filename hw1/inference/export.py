@@ -28,7 +28,8 @@ import torch
 from omegaconf import OmegaConf
 
 from hw1 import PARAM_LIMIT
-from hw1.data.scan import display_path, input_files, inspect_images, labelled_files
+from hw1.data.image_check import inspect_images
+from hw1.data.scan import display_path, input_files, labelled_files
 from hw1.inference.predictor import checkpoint_paths, load_ensemble
 from hw1.inference.runtime import (
     DEFAULT_SEED,

@@ -22,7 +22,8 @@ from torch.utils.data import Dataset
 
 from hw1.data.datasets import UnlabeledImages, view_loader
 from hw1.data.device_batches import LoaderDataModule
-from hw1.data.scan import check_test_images, display_path
+from hw1.data.image_check import check_test_images
+from hw1.data.scan import display_path
 from hw1.models.classifier import Classifier
 from hw1.transforms.presets import EvalSpec
 from hw1.utils.errors import UserFileNotFoundError, UserValueError, require_positive
