@@ -19,6 +19,7 @@ import torch
 from omegaconf import DictConfig
 
 from hw1.data.scan import image_files, input_files, inspect_images, left_out_lines
+from hw1.inference.exported import is_export, load_export
 from hw1.inference.runtime import (
     DEFAULT_BATCH,
     DEFAULT_SEED,
@@ -27,8 +28,6 @@ from hw1.inference.runtime import (
     Member,
     check_topk,
     default_device,
-    is_export,
-    load_export,
     prediction_text,
 )
 from hw1.transforms.presets import EvalSpec
