@@ -13,7 +13,7 @@ from hw1.data.scan import input_files
 from hw1.inference import export as export_module
 from hw1.inference.api import load_classifier
 from hw1.inference.export import export, parity_batch
-from hw1.inference.runtime import MODEL_JSON, read_model_json
+from hw1.inference.exported import MODEL_JSON, read_model_json
 from hw1.transforms.presets import EvalSpec
 from hw1.utils.errors import UserError
 

@@ -1,7 +1,7 @@
 """``python -m hw1.bench infer``: the CPU runtimes of an exported model side by side, eager
 PyTorch, TorchScript and onnxruntime, on the same network and inputs: latency at batch 1
 and throughput at batch 32, as ratios to eager (which runtime ``hw1.predict`` runs an
-exported folder on by default: hw1.inference.runtime.RUNTIME_ORDER)."""
+exported folder on by default: hw1.inference.exported.RUNTIME_ORDER)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import torch
 
 from hw1.benchmarks.common import bench_classifier, time_alternating
 from hw1.inference.export import write_onnx, write_torchscript
-from hw1.inference.runtime import ExportNet, Net, onnx_logits, torchscript_logits
+from hw1.inference.exported import onnx_logits, torchscript_logits
+from hw1.inference.runtime import ExportNet, Net
 
 
 def runtimes(net: ExportNet, folder: Path, example: torch.Tensor) -> dict:

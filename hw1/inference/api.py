@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 
 from hw1.data.image_check import inspect_images, left_out_lines
 from hw1.data.scan import image_files, input_files
+from hw1.inference.exported import is_export, load_export
 from hw1.inference.runtime import (
     DEFAULT_BATCH,
     DEFAULT_SEED,
@@ -28,8 +29,6 @@ from hw1.inference.runtime import (
     Member,
     check_topk,
     default_device,
-    is_export,
-    load_export,
     prediction_text,
 )
 from hw1.transforms.presets import EvalSpec
