@@ -86,11 +86,12 @@ def reported() -> Iterator[None]:
         stopped = stopped_by_signal(error)
         if stopped is not None:
             raise stopped from None
+        full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
         gone = peer_gone(error)
-        if gone and os.environ.get("HYDRA_FULL_ERROR") != "1":
+        if gone and not full_error:
             left_with_the_peers(error, gone)
         found = user_error(error)
-        if found is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
+        if found is None or full_error:
             to_log_files(logging.ERROR, f"{type(error).__name__}: {error}", error)
             raise
         to_log_files(logging.ERROR, str(found))
